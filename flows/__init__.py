@@ -1,0 +1,1 @@
+"""Prefect flows: the export pipeline on one screen, its steps in `tasks/`."""

@@ -1,0 +1,88 @@
+"""Folder and file names for tasks and series (SPEC 2, "Names").
+
+A name is one path component: it can never hold a separator, never be `.` or `..`, and
+never exceed the byte length file systems accept, so nothing is written outside the
+export root whatever the source says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+
+# Every run of characters other than letters, digits and `_ . space # @ + ( ) , = [ ] { } ! ~ -`.
+_UNSAFE_RUN = re.compile(r"[^\w .#@+(),=\[\]{}!~-]+")
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
+)
+# A component may hold 255 bytes; keep room for `_<n>` and `.nii.gz` after a series name.
+MAX_NAME_BYTES = 200
+_HASH_CHARS = 8
+
+
+def safe_name(name: object) -> str | None:
+    """The name made safe for a path component, or None when nothing usable is left."""
+    if not isinstance(name, str):
+        return None
+    safe = _UNSAFE_RUN.sub("-", name).rstrip(" .")
+    if not safe:  # also covers "." and "..", which lose their dots above
+        return None
+    # Windows reserves these names with any extension too (CON.nii.gz), in any case.
+    if safe.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+        safe = "_" + safe
+    return _shorten(safe)
+
+
+def _shorten(name: str) -> str:
+    encoded = name.encode("utf-8")
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:_HASH_CHARS]
+    head = encoded[: MAX_NAME_BYTES - _HASH_CHARS - 1].decode("utf-8", errors="ignore").rstrip(" .")
+    return f"{head}-{digest}"
+
+
+def series_letter(position: int) -> str:
+    """A, B, ..., Z, AA, AB, ... for series positions 0, 1, ..."""
+    letters = ""
+    position += 1
+    while position:
+        position, remainder = divmod(position - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return letters
+
+
+def task_folder_name(task: dict) -> str:
+    """`name` made safe, else `taskId` made safe, else a stable name derived from the id."""
+    for candidate in (task.get("name"), task.get("taskId")):
+        safe = safe_name(candidate)
+        if safe:
+            return safe
+    digest = hashlib.sha256(str(task.get("taskId")).encode("utf-8")).hexdigest()[:12]
+    return f"task-{digest}"
+
+
+def series_names(names: Sequence[object]) -> list[str]:
+    """Safe, unique names for the series of one task, in order.
+
+    A series whose name is missing or unusable gets the letter of its position; a name
+    already used gets `_1`, `_2`, ... on its later occurrences.
+    """
+    chosen = [safe_name(name) or series_letter(position) for position, name in enumerate(names)]
+    return deduplicate(chosen)
+
+
+def deduplicate(names: Iterable[str]) -> list[str]:
+    """Later repeats of a name get `_1`, `_2`, ..., never a name already taken."""
+    taken: set[str] = set()
+    counters: dict[str, int] = {}
+    unique = []
+    for name in names:
+        candidate = name
+        while candidate in taken:
+            counters[name] = counters.get(name, 0) + 1
+            candidate = f"{name}_{counters[name]}"
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique

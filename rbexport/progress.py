@@ -1,0 +1,43 @@
+"""Progress of a run as tasks finish, for whoever is watching (the CLI's bar, or nobody).
+
+The flow reports to the current observer; the CLI installs one before it runs the flow.
+Deployments run with the silent default and rely on Prefect's logs and artifacts.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Protocol
+
+
+class ProgressObserver(Protocol):
+    def started(self, total: int) -> None: ...
+
+    def task_done(self, task_id: str, error: str | None) -> None:
+        """One task finished: exported (`error` None) or failed with that one-line reason."""
+
+
+class _Silent:
+    def started(self, total: int) -> None:
+        pass
+
+    def task_done(self, task_id: str, error: str | None) -> None:
+        pass
+
+
+_current: ProgressObserver = _Silent()
+
+
+def current() -> ProgressObserver:
+    return _current
+
+
+@contextmanager
+def observing(observer: ProgressObserver) -> Iterator[ProgressObserver]:
+    global _current
+    previous, _current = _current, observer
+    try:
+        yield observer
+    finally:
+        _current = previous

@@ -1,0 +1,123 @@
+"""The run report (SPEC 4): `export-report.json` beside the export, and its markdown summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+REPORT_NAME = "export-report.json"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str, data: bytes) -> FileRecord:
+        return cls(path, len(data), hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
+class Failure:
+    taskId: str | None
+    file: str | None
+    reason: str
+
+    def line(self) -> str:
+        where = ": ".join(part for part in (self.taskId or "(no taskId)", self.file) if part)
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A warning: reported, never fatal."""
+
+    taskId: str | None
+    file: str | None
+    message: str
+
+
+@dataclass
+class RunReport:
+    source: str
+    destination: str
+    options: dict
+    exported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str | None] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[Notice] = field(default_factory=list)
+    files: list[FileRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(record.bytes for record in self.files)
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["seconds"] = round(self.seconds, 3)
+        body["timings"] = {name: round(value, 3) for name, value in self.timings.items()}
+        return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def summary(self) -> str:
+        """One line: what happened."""
+        parts = [f"{len(self.exported)} exported"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped as unchanged")
+        parts.append(f"{len(self.failures)} failed")
+        return (
+            f"{', '.join(parts)}; {len(self.files)} files, {human_bytes(self.bytes_written)} written "
+            f"in {self.seconds:.1f} s"
+        )
+
+    def to_markdown(self, limit: int = 50) -> str:
+        status = "completed" if self.succeeded else f"**{len(self.failures)} task(s) failed**"
+        lines = [
+            f"# Export {status}",
+            "",
+            f"`{self.source}` → `{self.destination}`",
+            "",
+            "| tasks exported | skipped (unchanged) | failed | warnings | files | bytes | seconds |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {len(self.exported)} | {len(self.skipped)} | {len(self.failures)} | {len(self.warnings)} "
+            f"| {len(self.files)} | {human_bytes(self.bytes_written)} | {self.seconds:.1f} |",
+            "",
+            "Options: " + ", ".join(f"`{name}={json.dumps(value)}`" for name, value in self.options.items()),
+        ]
+        if self.failures:
+            lines += ["", "## Failures", "", "| task | file | reason |", "|---|---|---|"]
+            lines += [
+                f"| {_cell(failure.taskId)} | {_cell(failure.file)} | {_cell(failure.reason)} |"
+                for failure in self.failures[:limit]
+            ]
+            if len(self.failures) > limit:
+                lines.append(f"\n… and {len(self.failures) - limit} more in `{REPORT_NAME}`.")
+        if self.warnings:
+            lines += ["", "## Warnings", "", "| task | file | warning |", "|---|---|---|"]
+            lines += [
+                f"| {_cell(notice.taskId)} | {_cell(notice.file)} | {_cell(notice.message)} |"
+                for notice in self.warnings[:limit]
+            ]
+            if len(self.warnings) > limit:
+                lines.append(f"\n… and {len(self.warnings) - limit} more in `{REPORT_NAME}`.")
+        return "\n".join(lines) + "\n"
+
+
+def human_bytes(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def _cell(text: str | None) -> str:
+    return "" if text is None else str(text).replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,191 @@
+"""A small generated project in the source format, for the demo, tests and benchmarks.
+
+Six tasks, one per situation a real project has: a single series, several named series,
+unnamed series, overlapping instances, a consensus task with a super truth, and a 2D map.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+
+from .storage import Storage
+
+TAXONOMY = {
+    "name": "Brain",
+    "objectTypes": [
+        {"category": "Glioma", "classId": 0, "labelType": "SEGMENTATION", "color": "#ff0000"},
+        {"category": "Edema", "classId": 1, "labelType": "SEGMENTATION", "color": "#00ff00"},
+        {"category": "Abscess", "classId": 2, "labelType": "SEGMENTATION", "color": "#0000ff"},
+        {"category": "Lesion", "classId": 3, "labelType": "BOUNDING_BOX", "color": "#ffff00"},
+    ],
+}
+
+AFFINE = np.array(
+    [[-0.9, 0.0, 0.0, 90.0], [0.0, 0.9, 0.0, -126.0], [0.0, 0.0, 2.5, -72.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def nifti_bytes(voxels: np.ndarray, affine: np.ndarray = AFFINE, compress: bool = True) -> bytes:
+    """A label map as .nii (or .nii.gz) bytes, as an annotation tool would save it."""
+    image = nib.Nifti1Image(voxels, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    raw = image.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
+
+
+def box(shape: tuple[int, ...], value: int, corner: tuple[int, ...], size: tuple[int, ...], out=None, dtype=np.uint16):
+    """Fill a box with `value` (in `out`, or a new zero array)."""
+    out = np.zeros(shape, dtype=dtype) if out is None else out
+    out[tuple(slice(c, c + s) for c, s in zip(corner, size))] = value
+    return out
+
+
+def sample_project(shape: tuple[int, int, int] = (48, 48, 16)) -> tuple[list[dict], dict[str, bytes]]:
+    """The tasks and the mask files (path -> bytes) of the sample project."""
+    files: dict[str, bytes] = {}
+    tasks: list[dict] = []
+
+    # 1. One series, two instances, no overlaps.
+    single = box(shape, 1, (4, 4, 2), (10, 10, 4))
+    box(shape, 2, (20, 20, 6), (8, 8, 4), out=single)
+    files["masks/brain-001.nii.gz"] = nifti_bytes(single)
+    tasks.append(
+        {
+            "taskId": "task-001",
+            "name": "Brain_001",
+            "series": [
+                {
+                    "name": "T1",
+                    "items": ["brain-001/t1/0001.dcm", "brain-001/t1/0002.dcm"],
+                    "segmentations": "masks/brain-001.nii.gz",
+                    "segmentMap": {
+                        "1": {"category": "Glioma", "attributes": {"grade": "II"}},
+                        "2": {"category": "Edema"},
+                    },
+                }
+            ],
+        }
+    )
+
+    # 2. Several named series.
+    for name, value in (("T1", 1), ("FLAIR", 2)):
+        files[f"masks/brain-002-{name}.nii.gz"] = nifti_bytes(box(shape, value, (6, 6, 3), (12, 9, 5)))
+    tasks.append(
+        {
+            "taskId": "task-002",
+            "name": "Brain_002",
+            "series": [
+                {
+                    "name": "T1",
+                    "items": ["brain-002/t1.dcm"],
+                    "segmentations": "masks/brain-002-T1.nii.gz",
+                    "segmentMap": {"1": {"category": "Glioma"}},
+                },
+                {
+                    "name": "FLAIR",
+                    "items": ["brain-002/flair.dcm"],
+                    "segmentations": "masks/brain-002-FLAIR.nii.gz",
+                    "segmentMap": {"2": {"category": "Edema"}},
+                },
+            ],
+        }
+    )
+
+    # 3. Unnamed series (named A, B by position), one without masks.
+    files["masks/brain-003.nii.gz"] = nifti_bytes(box(shape, 1, (10, 10, 5), (5, 5, 5)))
+    tasks.append(
+        {
+            "taskId": "task-003",
+            "series": [
+                {"items": ["brain-003/a.dcm"], "segmentations": "masks/brain-003.nii.gz", "segmentMap": {"1": {"category": "Abscess"}}},
+                {"items": ["brain-003/b.dcm"]},
+            ],
+        }
+    )
+
+    # 4. Overlapping instances: 2 and 3 overlap where the value is 5.
+    overlap = box(shape, 1, (2, 2, 1), (8, 8, 4))
+    box(shape, 2, (14, 14, 4), (12, 12, 6), out=overlap)
+    box(shape, 3, (26, 14, 4), (12, 12, 6), out=overlap)
+    box(shape, 5, (22, 14, 4), (4, 12, 6), out=overlap)
+    files["masks/brain-004.nii.gz"] = nifti_bytes(overlap)
+    tasks.append(
+        {
+            "taskId": "task-004",
+            "name": "Brain_004",
+            "series": [
+                {
+                    "name": "T2",
+                    "segmentations": "masks/brain-004.nii.gz",
+                    "segmentMap": {
+                        "1": {"category": "Glioma", "attributes": {"grade": "III"}},
+                        "2": {"category": "Glioma", "overlappingGroups": [5]},
+                        "3": {"category": "Abscess", "overlappingGroups": [5]},
+                    },
+                }
+            ],
+        }
+    )
+
+    # 5. Consensus: two annotators and a super truth.
+    segment_map = {"1": {"category": "Glioma"}}
+    for who, corner in (("a", (5, 5, 2)), ("b", (6, 5, 2)), ("truth", (5, 6, 2))):
+        files[f"masks/brain-005-{who}.nii.gz"] = nifti_bytes(box(shape, 1, corner, (10, 10, 6)))
+    tasks.append(
+        {
+            "taskId": "task-005",
+            "name": "Brain_005",
+            "series": [{"name": "T1", "items": ["brain-005/t1.dcm"]}],
+            "consensus": True,
+            "consensusScore": 0.87,
+            "consensusTasks": [
+                {
+                    "updatedBy": "ana@example.org",
+                    "series": [{"name": "T1", "segmentations": "masks/brain-005-a.nii.gz", "segmentMap": segment_map}],
+                    "scores": [{"secondaryUser": "ben@example.org", "score": 0.87}],
+                },
+                {
+                    "updatedBy": "ben@example.org",
+                    "series": [{"name": "T1", "segmentations": "masks/brain-005-b.nii.gz", "segmentMap": segment_map}],
+                    "scores": [{"secondaryUser": "ana@example.org", "score": 0.87}],
+                },
+            ],
+            "superTruth": {
+                "updatedBy": "lead@example.org",
+                "series": [{"name": "T1", "segmentations": "masks/brain-005-truth.nii.gz", "segmentMap": segment_map}],
+            },
+        }
+    )
+
+    # 6. A 2D map (an X-ray).
+    xray = box((64, 48), 1, (10, 10), (20, 12), dtype=np.uint8)
+    box((64, 48), 2, (35, 20), (15, 15), out=xray)
+    files["masks/chest-006.nii.gz"] = nifti_bytes(xray, np.diag([0.2, 0.2, 1.0, 1.0]))
+    tasks.append(
+        {
+            "taskId": "task-006",
+            "name": "Chest_006",
+            "series": [
+                {
+                    "name": "PA",
+                    "segmentations": "masks/chest-006.nii.gz",
+                    "segmentMap": {"1": {"category": "Abscess"}, "2": {"category": "Edema"}},
+                }
+            ],
+        }
+    )
+    return tasks, files
+
+
+def write_sample_project(storage: Storage) -> list[dict]:
+    """Write the sample project (tasks.json, taxonomy.json, masks) into `storage`."""
+    tasks, files = sample_project()
+    for path, data in files.items():
+        storage.write(path, data)
+    storage.write("taxonomy.json", json.dumps(TAXONOMY, indent=2).encode())
+    storage.write("tasks.json", json.dumps(tasks, indent=2).encode())
+    return tasks

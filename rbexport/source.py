@@ -1,0 +1,134 @@
+"""Reading a source (SPEC 1): its tasks, its taxonomy, and the masks its tasks name.
+
+Only what tasks.json names is read, and nothing is ever written to a source.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .errors import ConfigurationError, ObjectNotFoundError, TaskDataError
+from .nifti import LabelMap, read_label_map
+from .storage import Location, Storage, normalize_key, open_storage
+from .taxonomy import category_numbers
+
+TASKS_FILE = "tasks.json"
+TASKS_FOLDER = "tasks/"
+TAXONOMY_FILE = "taxonomy.json"
+
+
+@dataclass(frozen=True)
+class SourceTask:
+    task: object  # as parsed; checked per task, so one bad entry fails only itself
+    origin: str  # where it was read: "tasks.json[3]", "tasks/a.json"
+
+
+def read_tasks(source: Storage) -> list[SourceTask]:
+    """Every task of the source in order: tasks.json first, then tasks/*.json by name.
+
+    A file that is not valid JSON, or whose top level is not what SPEC 1 allows, stops the
+    run with a ConfigurationError before anything is written.
+    """
+    found: list[SourceTask] = []
+    has_tasks_file = source.exists(TASKS_FILE)
+    if has_tasks_file:
+        tasks = _read_json(source, TASKS_FILE)
+        if not isinstance(tasks, list):
+            raise ConfigurationError(
+                f"{source.url_of(TASKS_FILE)} holds a JSON {_json_type(tasks)}, not a list of tasks"
+            )
+        found += [SourceTask(task, f"{TASKS_FILE}[{position}]") for position, task in enumerate(tasks)]
+    task_files = sorted(
+        info.key
+        for info in source.list(TASKS_FOLDER)
+        if info.key.endswith(".json") and "/" not in info.key[len(TASKS_FOLDER) :]
+    )
+    for key in task_files:
+        content = _read_json(source, key)
+        if isinstance(content, dict):
+            found.append(SourceTask(content, key))
+        elif isinstance(content, list):
+            found += [SourceTask(task, f"{key}[{position}]") for position, task in enumerate(content)]
+        else:
+            raise ConfigurationError(f"{source.url_of(key)} holds a JSON {_json_type(content)}, not a task or a list of tasks")
+    if not has_tasks_file and not task_files:
+        raise ConfigurationError(f"no {TASKS_FILE} or {TASKS_FOLDER}*.json in {source.url}")
+    return found
+
+
+def read_category_numbers(source: Storage) -> dict[str, int]:
+    """Category numbers from the source's taxonomy.json (needed for semantic exports)."""
+    if not source.exists(TAXONOMY_FILE):
+        raise ConfigurationError(f"a semantic export needs {TAXONOMY_FILE} in {source.url}")
+    return category_numbers(_read_json(source, TAXONOMY_FILE), source.url_of(TAXONOMY_FILE))
+
+
+def _read_json(source: Storage, key: str) -> object:
+    try:
+        return json.loads(source.read(key))
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(
+            f"{source.url_of(key)} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{source.url_of(key)} is not UTF-8 text") from None
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+class MaskReader:
+    """Resolves a series' `segmentations` reference and decodes it, once per task.
+
+    A relative path is read from the source; an `s3://` URL inside the source prefix too.
+    A URL elsewhere is read only when its bucket is in `allowed_buckets`.
+    """
+
+    def __init__(
+        self, source: Storage, source_location: Location, endpoint_url: str | None, allowed_buckets: tuple[str, ...]
+    ) -> None:
+        self.source = source
+        self.source_location = source_location
+        self.endpoint_url = endpoint_url
+        self.allowed_buckets = allowed_buckets
+        self._cache: dict[str, LabelMap] = {}
+
+    def load(self, reference: object) -> LabelMap:
+        if not isinstance(reference, str):
+            raise TaskDataError(f"segmentations must be the path of one label map, not a {_json_type(reference)}")
+        if reference not in self._cache:
+            storage, key = self._locate(reference)
+            try:
+                raw = storage.read(key)
+            except ObjectNotFoundError:
+                raise TaskDataError("mask file not found", reference) from None
+            try:
+                self._cache[reference] = read_label_map(raw)
+            except TaskDataError as error:
+                raise TaskDataError(error.reason, reference) from None
+        return self._cache[reference]
+
+    def _locate(self, reference: str) -> tuple[Storage, str]:
+        if reference.startswith("s3://"):
+            try:
+                target = Location.parse(reference)
+            except ConfigurationError as error:
+                raise TaskDataError(str(error), reference) from None
+            if self.source_location.contains(target) and target.path != self.source_location.path:
+                prefix = self.source_location.path
+                return self.source, target.path[len(prefix) + 1 :] if prefix else target.path
+            if target.bucket not in self.allowed_buckets:
+                raise TaskDataError(
+                    f"lies outside the source {self.source_location.url}; "
+                    f"allow bucket {target.bucket!r} explicitly to read it",
+                    reference,
+                )
+            return open_storage(Location("s3", target.bucket, ""), self.endpoint_url), target.path
+        if "://" in reference:
+            raise TaskDataError("unsupported URL; use a path relative to the source or an s3:// URL", reference)
+        key = normalize_key(reference)
+        if key is None:
+            raise TaskDataError("path leaves the source prefix", reference)
+        return self.source, key

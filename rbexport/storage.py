@@ -1,0 +1,348 @@
+"""One small interface over where exports are read from and written to.
+
+`S3Storage` (boto3, any S3-compatible endpoint) and `LocalStorage` (a folder) are the
+only places that talk to a store. Both speak in *keys*: paths relative to the storage's
+root, always with `/`. Errors come out as the kinds in `errors.py`, never as boto3's,
+and never with a credential in them.
+
+Credentials come only from boto3's standard chain (environment, profiles, instance
+roles); the endpoint from `--endpoint-url` or `AWS_ENDPOINT_URL`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import re
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    ObjectNotFoundError,
+    TransientStorageError,
+)
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+# Objects above this go up in parts, several at once.
+MULTIPART_THRESHOLD = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # S3 ETag, or "<mtime_ns>-<size>" for local files
+
+
+class Storage(ABC):
+    """A root (bucket prefix or folder) holding objects addressed by relative keys."""
+
+    url: str
+
+    @abstractmethod
+    def read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Store `data` at `key` in one step: a reader sees the old object or the new one."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def check_reachable(self) -> None:
+        """Raise ConfigurationError when the root cannot be used at all."""
+
+    def url_of(self, key: str) -> str:
+        return join_url(self.url, key)
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+
+def join_url(url: str, key: str) -> str:
+    return f"{url.rstrip('/')}/{key}" if key else url
+
+
+def normalize_key(key: str) -> str | None:
+    """`key` with `.` and `..` resolved, or None when it would leave the root."""
+    if not key or key.startswith("/") or "\\" in key or "\0" in key:
+        return None
+    normalized = posixpath.normpath(key)
+    if normalized in (".", "..") or normalized.startswith("../"):
+        return None
+    return normalized
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed source or destination: `s3://bucket/prefix` or a local folder."""
+
+    scheme: str  # "s3" or "file"
+    bucket: str  # "" for local folders
+    path: str  # key prefix in the bucket (no slashes at the ends), or the folder
+
+    @classmethod
+    def parse(cls, text: str) -> Location:
+        text = text.strip()
+        if not text:
+            raise ConfigurationError("empty location: give s3://bucket/prefix or a local folder")
+        if text.startswith("s3://"):
+            bucket, _, prefix = text[len("s3://") :].partition("/")
+            if not _BUCKET_NAME.match(bucket):
+                raise ConfigurationError(
+                    f"{text!r}: {bucket!r} is not a valid bucket name (3 to 63 lowercase letters, digits, '.', '-')"
+                )
+            prefix = prefix.strip("/")
+            if prefix and normalize_key(prefix) != prefix:
+                raise ConfigurationError(f"{text!r}: the prefix may not hold '.', '..' or empty parts")
+            return cls("s3", bucket, prefix)
+        if "://" in text:
+            scheme = text.split("://", 1)[0]
+            if scheme != "file":
+                raise ConfigurationError(f"{text!r}: unsupported scheme {scheme!r}; use s3:// or a local folder")
+            text = text[len("file://") :]
+        return cls("file", "", str(Path(text).expanduser().resolve()))
+
+    @property
+    def url(self) -> str:
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.path}" if self.path else f"s3://{self.bucket}"
+        return self.path
+
+    def child(self, key: str) -> Location:
+        if self.scheme == "s3":
+            return Location("s3", self.bucket, f"{self.path}/{key}".strip("/"))
+        return Location("file", "", str(Path(self.path) / key))
+
+    def contains(self, other: Location) -> bool:
+        """Whether `other` is this location or lies inside it."""
+        if self.scheme != other.scheme or self.bucket != other.bucket:
+            return False
+        if self.scheme == "s3":
+            return not self.path or other.path == self.path or other.path.startswith(self.path + "/")
+        return Path(other.path).is_relative_to(self.path)
+
+
+def open_storage(location: Location | str, endpoint_url: str | None = None) -> Storage:
+    if isinstance(location, str):
+        location = Location.parse(location)
+    if location.scheme == "s3":
+        return S3Storage(location.bucket, location.path, endpoint_url)
+    return LocalStorage(Path(location.path))
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def _path(self, key: str) -> Path:
+        normalized = normalize_key(key)
+        if normalized is None:
+            raise ValueError(f"key {key!r} leaves the storage root")
+        return self.root / normalized
+
+    def read(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFoundError(self.url_of(key)) from None
+        except PermissionError:
+            raise AccessDeniedError(f"permission denied reading {path}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside the target, then rename over it: readers never see half a file.
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".rbexport-", suffix=".part")
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    stream.write(data)
+                os.replace(temporary, path)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except PermissionError:
+            raise AccessDeniedError(f"permission denied writing {path}") from None
+        except OSError as error:
+            raise ConfigurationError(f"cannot write {path}: {error.strerror or error}") from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith(".rbexport-"):
+                info = path.stat()
+                yield ObjectInfo(path.relative_to(self.root).as_posix(), info.st_size, f"{info.st_mtime_ns}-{info.st_size}")
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        info = path.stat()
+        return ObjectInfo(key, info.st_size, f"{info.st_mtime_ns}-{info.st_size}")
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def check_reachable(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigurationError(f"{self.root} is a file, not a folder")
+
+
+class S3Storage(Storage):
+    """A bucket prefix on any S3-compatible endpoint. Picklable: clients are made per thread."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url or None
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:
+        return {"bucket": self.bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url, "url": self.url}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    @property
+    def client(self):
+        """This thread's boto3 client (boto3 sessions are not thread-safe; clients per thread are)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 4},
+                connect_timeout=10,
+                read_timeout=120,
+                max_pool_connections=16,
+            )
+            client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+            self._local.client = client
+        return client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read(self, key: str) -> bytes:
+        with _s3_errors(self.url_of(key)):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        with _s3_errors(self.url_of(key)):
+            if len(data) < MULTIPART_THRESHOLD:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            else:
+                config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4)
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=config)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with _s3_errors(join_url(self.url, prefix)):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"][strip:], item["Size"], item["ETag"].strip('"'))
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            with _s3_errors(self.url_of(key)):
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ObjectNotFoundError:
+            return None
+        return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'))
+
+    def delete(self, key: str) -> None:
+        with _s3_errors(self.url_of(key)):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def check_reachable(self) -> None:
+        where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        try:
+            with _s3_errors(f"s3://{self.bucket}"):
+                self.client.head_bucket(Bucket=self.bucket)
+        except ObjectNotFoundError:
+            raise ConfigurationError(f"bucket {self.bucket!r} does not exist ({where})") from None
+        except TransientStorageError as error:
+            raise ConfigurationError(f"cannot reach {where}: {error}") from None
+
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+    "AccountProblem",
+}
+
+
+class _s3_errors:
+    """Turn boto3's exceptions into ours, keeping only what a person needs (no credentials)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None:
+            return False
+        from botocore import exceptions as boto
+
+        if isinstance(error, boto.ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _NOT_FOUND:
+                raise ObjectNotFoundError(self.url) from None
+            if code in _DENIED:
+                raise AccessDeniedError(f"access denied to {self.url} ({code}): check the credentials and their permissions") from None
+            if status >= 500 or code in {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}:
+                raise TransientStorageError(f"{self.url}: the store answered {code or status}") from None
+            raise ConfigurationError(f"{self.url}: the store refused the request ({code or status})") from None
+        if isinstance(error, boto.NoCredentialsError | boto.PartialCredentialsError):
+            raise ConfigurationError(
+                "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
+        if isinstance(error, boto.EndpointConnectionError | boto.ConnectionError | boto.HTTPClientError):
+            raise TransientStorageError(f"{self.url}: cannot connect to the store ({type(error).__name__})") from None
+        if isinstance(error, boto.ResponseStreamingError | boto.IncompleteReadError):
+            raise TransientStorageError(f"{self.url}: the connection broke during the transfer") from None
+        from boto3.exceptions import S3UploadFailedError
+
+        if isinstance(error, S3UploadFailedError):  # a multipart upload wraps the ClientError in text
+            if any(code in str(error) for code in _DENIED):
+                raise AccessDeniedError(f"access denied to {self.url}: check the credentials and their permissions") from None
+            raise TransientStorageError(f"{self.url}: the multipart upload failed") from None
+        if isinstance(error, ValueError) and "endpoint" in str(error).lower():
+            raise ConfigurationError(f"invalid S3 endpoint URL: {error}") from None
+        return False

@@ -1,0 +1,92 @@
+"""Structure variants (SPEC 2.1 to 2.3): a label map and its segmentMap in, files and JSON out.
+
+Pure functions of arrays and dicts. A structure says which files a series gets and what
+its tasks.json entry holds; the voxels of each file are computed only when that file is
+written (`MaskFile.voxels`), so a task never holds more than one derived mask at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..options import ExportOptions
+from ..segment_map import has_overlaps, label_warnings, parse_segment_map, voxel_counts
+
+
+@dataclass(frozen=True)
+class SeriesPaths:
+    """Where one series' files go, relative to the export root."""
+
+    base: str  # segmentations/<Task>/<Series>[_<annotator>]
+    suffix: str  # .nii.gz or .nii
+
+    @property
+    def label_map(self) -> str:
+        return self.base + self.suffix
+
+    def instance(self, instance_id: int) -> str:
+        return f"{self.base}/instance-{instance_id}{self.suffix}"
+
+    def category(self, number: int) -> str:
+        return f"{self.base}/category-{number}{self.suffix}"
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    path: str
+    voxels: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a structure decided for one series."""
+
+    segment_map: dict | None  # None: the source's segmentMap, unchanged
+    segmentations: str | list[str]
+    binary: bool
+    files: list[MaskFile]
+
+
+@dataclass(frozen=True)
+class SeriesExport:
+    series: dict  # the series entry for tasks.json
+    files: list[MaskFile]
+    warnings: list[str]
+
+
+def export_series(
+    series: dict,
+    values: np.ndarray,
+    paths: SeriesPaths,
+    options: ExportOptions,
+    category_numbers: Mapping[str, int] | None = None,
+) -> SeriesExport:
+    """The files and tasks.json entry of one series under `options`."""
+    from .instances import instance_structure
+    from .semantic import semantic_structure
+
+    instances = parse_segment_map(series.get("segmentMap"))
+    counts = voxel_counts(values)
+    binary = options.binary_for(has_overlaps(instances))
+    if options.semantic_mask:
+        structure = semantic_structure(values, counts, instances, category_numbers or {}, binary, paths)
+    else:
+        structure = instance_structure(values, counts, instances, binary, paths)
+    entry = dict(series)
+    entry["segmentations"] = structure.segmentations
+    if structure.segment_map is not None:
+        entry["segmentMap"] = structure.segment_map
+    entry["binaryMask"] = structure.binary
+    entry["semanticMask"] = options.semantic_mask
+    return SeriesExport(entry, structure.files, label_warnings(instances, counts))
+
+
+def without_overlap_fields(entry: Mapping, mask: str | None) -> dict:
+    """A segmentMap entry once overlaps live in files: no overlappingGroups, its file as `mask`."""
+    cleaned = {key: value for key, value in entry.items() if key not in ("overlappingGroups", "mask")}
+    if mask is not None:
+        cleaned["mask"] = mask
+    return cleaned

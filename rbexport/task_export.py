@@ -1,0 +1,123 @@
+"""Exporting one task: read its masks, build every series' structure, write the files.
+
+Everything a worker needs travels in `ExportSettings` and `TaskJob`, plain picklable
+values (no clients, no credentials), so this runs the same in a thread, a process or a
+Dask worker. A task is checked whole before its first file is written: a task that fails
+for its data writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .annotations import annotations_of, assemble_task
+from .errors import TaskDataError
+from .nifti import LabelMap, encode_mask
+from .options import ExportOptions
+from .report import FileRecord, Notice
+from .source import MaskReader
+from .storage import Location, Storage, open_storage
+from .structures import SeriesExport, SeriesPaths, export_series
+
+SEGMENTATIONS_FOLDER = "segmentations"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """One structure variant of one run: where from, where to, how."""
+
+    source: str
+    export_root: str
+    options: ExportOptions
+    category_numbers: Mapping[str, int] | None = None
+    endpoint_url: str | None = None
+    allowed_buckets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    position: int  # in the source's order
+    task_id: str
+    folder: str  # the task's folder name under segmentations/, unique in the run
+    task: dict
+    origin: str  # where the task was read, for messages
+
+
+@dataclass
+class TaskResult:
+    position: int
+    task_id: str
+    entry: dict  # the task's entry in tasks.json
+    files: list[FileRecord] = field(default_factory=list)
+    warnings: list[Notice] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _PlannedSeries:
+    reference: str
+    label_map: LabelMap
+    export: SeriesExport
+
+
+def export_task(job: TaskJob, settings: ExportSettings) -> TaskResult:
+    """Export one task; TaskDataError when its data is bad (nothing written then)."""
+    source = storage_for(settings.source, settings.endpoint_url)
+    destination = storage_for(settings.export_root, settings.endpoint_url)
+    reader = MaskReader(source, Location.parse(settings.source), settings.endpoint_url, settings.allowed_buckets)
+    options = settings.options
+
+    planned: list[_PlannedSeries] = []
+    exported_annotations: list[list[dict]] = []
+    warnings: list[Notice] = []
+    for annotation in annotations_of(job.task, options):
+        exported_series = []
+        for series, name in zip(annotation.series, annotation.names):
+            reference = series.get("segmentations")
+            if reference is None:
+                exported_series.append(series)
+                continue
+            label_map = reader.load(reference)
+            paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{name}{annotation.suffix}", options.mask_suffix)
+            try:
+                export = export_series(series, label_map.values, paths, options, settings.category_numbers)
+            except TaskDataError as error:
+                raise TaskDataError(error.reason, error.file or reference) from None
+            planned.append(_PlannedSeries(reference, label_map, export))
+            exported_series.append(export.series)
+            prefix = f"{annotation.label}, " if annotation.label != "task" else ""
+            warnings += [Notice(job.task_id, reference, f"{prefix}series {name}: {text}") for text in export.warnings]
+        exported_annotations.append(exported_series)
+    entry, task_warnings = assemble_task(job.task, options, exported_annotations)
+    warnings += [Notice(job.task_id, None, text) for text in task_warnings]
+    _refuse_colliding_paths(planned)
+
+    files = [
+        _write(destination, mask_file.path, encode_mask(mask_file.voxels(), item.label_map.header, options.compress))
+        for item in planned
+        for mask_file in item.export.files
+    ]
+    return TaskResult(job.position, job.task_id, entry, files, warnings)
+
+
+def _write(destination: Storage, path: str, data: bytes) -> FileRecord:
+    destination.write(path, data)
+    return FileRecord.of(path, data)
+
+
+def _refuse_colliding_paths(planned: list[_PlannedSeries]) -> None:
+    seen: set[str] = set()
+    for item in planned:
+        for mask_file in item.export.files:
+            if mask_file.path in seen:
+                raise TaskDataError(
+                    f"two series would both write {mask_file.path}; rename one of them", item.reference
+                )
+            seen.add(mask_file.path)
+
+
+@lru_cache(maxsize=64)
+def storage_for(url: str, endpoint_url: str | None) -> Storage:
+    """One storage object per root in a process, so each thread's S3 client is reused."""
+    return open_storage(url, endpoint_url)
