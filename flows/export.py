@@ -62,7 +62,7 @@ def export_tasks(plan: RunPlan, workers: int) -> tuple[list[TaskResult], list[Fa
     observer.started(len(plan.jobs) + len(plan.failures))
     for failure in plan.failures:
         logger.warning(failure.line())
-        observer.task_done(failure.taskId or "(no taskId)", failure.reason)
+        observer.task_done(failure.taskId or "(no taskId)", failure.detail)
 
     started = time.perf_counter()
     results: list[TaskResult] = []
@@ -84,7 +84,7 @@ def export_tasks(plan: RunPlan, workers: int) -> tuple[list[TaskResult], list[Fa
             failure = failure_of(job, outcome)
             failures.append(failure)
             logger.warning(failure.line())
-            observer.task_done(job.task_id, failure.reason)
+            observer.task_done(job.task_id, failure.detail)
     if configuration_error is not None:
         raise configuration_error
     plan.timings["export_tasks"] = time.perf_counter() - started

@@ -9,10 +9,10 @@ annotator.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import TaskDataError
-from .naming import series_names
+from .naming import deduplicate, series_names
 from .options import ExportOptions
 
 CONSENSUS_FIELDS = ("consensus", "consensusTasks", "consensusScore", "superTruth")
@@ -27,9 +27,22 @@ class Annotation:
     series: list[dict]
     names: list[str]  # safe, unique, one per series
     suffix: str  # "" or "_<i>", after the series name
+    stems: tuple[str, ...] = ()  # file name of each series (name + suffix), unique in the task
 
 
 def annotations_of(task: dict, options: ExportOptions) -> list[Annotation]:
+    """The annotations to export, each with file stems no other annotation of the task uses."""
+    annotations = _annotations(task, options)
+    taken: set[str] = set()
+    stems: dict[int, list[str]] = {}
+    # Plain names (the task's own series, the super truth) first: they keep `<Series>`.
+    for position in sorted(range(len(annotations)), key=lambda position: annotations[position].suffix != ""):
+        annotation = annotations[position]
+        stems[position] = deduplicate((name + annotation.suffix for name in annotation.names), taken)
+    return [replace(annotation, stems=tuple(stems[position])) for position, annotation in enumerate(annotations)]
+
+
+def _annotations(task: dict, options: ExportOptions) -> list[Annotation]:
     top_series = _series_list(task.get("series"), "series")
     consensus_tasks = task.get("consensusTasks")
     if not consensus_tasks:

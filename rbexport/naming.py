@@ -73,9 +73,12 @@ def series_names(names: Sequence[object]) -> list[str]:
     return deduplicate(chosen)
 
 
-def deduplicate(names: Iterable[str]) -> list[str]:
-    """Later repeats of a name get `_1`, `_2`, ..., never a name already taken."""
-    taken: set[str] = set()
+def deduplicate(names: Iterable[str], taken: set[str] | None = None) -> list[str]:
+    """Later repeats of a name get `_1`, `_2`, ..., never a name already taken.
+
+    `taken` holds names used elsewhere; the names chosen here are added to it.
+    """
+    taken = set() if taken is None else taken
     counters: dict[str, int] = {}
     unique = []
     for name in names:

@@ -15,7 +15,7 @@ class ProgressObserver(Protocol):
     def started(self, total: int) -> None: ...
 
     def task_done(self, task_id: str, error: str | None) -> None:
-        """One task finished: exported (`error` None) or failed with that one-line reason."""
+        """One task finished: exported (`error` None) or failed (`error`: file and reason, one line)."""
 
 
 class _Silent:

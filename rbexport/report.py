@@ -26,9 +26,13 @@ class Failure:
     file: str | None
     reason: str
 
+    @property
+    def detail(self) -> str:
+        """The file and the reason: `masks/a.nii.gz: mask file not found`."""
+        return f"{self.file}: {self.reason}" if self.file else self.reason
+
     def line(self) -> str:
-        where = ": ".join(part for part in (self.taskId or "(no taskId)", self.file) if part)
-        return f"{where}: {self.reason}"
+        return f"{self.taskId or '(no taskId)'}: {self.detail}"
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,7 @@ def prepare_run(
     ConfigurationError for anything that stops the run before a file is written.
     """
     started = time.perf_counter()
-    source_location = Location.parse(source)
-    destination_location = Location.parse(destination)
-    _refuse_overlap(source_location, destination_location)
+    source_location, destination_location = check_locations(source, destination)
     source_storage = storage_for(source_location.url, endpoint_url)
     destination_storage = storage_for(destination_location.url, endpoint_url)
     try:
@@ -148,8 +146,10 @@ def run_export(
     return publish_export(plan, results, failures)
 
 
-def _refuse_overlap(source: Location, destination: Location) -> None:
-    """Never write into the source: refuse a destination inside it, or one whose outputs cover it."""
+def check_locations(source_url: str, destination_url: str) -> tuple[Location, Location]:
+    """Parse both locations; refuse a destination inside the source, or one whose outputs
+    would cover it: the source is never written to."""
+    source, destination = Location.parse(source_url), Location.parse(destination_url)
     if source.contains(destination):
         raise ConfigurationError(
             f"the destination {destination.url} lies inside the source {source.url}; the source is never written to"
@@ -159,3 +159,4 @@ def _refuse_overlap(source: Location, destination: Location) -> None:
             raise ConfigurationError(
                 f"the source {source.url} lies inside {destination.child(written).url}, which the export overwrites"
             )
+    return source, destination

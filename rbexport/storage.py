@@ -226,20 +226,10 @@ class S3Storage(Storage):
 
     @property
     def client(self):
-        """This thread's boto3 client (boto3 sessions are not thread-safe; clients per thread are)."""
+        """This thread's boto3 client, made from the process's one boto3 session."""
         client = getattr(self._local, "client", None)
         if client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"mode": "standard", "max_attempts": 4},
-                connect_timeout=10,
-                read_timeout=120,
-                max_pool_connections=16,
-            )
-            client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
-            self._local.client = client
+            client = self._local.client = _new_s3_client(self.endpoint_url)
         return client
 
     def _key(self, key: str) -> str:
@@ -280,6 +270,14 @@ class S3Storage(Storage):
         with _s3_errors(self.url_of(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def create_bucket(self) -> None:
+        """Create the bucket if it does not exist (demo and tests)."""
+        with _s3_errors(f"s3://{self.bucket}"):
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except self.client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+
     def check_reachable(self) -> None:
         where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
         try:
@@ -289,6 +287,29 @@ class S3Storage(Storage):
             raise ConfigurationError(f"bucket {self.bucket!r} does not exist ({where})") from None
         except TransientStorageError as error:
             raise ConfigurationError(f"cannot reach {where}: {error}") from None
+
+
+_session_lock = threading.Lock()
+_session = None
+
+
+def _new_s3_client(endpoint_url: str | None):
+    """A client for one thread. Sessions are not thread-safe, so clients are made under a
+    lock from one shared session, which also loads boto3's service models only once."""
+    global _session
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=16,
+    )
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}

@@ -73,13 +73,13 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskResult:
     warnings: list[Notice] = []
     for annotation in annotations_of(job.task, options):
         exported_series = []
-        for series, name in zip(annotation.series, annotation.names):
+        for series, name, stem in zip(annotation.series, annotation.names, annotation.stems):
             reference = series.get("segmentations")
             if reference is None:
                 exported_series.append(series)
                 continue
             label_map = reader.load(reference)
-            paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{name}{annotation.suffix}", options.mask_suffix)
+            paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", options.mask_suffix)
             try:
                 export = export_series(series, label_map.values, paths, options, settings.category_numbers)
             except TaskDataError as error:

@@ -1,0 +1,316 @@
+"""`rbexport run | demo`: the export flow from the command line.
+
+Exit codes: 0 every task exported; 1 some tasks failed (the rest exported and
+published); 2 usage or configuration error (bad URL, unreachable endpoint, denied
+access, invalid tasks.json), with one line saying what is wrong and no traceback.
+
+Runs the Prefect flow in this process: on Prefect's ephemeral API, or on a server when
+PREFECT_API_URL is set. Prefect's own console logging is off unless --verbose; the
+progress bar and the summary say what happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rbexport",
+        description="Export RedBrick-format annotation projects from and to S3-compatible storage or local folders.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,demo}")
+
+    run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")
+    run.add_argument("--source", required=True, metavar="SRC", help="s3://bucket/prefix or a local folder")
+    run.add_argument("--dest", required=True, metavar="DST", help="s3://bucket/prefix or a local folder")
+    run.add_argument("--semantic", action="store_true", help="write category numbers (needs taxonomy.json)")
+    masks = run.add_mutually_exclusive_group()
+    masks.add_argument("--binary-mask", dest="binary_mask", action="store_const", const=True,
+                       help="one 0/1 file per instance (or category) for every series")
+    masks.add_argument("--single-mask", dest="binary_mask", action="store_const", const=False,
+                       help="one label map per series; overlaps stay as overlappingGroups")
+    run.set_defaults(binary_mask=None)
+    run.add_argument("--no-consensus", action="store_true",
+                     help="export consensus tasks as plain tasks (super truth, else first annotator)")
+    run.add_argument("--uncompressed", action="store_true", help="write .nii instead of .nii.gz")
+    run.add_argument("--endpoint-url", metavar="URL",
+                     help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)")
+    run.add_argument("--allow-bucket", action="append", default=[], metavar="BUCKET",
+                     help="also read masks from this bucket when tasks name it by s3:// URL (repeatable)")
+    run.add_argument("--workers", type=_positive, default=None, metavar="N", help="tasks exported at once")
+
+    demo = commands.add_parser("demo", help="export a generated sample project on a local SeaweedFS",
+                               description="Start SeaweedFS on loopback, upload a sample project, export it "
+                               "in the standard and the semantic structure, print the trees, stop the server.")
+    demo.add_argument("--output", metavar="DIR", help="also copy the exports into this local folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    _quiet_prefect(arguments.verbose)
+    started = time.perf_counter()
+    try:
+        if arguments.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(arguments.output)
+        return _run(arguments)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
+        return _exit_code_for(error, arguments.verbose)
+    finally:
+        if arguments.verbose:
+            _say(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def entry() -> None:
+    """The `rbexport` console script."""
+    code = main()
+    _silence_shutdown_noise()
+    sys.exit(code)
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from .options import ExportOptions
+    from .run import check_locations
+
+    check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
+
+    options = ExportOptions(
+        semantic_mask=arguments.semantic,
+        binary_mask=arguments.binary_mask,
+        no_consensus=arguments.no_consensus,
+        compress=not arguments.uncompressed,
+    )
+    report = run_flow(
+        arguments.source,
+        arguments.dest,
+        options,
+        endpoint_url=_endpoint(arguments.endpoint_url),
+        allowed_buckets=arguments.allow_bucket,
+        workers=arguments.workers,
+    )
+    return EXIT_OK if report.succeeded else EXIT_TASKS_FAILED
+
+
+def run_flow(source, destination, options, endpoint_url=None, allowed_buckets=(), workers=None, title=None):
+    """Run the export flow with a progress display; print and return the report.
+
+    Raises what the flow raises, except that a run with failed tasks returns its report.
+    """
+    from flows.export import export_project
+
+    from . import progress
+    from .errors import ExportIncomplete
+
+    parameters = dict(
+        source=source,
+        destination=destination,
+        options=options,
+        endpoint_url=endpoint_url,
+        allowed_buckets=list(allowed_buckets),
+    )
+    if workers:
+        parameters["workers"] = workers
+    start_ephemeral_api()
+    with progress.observing(_progress_display(title or f"{source} → {destination}")) as display:
+        try:
+            report = export_project(**parameters)
+        except ExportIncomplete as incomplete:
+            report = incomplete.report
+        finally:
+            display.close()
+    _print_report(report)
+    return report
+
+
+def _print_report(report) -> None:
+    from .report import REPORT_NAME, human_bytes
+
+    exported, failed = len(report.exported), len(report.failures)
+    print(
+        f"{exported} task{'s' * (exported != 1)} exported, {failed} failed; "
+        f"{len(report.files)} files, {human_bytes(report.bytes_written)} written in {report.seconds:.1f} s"
+    )
+    if report.warnings:
+        print(f"{len(report.warnings)} warning{'s' * (len(report.warnings) != 1)} (see the report)")
+    for failure in report.failures:
+        print(f"  failed {failure.line()}")
+    print(f"report: {report.destination.rstrip('/')}/{REPORT_NAME}")
+
+
+def _exit_code_for(error: Exception, verbose: bool) -> int:
+    from pydantic import ValidationError
+
+    from .errors import ConfigurationError, TransientStorageError
+
+    if isinstance(error, ConfigurationError):
+        _say(f"error: {error}")
+        return EXIT_CONFIGURATION
+    if isinstance(error, TransientStorageError):
+        _say(f"error: storage unavailable: {error}")
+        return EXIT_CONFIGURATION
+    if isinstance(error, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        _say(f"error: invalid parameters: {problems}")
+        return EXIT_CONFIGURATION
+    if verbose:
+        import traceback
+
+        traceback.print_exception(error)
+    _say(f"internal error: {type(error).__name__}: {error} (run with --verbose for details)")
+    return EXIT_INTERNAL
+
+
+def _endpoint(url: str | None) -> str | None:
+    from .errors import ConfigurationError
+
+    url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"invalid endpoint URL {url!r}: it must start with http:// or https://")
+    return url
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect's console logs only with --verbose; its API logs are kept either way."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def start_ephemeral_api() -> None:
+    """Start Prefect's ephemeral API now, with its output in a log file, not on our terminal.
+
+    Without PREFECT_API_URL, Prefect starts a temporary API server as a child process that
+    shares our stdout and stderr; its shutdown can print CancelledError tracebacks. Started
+    here with both streams pointed at PREFECT_HOME/rbexport-api.log, the child keeps that
+    file, and the flow finds this server already running.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():
+        return
+    log_path = Path(PREFECT_HOME.value()) / "rbexport-api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            SubprocessASGIServer().start()
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _silence_shutdown_noise() -> None:
+    """Prefect's ephemeral API can print CancelledError tracebacks at interpreter exit.
+
+    Everything the user needs has been printed by now: flush, then send what is left of
+    stderr to /dev/null so those tracebacks never reach the terminal.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _say(message: str) -> None:
+    print(f"rbexport: {message}", file=sys.stderr)
+
+
+class _PlainProgress:
+    """Lines for logs and pipes: failures as they happen, and a line every 10%."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.next_line = 0
+
+    def started(self, total: int) -> None:
+        self.total = total
+        _say(f"exporting {total} tasks: {self.title}")
+
+    def task_done(self, task_id: str, error: str | None) -> None:
+        self.done += 1
+        if error:
+            self.failed += 1
+            _say(f"[{self.done}/{self.total}] {task_id} failed: {error}")
+        if self.done * 10 >= self.next_line * self.total and self.done:
+            _say(f"[{self.done}/{self.total}] {self.done - self.failed} exported, {self.failed} failed")
+            self.next_line = self.done * 10 // max(self.total, 1) + 1
+
+    def close(self) -> None:
+        pass
+
+
+class _BarProgress(_PlainProgress):
+    """A progress bar on a terminal; failures printed above it."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__(title)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]exporting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tasks"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = None
+
+    def started(self, total: int) -> None:
+        self.total = total
+        self.bar.console.print(f"exporting {total} tasks: {self.title}")
+        self.task = self.bar.add_task("export", total=total)
+        self.bar.start()
+
+    def task_done(self, task_id: str, error: str | None) -> None:
+        if error:
+            from rich.text import Text
+
+            self.bar.console.print(Text.assemble(("failed ", "red"), f"{task_id}: {error}"))
+        self.bar.advance(self.task)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _progress_display(title: str) -> _PlainProgress:
+    return _BarProgress(title) if sys.stderr.isatty() else _PlainProgress(title)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,75 @@
+"""`rbexport demo`: the whole pipeline on a local SeaweedFS and a generated sample project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .options import ExportOptions
+from .report import human_bytes
+from .sample import write_sample_project
+from .seaweed import SeaweedServer
+from .storage import LocalStorage, S3Storage, Storage
+
+# Credentials of the throwaway server the demo starts on loopback, nothing else.
+DEMO_ACCESS_KEY = "rbexport-demo"
+DEMO_SECRET_KEY = "rbexport-demo-secret"
+SOURCE_BUCKET, SOURCE_PREFIX = "rbexport-source", "brain-study"
+EXPORT_BUCKET = "rbexport-export"
+VARIANTS = {"standard": ExportOptions(), "semantic": ExportOptions(semantic_mask=True)}
+
+
+def run_demo(output_dir: str | None = None) -> int:
+    from .cli import run_flow
+
+    with SeaweedServer(access_key=DEMO_ACCESS_KEY, secret_key=DEMO_SECRET_KEY) as server:
+        print(f"SeaweedFS (S3) running on {server.endpoint_url}")
+        _use_demo_credentials()
+        source = S3Storage(SOURCE_BUCKET, SOURCE_PREFIX, server.endpoint_url)
+        exports = S3Storage(EXPORT_BUCKET, "", server.endpoint_url)
+        source.create_bucket()
+        exports.create_bucket()
+        tasks = write_sample_project(source)
+        print(f"uploaded a sample project of {len(tasks)} tasks to {source.url}\n")
+        succeeded = True
+        for name, options in VARIANTS.items():
+            report = run_flow(source.url, exports.url_of(name), options, endpoint_url=server.endpoint_url, title=name)
+            succeeded = succeeded and report.succeeded
+            print()
+        print(f"{exports.url}:")
+        print_tree(exports)
+        if output_dir:
+            copied = copy_all(exports, LocalStorage(Path(output_dir).resolve()))
+            print(f"\ncopied {copied} files to {Path(output_dir).resolve()}")
+    print("SeaweedFS stopped")
+    return 0 if succeeded else 1
+
+
+def _use_demo_credentials() -> None:
+    """boto3's standard chain reads the environment first: point it at the demo server's keys."""
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=DEMO_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=DEMO_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1"
+    )
+
+
+def print_tree(storage: Storage) -> None:
+    """The objects under `storage` as an indented tree with sizes."""
+    printed: set[tuple[str, ...]] = set()
+    for info in storage.list():
+        parts = tuple(info.key.split("/"))
+        for depth in range(len(parts) - 1):
+            folder = parts[: depth + 1]
+            if folder not in printed:
+                printed.add(folder)
+                print(f"{'  ' * (depth + 1)}{folder[-1]}/")
+        print(f"{'  ' * len(parts)}{parts[-1]}  ({human_bytes(info.size)})")
+
+
+def copy_all(source: Storage, target: Storage) -> int:
+    count = 0
+    for info in source.list():
+        target.write(info.key, source.read(info.key))
+        count += 1
+    return count

@@ -1,0 +1,110 @@
+"""Real servers for the tests: one SeaweedFS (S3) and one Prefect API for the whole session.
+
+Both bind to loopback on free ports and are started here, so the suite needs nothing
+running beforehand. The Prefect API is `prefect_test_harness` (a real local server on a
+temporary SQLite database); CLI subprocesses are pointed at it with PREFECT_API_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rbexport.sample import write_sample_project
+from rbexport.seaweed import SeaweedServer
+from rbexport.storage import LocalStorage, S3Storage
+
+# No telemetry from the test API server (its heartbeat races the harness on SQLite).
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+ACCESS_KEY = "rbexport-test"
+SECRET_KEY = "rbexport-test-secret-5f1d0c3e9a"
+RBEXPORT = str(Path(sys.executable).with_name("rbexport"))
+
+
+@pytest.fixture(scope="session")
+def s3_credentials():
+    """The test server's keys, in the environment where boto3's standard chain finds them."""
+    saved = {key: os.environ.get(key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(key, None)
+    os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory, s3_credentials):
+    with SeaweedServer(tmp_path_factory.mktemp("seaweed"), access_key=ACCESS_KEY, secret_key=SECRET_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def make_bucket(seaweed):
+    """Create a fresh bucket; returns an S3Storage on `s3://<bucket>/<prefix>`."""
+
+    def make(prefix: str = "") -> S3Storage:
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        S3Storage(name, "", seaweed.endpoint_url).create_bucket()
+        return S3Storage(name, prefix, seaweed.endpoint_url)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API on a temporary database, for in-process flows and CLI subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def sample_source(tmp_path) -> Path:
+    """The generated sample project in a local folder."""
+    source = tmp_path / "source"
+    write_sample_project(LocalStorage(source))
+    return source
+
+
+@pytest.fixture
+def run_cli(prefect_api, tmp_path, s3_credentials):
+    """Run the installed `rbexport` command against the session's Prefect API."""
+
+    def run(*arguments: str, ephemeral: bool = False, timeout: float = 300, env: dict | None = None):
+        environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
+        if ephemeral:
+            environment.pop("PREFECT_API_URL", None)
+        else:
+            environment["PREFECT_API_URL"] = prefect_api
+        return subprocess.run(
+            [RBEXPORT, *arguments], capture_output=True, text=True, timeout=timeout, env=environment
+        )
+
+    return run
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under a folder, by relative path."""
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def bucket_tree(storage: S3Storage) -> dict[str, bytes]:
+    return {info.key: storage.read(info.key) for info in storage.list()}
+
+
+def copy_tree(source: Path, target) -> None:
+    for key, data in tree(source).items():
+        target.write(key, data)
+

@@ -1,0 +1,143 @@
+"""The `rbexport` command as a user runs it: exit codes, messages, progress, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import ACCESS_KEY, tree
+
+
+def assert_clean(stderr: str) -> None:
+    """Expected failures never show a traceback, nor Prefect's shutdown noise."""
+    assert "Traceback" not in stderr
+    assert "CancelledError" not in stderr
+
+
+def test_run_exits_0_and_prints_the_summary(run_cli, sample_source, tmp_path):
+    destination = tmp_path / "export"
+    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination))
+    assert result.returncode == 0, result.stderr
+    assert "6 tasks exported, 0 failed; 13 files" in result.stdout
+    assert f"report: {destination}/export-report.json" in result.stdout
+    assert_clean(result.stderr)
+    # Not a terminal: plain progress lines, the last one complete.
+    assert "[6/6] 6 exported, 0 failed" in result.stderr
+    written = tree(destination)
+    assert "segmentations/Brain_004/T2/instance-3.nii.gz" in written
+    assert json.loads(written["tasks.json"])[0]["taskId"] == "task-001"
+
+
+def test_a_failed_task_exits_1_and_the_rest_is_exported(run_cli, sample_source, tmp_path):
+    (sample_source / "masks/brain-002-T1.nii.gz").unlink()
+    destination = tmp_path / "export"
+    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination))
+    assert result.returncode == 1, result.stderr
+    assert "5 tasks exported, 1 failed" in result.stdout
+    assert "failed task-002: masks/brain-002-T1.nii.gz: mask file not found" in result.stdout
+    assert "task-002 failed: masks/brain-002-T1.nii.gz: mask file not found" in result.stderr
+    assert_clean(result.stderr)
+    tasks = json.loads((destination / "tasks.json").read_text())
+    assert [task["taskId"] for task in tasks] == ["task-001", "task-003", "task-004", "task-005", "task-006"]
+    report = json.loads((destination / "export-report.json").read_text())
+    assert report["failed"] == ["task-002"]
+    assert report["failures"] == [
+        {"taskId": "task-002", "file": "masks/brain-002-T1.nii.gz", "reason": "mask file not found"}
+    ]
+    assert not (destination / "segmentations/Brain_002").exists()
+
+
+def test_usage_errors_exit_2_with_one_line(run_cli, sample_source, tmp_path):
+    destination = tmp_path / "export"
+    cases = {
+        ("run", "--source", str(sample_source)): "the following arguments are required: --dest",
+        ("run", "--source", str(sample_source), "--dest", str(destination), "--binary-mask", "--single-mask"):
+            "not allowed with argument",
+        ("run", "--source", "s3://A/x", "--dest", str(destination)): "'A' is not a valid bucket name",
+        ("run", "--source", "ftp://host/x", "--dest", str(destination)): "unsupported scheme 'ftp'",
+        ("run", "--source", str(sample_source), "--dest", str(sample_source / "out")): "lies inside the source",
+        ("run", "--source", str(sample_source), "--dest", str(destination), "--endpoint-url", "localhost:9"):
+            "must start with http:// or https://",
+    }
+    for arguments, message in cases.items():
+        result = run_cli(*arguments)
+        assert result.returncode == 2, (arguments, result.stderr)
+        assert message in result.stderr, (arguments, result.stderr)
+        assert_clean(result.stderr)
+    assert not destination.exists()
+
+
+def test_invalid_tasks_json_exits_2_before_anything_is_written(run_cli, sample_source, tmp_path):
+    destination = tmp_path / "export"
+    for content, message in (
+        ('[{"taskId": "a",', "tasks.json is not valid JSON (line 1, column 17"),
+        ('{"taskId": "a"}', "tasks.json holds a JSON object, not a list of tasks"),
+    ):
+        (sample_source / "tasks.json").write_text(content)
+        result = run_cli("run", "--source", str(sample_source), "--dest", str(destination))
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr  # one line
+        assert not destination.exists()
+
+
+def test_unreachable_endpoint_exits_2(run_cli, tmp_path):
+    result = run_cli(
+        "run", "--source", "s3://nowhere/project", "--dest", str(tmp_path / "export"),
+        "--endpoint-url", "http://127.0.0.1:9",
+    )
+    assert result.returncode == 2
+    assert "rbexport: error: cannot reach s3://nowhere at http://127.0.0.1:9" in result.stderr
+    assert_clean(result.stderr)
+
+
+def test_denied_access_exits_2_without_leaking_the_secret(run_cli, seaweed, make_bucket, sample_source, tmp_path):
+    source = make_bucket("project")
+    wrong_secret = "definitely-not-the-secret-4242"
+    result = run_cli(
+        "run", "--source", source.url, "--dest", str(tmp_path / "export"), "--endpoint-url", seaweed.endpoint_url,
+        env={"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": wrong_secret},
+    )
+    assert result.returncode == 2
+    assert "access denied" in result.stderr
+    assert wrong_secret not in result.stderr + result.stdout
+    assert_clean(result.stderr)
+
+
+def test_uses_the_ephemeral_api_by_default_quietly(run_cli, sample_source, tmp_path):
+    destination = tmp_path / "export"
+    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--single-mask",
+                     ephemeral=True)
+    assert result.returncode == 0, result.stderr
+    assert_clean(result.stderr)
+    assert "temporary server" not in result.stderr  # Prefect's console logs are off without --verbose
+    assert not (destination / "segmentations/Brain_004/T2").exists()  # single mask: no instance files
+
+
+def test_options_reach_the_export(run_cli, sample_source, tmp_path):
+    destination = tmp_path / "export"
+    result = run_cli(
+        "run", "--source", str(sample_source), "--dest", str(destination),
+        "--semantic", "--binary-mask", "--no-consensus", "--uncompressed", "--workers", "2",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((destination / "export-report.json").read_text())
+    assert report["options"] == {"semantic_mask": True, "binary_mask": True, "no_consensus": True, "compress": False}
+    written = tree(destination)
+    assert "segmentations/Brain_001/T1/category-1.nii" in written
+    assert not any(path.endswith(".gz") for path in written)
+    consensus = json.loads(written["tasks.json"])[4]
+    assert "consensusTasks" not in consensus and "segmentations/Brain_005/T1_1.nii" not in written
+
+
+def test_demo_exports_the_sample_project_on_seaweedfs(run_cli, tmp_path):
+    output = tmp_path / "demo-output"
+    result = run_cli("demo", "--output", str(output), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert_clean(result.stderr)
+    for line in ("SeaweedFS (S3) running on http://127.0.0.1:", "s3://rbexport-export:", "instance-2.nii.gz",
+                 "category-3.nii.gz", "T1_2.nii.gz", "SeaweedFS stopped"):
+        assert line in result.stdout
+    written = tree(output)
+    assert {"standard/tasks.json", "semantic/tasks.json", "standard/export-report.json"} <= set(written)
+    assert Path(output / "semantic/segmentations/Brain_004/T2/category-1.nii.gz").exists()
