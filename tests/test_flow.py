@@ -1,0 +1,119 @@
+"""The export flow on a real Prefect API (prefect_test_harness): states, artifact, retries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import flows.export
+import tasks.export
+from flows.export import export_project
+from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
+from rbexport.options import ExportOptions
+
+
+@pytest.fixture
+def api(prefect_api):
+    return prefect_api
+
+
+def test_flow_exports_and_leaves_the_report_artifact(api, sample_source, tmp_path):
+    from prefect.artifacts import Artifact
+
+    destination = tmp_path / "export"
+    state = export_project(str(sample_source), str(destination), ExportOptions(semantic_mask=True), return_state=True)
+    assert state.is_completed()
+    report = state.result()
+    assert report.exported == ["task-001", "task-002", "task-003", "task-004", "task-005", "task-006"]
+    artifact = Artifact.get("export-report")
+    assert artifact is not None
+    assert "# Export completed" in artifact.data
+    assert "| 6 | 0 | 0 |" in artifact.data  # exported, skipped, failed
+    assert "`semantic_mask=true`" in artifact.data
+    assert json.loads((destination / "export-report.json").read_text())["exported"] == report.exported
+
+
+def test_flow_ends_failed_with_the_count_when_a_task_fails(api, sample_source, tmp_path):
+    from prefect.artifacts import Artifact
+
+    (sample_source / "masks/brain-004.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    destination = tmp_path / "export"
+    state = export_project(str(sample_source), str(destination), return_state=True)
+    assert state.is_failed()
+    assert "1 of 6 tasks failed" in state.message
+    tasks_json = json.loads((destination / "tasks.json").read_text())
+    assert "task-004" not in [task["taskId"] for task in tasks_json] and len(tasks_json) == 5
+    artifact = Artifact.get("export-report")
+    assert "**1 task(s) failed**" in artifact.data
+    assert "| task-004 | masks/brain-004.nii.gz |" in artifact.data
+
+
+def test_configuration_errors_fail_the_run_before_anything_is_written(api, tmp_path):
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source/tasks.json").write_text("[1, 2")
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
+        export_project(str(tmp_path / "source"), str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.fixture
+def no_retry_delay(monkeypatch):
+    monkeypatch.setattr(flows.export, "export_one_task", tasks.export.export_one_task.with_options(retry_delay_seconds=0))
+
+
+def failing_first(monkeypatch, task_id: str, error: Exception, times: int) -> list[str]:
+    """Make exporting `task_id` raise `error` the first `times` attempts; returns the attempt log."""
+    attempts: list[str] = []
+    real_export = tasks.export.export_task
+
+    def flaky_export(job, settings):
+        if job.task_id == task_id:
+            attempts.append(job.task_id)
+            if len(attempts) <= times:
+                raise error
+        return real_export(job, settings)
+
+    monkeypatch.setattr(tasks.export, "export_task", flaky_export)
+    return attempts
+
+
+def test_transient_storage_errors_are_retried(api, sample_source, tmp_path, monkeypatch, no_retry_delay):
+    attempts = failing_first(monkeypatch, "task-003", TransientStorageError("s3://x: the store answered 503"), times=2)
+    report = export_project(str(sample_source), str(tmp_path / "export"))
+    assert attempts == ["task-003"] * 3
+    assert "task-003" in report.exported and not report.failures
+
+
+def test_storage_errors_that_outlast_the_retries_fail_only_that_task(
+    api, sample_source, tmp_path, monkeypatch, no_retry_delay
+):
+    attempts = failing_first(monkeypatch, "task-003", TransientStorageError("s3://x: the store answered 503"), times=99)
+    state = export_project(str(sample_source), str(tmp_path / "export"), return_state=True)
+    assert state.is_failed()
+    assert len(attempts) == 1 + tasks.export.STORAGE_RETRIES
+    report = json.loads((tmp_path / "export/export-report.json").read_text())
+    assert report["failed"] == ["task-003"]
+    assert "storage kept failing after retries" in report["failures"][0]["reason"]
+    assert len(report["exported"]) == 5
+
+
+def test_data_errors_fail_at_once_without_retries(api, sample_source, tmp_path, monkeypatch, no_retry_delay):
+    attempts = failing_first(monkeypatch, "task-003", TaskDataError("corrupt", "masks/x.nii.gz"), times=99)
+    state = export_project(str(sample_source), str(tmp_path / "export"), return_state=True)
+    assert state.is_failed()
+    assert attempts == ["task-003"]
+    report = json.loads((tmp_path / "export/export-report.json").read_text())
+    assert report["failures"] == [{"taskId": "task-003", "file": "masks/x.nii.gz", "reason": "corrupt"}]
+
+
+def test_flow_parameters_form_shows_every_option(api):
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(export_project.fn).model_dump()
+    properties = schema["properties"]
+    assert {"source", "destination", "options", "endpoint_url", "allowed_buckets", "workers"} <= set(properties)
+    assert "s3://bucket/prefix" in properties["source"]["description"]
+    options = schema["definitions"]["ExportOptions"]["properties"]
+    assert set(options) == {"semantic_mask", "binary_mask", "no_consensus", "compress"}
+    assert all(option.get("description") for option in options.values())
