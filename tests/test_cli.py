@@ -141,3 +141,35 @@ def test_demo_exports_the_sample_project_on_seaweedfs(run_cli, tmp_path):
     written = tree(output)
     assert {"standard/tasks.json", "semantic/tasks.json", "standard/export-report.json"} <= set(written)
     assert Path(output / "semantic/segmentations/Brain_004/T2/category-1.nii.gz").exists()
+
+
+def test_progress_bar_on_a_terminal(prefect_api, sample_source, tmp_path):
+    import os
+    import pty
+    import subprocess
+
+    from conftest import RBEXPORT
+
+    leader, follower = pty.openpty()
+    environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home"),
+                   "COLUMNS": "100", "TERM": "xterm"}
+    process = subprocess.Popen(
+        [RBEXPORT, "run", "--source", str(sample_source), "--dest", str(tmp_path / "export")],
+        stdout=follower, stderr=follower, env=environment,
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    text = output.decode(errors="replace")
+    assert "━" in text and "6/6" in text  # the bar, at its end
+    assert "[6/6]" not in text  # not the plain lines
+    assert "6 tasks exported, 0 failed" in text
