@@ -97,23 +97,19 @@ class RunReport:
             "",
             "Options: " + ", ".join(f"`{name}={json.dumps(value)}`" for name, value in self.options.items()),
         ]
-        if self.failures:
-            lines += ["", "## Failures", "", "| task | file | reason |", "|---|---|---|"]
-            lines += [
-                f"| {_cell(failure.taskId)} | {_cell(failure.file)} | {_cell(failure.reason)} |"
-                for failure in self.failures[:limit]
-            ]
-            if len(self.failures) > limit:
-                lines.append(f"\n… and {len(self.failures) - limit} more in `{REPORT_NAME}`.")
-        if self.warnings:
-            lines += ["", "## Warnings", "", "| task | file | warning |", "|---|---|---|"]
-            lines += [
-                f"| {_cell(notice.taskId)} | {_cell(notice.file)} | {_cell(notice.message)} |"
-                for notice in self.warnings[:limit]
-            ]
-            if len(self.warnings) > limit:
-                lines.append(f"\n… and {len(self.warnings) - limit} more in `{REPORT_NAME}`.")
+        lines += _table("Failures", "reason", [(item.taskId, item.file, item.reason) for item in self.failures], limit)
+        lines += _table("Warnings", "warning", [(item.taskId, item.file, item.message) for item in self.warnings], limit)
         return "\n".join(lines) + "\n"
+
+
+def _table(title: str, what: str, rows: list[tuple], limit: int) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", f"## {title}", "", f"| task | file | {what} |", "|---|---|---|"]
+    lines += [f"| {' | '.join(_cell(value) for value in row)} |" for row in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n… and {len(rows) - limit} more in `{REPORT_NAME}`.")
+    return lines
 
 
 def human_bytes(count: int) -> str:
