@@ -1,4 +1,4 @@
-"""The export flow: read the source, export every task, publish tasks.json and the report."""
+"""The export flow: read the source, export every changed task, publish tasks.json and the report."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from rbexport import progress
 from rbexport.errors import ConfigurationError, ExportIncomplete
 from rbexport.options import ExportOptions
-from rbexport.report import Failure, RunReport
+from rbexport.report import RunReport
 from rbexport.run import RunPlan, failure_of
-from rbexport.task_export import TaskResult
-from tasks.export import export_one_task, publish, read_source
+from rbexport.task_export import TaskOutcome
+from rbexport.variants import Preset, Variant
+from tasks.export import export_one_task, publish, read_source, wait_for_uploads
 
 DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 
@@ -27,65 +28,86 @@ def export_project(
     source: str,
     destination: str,
     options: ExportOptions = ExportOptions(),
+    variants: list[Preset | Variant] | None = None,
+    incremental: bool = True,
+    prune: bool = False,
+    quiet_seconds: float = 0,
     endpoint_url: str | None = None,
     allowed_buckets: list[str] | None = None,
     workers: int = DEFAULT_WORKERS,
-) -> RunReport:
+) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
     Args:
         source: Where the project is: s3://bucket/prefix or a local folder.
         destination: Where the export goes: s3://bucket/prefix or a local folder.
-        options: Which structure to write (semantic, binary mask, consensus, compression).
+        options: The structure to write when no variants are given. With variants, its
+            no_consensus and compress apply to the presets.
+        variants: Several structures in one run, each written under destination/<name>/:
+            presets (standard, binary, single, semantic, semantic-binary) or
+            {name, options} for a custom option set. Masks are read once for all.
+        incremental: Skip tasks whose task JSON, mask objects and options are unchanged
+            since the last export to this destination.
+        prune: Delete the files of tasks removed from the source, and files an export
+            no longer writes.
+        quiet_seconds: Wait until nothing in the source has changed for this long
+            before reading it (lets a burst of uploads settle).
         endpoint_url: S3 endpoint such as http://127.0.0.1:8333; default AWS_ENDPOINT_URL, else AWS.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
         workers: How many tasks are exported at the same time.
     """
-    plan = read_source(source, destination, options, endpoint_url, tuple(allowed_buckets or ()))
-    results, failures = export_tasks(plan, workers)
-    report = publish(plan, results, failures)
-    create_markdown_artifact(key="export-report", markdown=report.to_markdown(), description=report.summary())
-    get_run_logger().info(report.summary())
-    if report.failures:
+    if quiet_seconds > 0:
+        wait_for_uploads(source, quiet_seconds, endpoint_url)
+    plan = read_source(
+        source, destination, options, variants, incremental, prune, endpoint_url, tuple(allowed_buckets or ())
+    )
+    outcomes = export_tasks(plan, workers)
+    reports = publish(plan, outcomes)
+    create_markdown_artifact(
+        key="export-report",
+        markdown="\n".join(report.to_markdown() for report in reports),
+        description="; ".join(f"{report.variant}: {report.summary()}" for report in reports),
+    )
+    for report in reports:
+        get_run_logger().info("%s: %s", report.variant, report.summary())
+    failed = {failure.taskId for report in reports for failure in report.failures}
+    if failed:
         raise ExportIncomplete(
-            f"{len(report.failures)} of {len(report.failures) + len(report.exported)} tasks failed; "
-            f"see {report.destination.rstrip('/')}/export-report.json",
-            report,
+            f"{len(failed)} of {len(plan.tasks) + len(plan.failures)} tasks failed; "
+            f"see {', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports)}",
+            reports,
         )
-    return report
+    return reports
 
 
-def export_tasks(plan: RunPlan, workers: int) -> tuple[list[TaskResult], list[Failure]]:
-    """Fan out one retryable task per source task; a failed task never stops the others."""
+def export_tasks(plan: RunPlan, workers: int) -> list[TaskOutcome]:
+    """Fan out one retryable task per changed source task; a failure never stops the others."""
     logger = get_run_logger()
     observer = progress.current()
-    observer.started(len(plan.jobs) + len(plan.failures))
+    jobs = plan.jobs
+    observer.started(len(jobs) + len(plan.failures), len(plan.tasks) - len(jobs))
     for failure in plan.failures:
         logger.warning(failure.line())
         observer.task_done(failure.taskId or "(no taskId)", failure.detail)
 
     started = time.perf_counter()
-    results: list[TaskResult] = []
-    failures: list[Failure] = []
+    outcomes: list[TaskOutcome] = []
     configuration_error: ConfigurationError | None = None
     with ThreadPoolTaskRunner(max_workers=workers) as runner:
-        futures = {
-            runner.submit(export_one_task, {"job": job, "settings": plan.settings}): job for job in plan.jobs
-        }
+        futures = {runner.submit(export_one_task, {"job": job, "settings": plan.settings}): job for job in jobs}
         for future in as_completed(list(futures)):
             job = futures[future]
             outcome = future.result(raise_on_failure=False)
-            if isinstance(outcome, TaskResult):
-                results.append(outcome)
-                observer.task_done(job.task_id, None)
-                continue
-            if isinstance(outcome, ConfigurationError):
-                configuration_error = configuration_error or outcome
-            failure = failure_of(job, outcome)
-            failures.append(failure)
-            logger.warning(failure.line())
-            observer.task_done(job.task_id, failure.detail)
+            if not isinstance(outcome, TaskOutcome):
+                if isinstance(outcome, ConfigurationError):
+                    configuration_error = configuration_error or outcome
+                outcome = TaskOutcome(job.task_id, failures=failure_of(job, outcome))
+            outcomes.append(outcome)
+            first_failure = next(iter(outcome.failures.values()), None)
+            if first_failure:
+                logger.warning(first_failure.line())
+            observer.task_done(job.task_id, first_failure.detail if first_failure else None)
     if configuration_error is not None:
         raise configuration_error
     plan.timings["export_tasks"] = time.perf_counter() - started
-    return results, failures
+    return outcomes

@@ -127,3 +127,19 @@ def _series_list(series: object, where: str) -> list[dict]:
 
 def _without_masks(series: dict) -> dict:
     return {key: value for key, value in series.items() if key not in _MASK_FIELDS}
+
+
+def mask_references(task: dict) -> list[str]:
+    """Every `segmentations` path a task names (its own, each annotator's, the super truth's)."""
+    groups = [task.get("series")]
+    if isinstance(task.get("consensusTasks"), list):
+        groups += [item.get("series") for item in task["consensusTasks"] if isinstance(item, dict)]
+    if isinstance(task.get("superTruth"), dict):
+        groups.append(task["superTruth"].get("series"))
+    references: list[str] = []
+    for series_list in groups:
+        for series in series_list if isinstance(series_list, list) else []:
+            reference = series.get("segmentations") if isinstance(series, dict) else None
+            if isinstance(reference, str) and reference not in references:
+                references.append(reference)
+    return references

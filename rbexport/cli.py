@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-consensus", action="store_true",
                      help="export consensus tasks as plain tasks (super truth, else first annotator)")
     run.add_argument("--uncompressed", action="store_true", help="write .nii instead of .nii.gz")
+    run.add_argument("--variant", action="append", default=[], metavar="NAME",
+                     help="write this structure too, under DST/NAME/ when there are several (repeatable): "
+                     "standard, binary, single, semantic, semantic-binary, or NAME:option=value,...")
+    run.add_argument("--full", action="store_true",
+                     help="export every task again, even those unchanged since the last export")
+    run.add_argument("--prune", action="store_true",
+                     help="delete the files of tasks removed from the source, and files no longer written")
     run.add_argument("--endpoint-url", metavar="URL",
                      help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)")
     run.add_argument("--allow-bucket", action="append", default=[], metavar="BUCKET",
@@ -83,72 +90,73 @@ def entry() -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    from .errors import ConfigurationError
     from .options import ExportOptions
     from .run import check_locations
+    from .variants import parse_variant_argument
 
     check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
-
+    variants = [parse_variant_argument(text) for text in arguments.variant]
+    if variants and (arguments.semantic or arguments.binary_mask is not None):
+        raise ConfigurationError(
+            "--semantic, --binary-mask and --single-mask choose one structure; with --variant, name each "
+            "structure as a variant instead (e.g. --variant semantic-binary)"
+        )
     options = ExportOptions(
         semantic_mask=arguments.semantic,
         binary_mask=arguments.binary_mask,
         no_consensus=arguments.no_consensus,
         compress=not arguments.uncompressed,
     )
-    report = run_flow(
+    reports = run_flow(
         arguments.source,
         arguments.dest,
         options,
+        variants=variants,
+        incremental=not arguments.full,
+        prune=arguments.prune,
         endpoint_url=_endpoint(arguments.endpoint_url),
         allowed_buckets=arguments.allow_bucket,
         workers=arguments.workers,
     )
-    return EXIT_OK if report.succeeded else EXIT_TASKS_FAILED
+    return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
 
 
-def run_flow(source, destination, options, endpoint_url=None, allowed_buckets=(), workers=None, title=None):
-    """Run the export flow with a progress display; print and return the report.
+def run_flow(source, destination, options, title=None, workers=None, **parameters):
+    """Run the export flow with a progress display; print and return the reports.
 
-    Raises what the flow raises, except that a run with failed tasks returns its report.
+    Raises what the flow raises, except that a run with failed tasks returns its reports.
     """
     from flows.export import export_project
 
     from . import progress
     from .errors import ExportIncomplete
 
-    parameters = dict(
-        source=source,
-        destination=destination,
-        options=options,
-        endpoint_url=endpoint_url,
-        allowed_buckets=list(allowed_buckets),
-    )
     if workers:
         parameters["workers"] = workers
+    parameters["allowed_buckets"] = list(parameters.get("allowed_buckets") or [])
     start_ephemeral_api()
     with progress.observing(_progress_display(title or f"{source} → {destination}")) as display:
         try:
-            report = export_project(**parameters)
+            reports = export_project(source=source, destination=destination, options=options, **parameters)
         except ExportIncomplete as incomplete:
-            report = incomplete.report
+            reports = incomplete.report
         finally:
             display.close()
-    _print_report(report)
-    return report
+    for report in reports:
+        _print_report(report, prefix=f"{report.variant}: " if len(reports) > 1 else "")
+    return reports
 
 
-def _print_report(report) -> None:
-    from .report import REPORT_NAME, human_bytes
+def _print_report(report, prefix: str = "") -> None:
+    from .report import REPORT_NAME
 
-    exported, failed = len(report.exported), len(report.failures)
-    print(
-        f"{exported} task{'s' * (exported != 1)} exported, {failed} failed; "
-        f"{len(report.files)} files, {human_bytes(report.bytes_written)} written in {report.seconds:.1f} s"
-    )
+    print(f"{prefix}{report.summary()}")
     if report.warnings:
-        print(f"{len(report.warnings)} warning{'s' * (len(report.warnings) != 1)} (see the report)")
+        print(f"{prefix}{len(report.warnings)} warning{'s' * (len(report.warnings) != 1)} (see the report)")
     for failure in report.failures:
         print(f"  failed {failure.line()}")
-    print(f"report: {report.destination.rstrip('/')}/{REPORT_NAME}")
+    print(f"{prefix}report: {report.destination.rstrip('/')}/{REPORT_NAME}")
 
 
 def _exit_code_for(error: Exception, verbose: bool) -> int:
@@ -255,9 +263,10 @@ class _PlainProgress:
         self.failed = 0
         self.next_line = 0
 
-    def started(self, total: int) -> None:
+    def started(self, total: int, skipped: int) -> None:
         self.total = total
-        _say(f"exporting {total} tasks: {self.title}")
+        unchanged = f" ({skipped} unchanged, skipped)" if skipped else ""
+        _say(f"exporting {total} tasks{unchanged}: {self.title}")
 
     def task_done(self, task_id: str, error: str | None) -> None:
         self.done += 1
@@ -291,9 +300,10 @@ class _BarProgress(_PlainProgress):
         )
         self.task = None
 
-    def started(self, total: int) -> None:
+    def started(self, total: int, skipped: int) -> None:
         self.total = total
-        self.bar.console.print(f"exporting {total} tasks: {self.title}")
+        unchanged = f" ({skipped} unchanged, skipped)" if skipped else ""
+        self.bar.console.print(f"exporting {total} tasks{unchanged}: {self.title}", highlight=False)
         self.task = self.bar.add_task("export", total=total)
         self.bar.start()
 

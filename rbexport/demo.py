@@ -33,7 +33,7 @@ def run_demo(output_dir: str | None = None) -> int:
         print(f"uploaded a sample project of {len(tasks)} tasks to {source.url}\n")
         succeeded = True
         for name, options in VARIANTS.items():
-            report = run_flow(source.url, exports.url_of(name), options, endpoint_url=server.endpoint_url, title=name)
+            [report] = run_flow(source.url, exports.url_of(name), options, endpoint_url=server.endpoint_url, title=name)
             succeeded = succeeded and report.succeeded
             print()
         print(f"{exports.url}:")

@@ -12,14 +12,15 @@ from typing import Protocol
 
 
 class ProgressObserver(Protocol):
-    def started(self, total: int) -> None: ...
+    def started(self, total: int, skipped: int) -> None:
+        """`total` tasks to export; `skipped` unchanged since the last export, not exported."""
 
     def task_done(self, task_id: str, error: str | None) -> None:
         """One task finished: exported (`error` None) or failed (`error`: file and reason, one line)."""
 
 
 class _Silent:
-    def started(self, total: int) -> None:
+    def started(self, total: int, skipped: int) -> None:
         pass
 
     def task_done(self, task_id: str, error: str | None) -> None:

@@ -49,12 +49,14 @@ class RunReport:
     source: str
     destination: str
     options: dict
+    variant: str = "export"
     exported: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str | None] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Notice] = field(default_factory=list)
-    files: list[FileRecord] = field(default_factory=list)
+    files: list[FileRecord] = field(default_factory=list)  # written by this run
+    pruned: list[str] = field(default_factory=list)  # deleted by this run (prune)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -74,26 +76,27 @@ class RunReport:
 
     def summary(self) -> str:
         """One line: what happened."""
-        parts = [f"{len(self.exported)} exported"]
-        if self.skipped:
-            parts.append(f"{len(self.skipped)} skipped as unchanged")
+        tasks = f"{len(self.exported)} task{'s' * (len(self.exported) != 1)} exported"
+        parts = [tasks, f"{len(self.skipped)} skipped as unchanged"] if self.skipped else [tasks]
         parts.append(f"{len(self.failures)} failed")
+        pruned = f", {len(self.pruned)} pruned" if self.pruned else ""
         return (
-            f"{', '.join(parts)}; {len(self.files)} files, {human_bytes(self.bytes_written)} written "
+            f"{', '.join(parts)}; {len(self.files)} files, {human_bytes(self.bytes_written)} written{pruned} "
             f"in {self.seconds:.1f} s"
         )
 
     def to_markdown(self, limit: int = 50) -> str:
         status = "completed" if self.succeeded else f"**{len(self.failures)} task(s) failed**"
+        variant = f" `{self.variant}`" if self.variant != "export" else ""
         lines = [
-            f"# Export {status}",
+            f"# Export{variant} {status}",
             "",
             f"`{self.source}` → `{self.destination}`",
             "",
-            "| tasks exported | skipped (unchanged) | failed | warnings | files | bytes | seconds |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| tasks exported | skipped (unchanged) | failed | warnings | files written | bytes | pruned | seconds |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {len(self.exported)} | {len(self.skipped)} | {len(self.failures)} | {len(self.warnings)} "
-            f"| {len(self.files)} | {human_bytes(self.bytes_written)} | {self.seconds:.1f} |",
+            f"| {len(self.files)} | {human_bytes(self.bytes_written)} | {len(self.pruned)} | {self.seconds:.1f} |",
             "",
             "Options: " + ", ".join(f"`{name}={json.dumps(value)}`" for name, value in self.options.items()),
         ]

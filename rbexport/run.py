@@ -1,35 +1,70 @@
 """A whole export run, without Prefect: prepare, (export each task), publish.
 
-`prepare_run` decides everything once: locations, options, the tasks to export and the
-folder each gets. `publish_export` writes tasks.json (after every mask) and the report.
-The fan-out in between is the caller's: threads, processes or Dask via the Prefect flow,
-or a plain loop (`run_export`, used by benchmarks to measure Prefect's share).
+`prepare_run` decides everything once: locations, variants, the tasks to export for each
+variant (the unchanged ones are skipped) and the folder each task gets. `publish_export`
+writes, for every variant, tasks.json (after every mask), the state and the report. The
+fan-out in between is the caller's: threads, processes or Dask in the Prefect flow, or a
+plain loop (`run_export`).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .annotations import mask_references
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
 from .naming import deduplicate, task_folder_name
 from .options import ExportOptions
 from .report import REPORT_NAME, Failure, FileRecord, RunReport
-from .source import SourceTask, read_category_numbers, read_tasks
-from .storage import Location
-from .task_export import SEGMENTATIONS_FOLDER, ExportSettings, TaskJob, TaskResult, export_task, storage_for
+from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
+from .storage import Location, Storage
+from .task_export import (
+    SEGMENTATIONS_FOLDER,
+    ExportSettings,
+    Target,
+    TaskFailed,
+    TaskJob,
+    TaskOutcome,
+    TaskResult,
+    export_task,
+    storage_for,
+)
+from .variants import Preset, Variant, resolve_variants
 
 TASKS_JSON = "tasks.json"
 
 
 @dataclass
+class TargetPlan:
+    """One variant's view of the run: what it had before, what it skips."""
+
+    target: Target
+    state: ExportState
+    previous_tasks_json: bytes | None
+    previous_entries: dict[str, dict]
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+
+
+@dataclass
 class RunPlan:
     settings: ExportSettings
-    jobs: list[TaskJob]
+    tasks: list[TaskJob]  # every valid task of the source, in order
     failures: list[Failure]  # tasks refused before export (no taskId, duplicates)
+    targets: list[TargetPlan]
+    source_task_ids: set[str]
+    prune: bool = False
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def jobs(self) -> list[TaskJob]:
+        """The tasks with at least one variant to export."""
+        return [job for job in self.tasks if job.targets]
 
 
 def prepare_run(
@@ -37,33 +72,38 @@ def prepare_run(
     destination: str,
     options: ExportOptions,
     endpoint_url: str | None = None,
-    allowed_buckets: tuple[str, ...] = (),
+    allowed_buckets: Sequence[str] = (),
+    variants: Sequence[Preset | Variant | str] | None = None,
+    incremental: bool = True,
+    prune: bool = False,
 ) -> RunPlan:
-    """Check the locations, read the source's tasks (and taxonomy), plan one job per task.
+    """Check the locations, read the source, decide what each variant exports.
 
     ConfigurationError for anything that stops the run before a file is written.
     """
     started = time.perf_counter()
     source_location, destination_location = check_locations(source, destination)
+    resolved = resolve_variants(options, variants)
+    roots = [destination_location] if len(resolved) == 1 else [destination_location.child(v.name) for v in resolved]
+    targets = tuple(Target(variant.name, root.url, variant.options) for variant, root in zip(resolved, roots))
+
     source_storage = storage_for(source_location.url, endpoint_url)
-    destination_storage = storage_for(destination_location.url, endpoint_url)
-    try:
-        source_storage.check_reachable()
-        destination_storage.check_reachable()
-        tasks = read_tasks(source_storage)
-        categories = read_category_numbers(source_storage) if options.semantic_mask else None
-    except TransientStorageError as error:
-        raise ConfigurationError(f"cannot read the source: {error}") from None
-    jobs, failures = plan_jobs(tasks)
+    source_storage.check_reachable()
+    storage_for(destination_location.url, endpoint_url).check_reachable()
+    tasks = read_tasks(source_storage)
+    needs_taxonomy = any(target.options.semantic_mask for target in targets)
     settings = ExportSettings(
         source=source_location.url,
-        export_root=destination_location.url,
-        options=options,
-        category_numbers=categories,
+        targets=targets,
+        category_numbers=read_category_numbers(source_storage) if needs_taxonomy else None,
         endpoint_url=endpoint_url,
         allowed_buckets=tuple(allowed_buckets),
     )
-    plan = RunPlan(settings, jobs, failures, started=started)
+    jobs, failures = plan_jobs(tasks)
+    source_task_ids = {item.task.get("taskId") for item in tasks if isinstance(item.task, dict)}
+    target_plans = [_load_target(target, endpoint_url) for target in targets]
+    jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, incremental)
+    plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
     plan.timings["read_source"] = time.perf_counter() - started
     return plan
 
@@ -95,55 +135,162 @@ def plan_jobs(tasks: list[SourceTask]) -> tuple[list[TaskJob], list[Failure]]:
     return jobs, failures
 
 
-def failure_of(job: TaskJob, error: BaseException) -> Failure:
-    """How a failed task is reported: the file and a reason a person can act on."""
+def _load_target(target: Target, endpoint_url: str | None) -> TargetPlan:
+    """What the destination already holds for this variant: its state and tasks.json."""
+    storage = storage_for(target.root, endpoint_url)
+    previous = storage.read(TASKS_JSON) if storage.exists(TASKS_JSON) else None
+    try:
+        entries = json.loads(previous) if previous else []
+    except ValueError:
+        entries = []
+    by_id = {entry["taskId"]: entry for entry in entries if isinstance(entry, dict) and "taskId" in entry} if isinstance(entries, list) else {}
+    return TargetPlan(target, ExportState.load(storage), previous, by_id)
+
+
+def _decide_exports(
+    jobs: list[TaskJob],
+    target_plans: list[TargetPlan],
+    settings: ExportSettings,
+    source: Storage,
+    source_location: Location,
+    incremental: bool,
+) -> list[TaskJob]:
+    """Fingerprint every task for every variant; keep for export what changed."""
+    reader = MaskReader(source, source_location, settings.endpoint_url, settings.allowed_buckets)
+    source_versions = {info.key: info.etag for info in source.list()}
+    present = {
+        plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.endpoint_url).list()}
+        for plan in target_plans
+    } if incremental else {}
+    decided = []
+    for job in jobs:
+        versions = {reference: reader.version(reference, source_versions) for reference in mask_references(job.task)}
+        targets = []
+        for plan in target_plans:
+            fingerprint = task_fingerprint(job.task, job.folder, versions, plan.target.options)
+            plan.fingerprints[job.task_id] = fingerprint
+            record = plan.state.tasks.get(job.task_id)
+            if incremental and is_unchanged(
+                record, fingerprint, present[plan.target.name], plan.previous_entries.get(job.task_id)
+            ):
+                plan.skipped.add(job.task_id)
+            else:
+                targets.append(plan.target.name)
+        decided.append(TaskJob(job.position, job.task_id, job.folder, job.task, job.origin, tuple(targets)))
+    return decided
+
+
+def failure_of(job: TaskJob, error: BaseException) -> dict[str, Failure]:
+    """How a failed task is reported for each variant it was exported for."""
+    if isinstance(error, TaskFailed):
+        return dict(error.failures)
     if isinstance(error, TaskDataError):
-        return Failure(job.task_id, error.file, error.reason)
-    if isinstance(error, TransientStorageError):
-        return Failure(job.task_id, None, f"storage kept failing after retries: {error}")
-    return Failure(job.task_id, None, f"unexpected error: {type(error).__name__}: {error}")
+        failure = Failure(job.task_id, error.file, error.reason)
+    elif isinstance(error, TransientStorageError):
+        failure = Failure(job.task_id, None, f"storage kept failing after retries: {error}")
+    else:
+        failure = Failure(job.task_id, None, f"unexpected error: {type(error).__name__}: {error}")
+    return {name: failure for name in job.targets}
 
 
-def publish_export(plan: RunPlan, results: list[TaskResult], failures: list[Failure]) -> RunReport:
-    """Write tasks.json (every mask is stored by now), then the report beside it."""
-    settings = plan.settings
-    destination = storage_for(settings.export_root, settings.endpoint_url)
-    results = sorted(results, key=lambda result: result.position)
+def publish_export(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport]:
+    """For every variant: tasks.json (every mask is stored by now), the state, the report."""
+    return [_publish_target(plan, target_plan, outcomes) for target_plan in plan.targets]
+
+
+def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskOutcome]) -> RunReport:
+    started = time.perf_counter()
+    target = target_plan.target
+    destination = storage_for(target.root, plan.settings.endpoint_url)
+    results = {o.task_id: o.results[target.name] for o in outcomes if target.name in o.results}
+    failures = plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]
     report = RunReport(
-        source=settings.source,
-        destination=settings.export_root,
-        options=settings.options.model_dump(),
-        exported=[result.task_id for result in results],
-        failed=[failure.taskId for failure in plan.failures + failures],
-        failures=plan.failures + failures,
-        warnings=[notice for result in results for notice in result.warnings],
-        files=[record for result in results for record in result.files],
+        source=plan.settings.source,
+        destination=target.root,
+        options=target.options.model_dump(),
+        variant=target.name,
+        exported=[job.task_id for job in plan.tasks if job.task_id in results],
+        skipped=[job.task_id for job in plan.tasks if job.task_id in target_plan.skipped],
+        failed=[failure.taskId for failure in failures],
+        failures=failures,
+        warnings=[notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings],
+        files=[record for job in plan.tasks if job.task_id in results for record in results[job.task_id].files],
     )
-    publish_started = time.perf_counter()
-    tasks_json = (json.dumps([result.entry for result in results], indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    destination.write(TASKS_JSON, tasks_json)
-    report.files.append(FileRecord.of(TASKS_JSON, tasks_json))
-    plan.timings["publish"] = time.perf_counter() - publish_started
-    report.timings = dict(plan.timings)
+    entries = [
+        results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
+        for job in plan.tasks
+        if job.task_id in results or job.task_id in target_plan.skipped
+    ]
+    tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    if tasks_json != target_plan.previous_tasks_json:
+        destination.write(TASKS_JSON, tasks_json)
+        report.files.append(FileRecord.of(TASKS_JSON, tasks_json))
+
+    state = _next_state(target_plan, results, failures, plan.source_task_ids)
+    if plan.prune:
+        report.pruned = _prune(destination, state, plan.source_task_ids)
+    state_json = state.to_json()
+    if state_json != target_plan.state.to_json():
+        destination.write(STATE_KEY, state_json)
+        report.files.append(FileRecord.of(STATE_KEY, state_json))
+
+    report.timings = {**plan.timings, "publish": time.perf_counter() - started}
     report.seconds = time.perf_counter() - plan.started
     destination.write(REPORT_NAME, report.to_json())
     return report
 
 
+def _next_state(
+    target_plan: TargetPlan, results: dict[str, TaskResult], failures: list[Failure], source_task_ids: set[str]
+) -> ExportState:
+    tasks = {task_id: TaskRecord(r.fingerprint, dict(r.files), list(r.orphans)) for task_id, r in target_plan.state.tasks.items()}
+    for task_id, result in results.items():
+        written = {record.path: record.bytes for record in result.files}
+        previous = tasks.get(task_id, TaskRecord(None))
+        orphans = sorted((set(previous.files) | set(previous.orphans)) - set(written))
+        tasks[task_id] = TaskRecord(target_plan.fingerprints[task_id], written, orphans)
+    for failure in failures:
+        if failure.taskId in tasks and failure.taskId not in results:
+            tasks[failure.taskId].fingerprint = None  # try again next time; its old files stay
+    return ExportState(tasks)
+
+
+def _prune(destination: Storage, state: ExportState, source_task_ids: set[str]) -> list[str]:
+    """Delete files no longer part of the export: removed tasks' and orphans. Returns them."""
+    deleted = []
+    for task_id in list(state.tasks):
+        record = state.tasks[task_id]
+        removed = task_id not in source_task_ids
+        for path in sorted(record.orphans + (list(record.files) if removed else [])):
+            destination.delete(path)
+            deleted.append(path)
+        if removed:
+            del state.tasks[task_id]
+        else:
+            record.orphans = []
+    return deleted
+
+
 def run_export(
-    source: str, destination: str, options: ExportOptions, endpoint_url: str | None = None
-) -> RunReport:
+    source: str,
+    destination: str,
+    options: ExportOptions,
+    endpoint_url: str | None = None,
+    variants: Sequence[Preset | Variant | str] | None = None,
+    incremental: bool = True,
+    prune: bool = False,
+) -> list[RunReport]:
     """The whole run in this thread, one task after another (no Prefect)."""
-    plan = prepare_run(source, destination, options, endpoint_url)
+    plan = prepare_run(source, destination, options, endpoint_url, (), variants, incremental, prune)
     started = time.perf_counter()
-    results, failures = [], []
+    outcomes = []
     for job in plan.jobs:
         try:
-            results.append(export_task(job, plan.settings))
+            outcomes.append(export_task(job, plan.settings))
         except (TaskDataError, TransientStorageError) as error:
-            failures.append(failure_of(job, error))
+            outcomes.append(TaskOutcome(job.task_id, failures=failure_of(job, error)))
     plan.timings["export_tasks"] = time.perf_counter() - started
-    return publish_export(plan, results, failures)
+    return publish_export(plan, outcomes)
 
 
 def check_locations(source_url: str, destination_url: str) -> tuple[Location, Location]:

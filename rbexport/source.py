@@ -6,6 +6,7 @@ Only what tasks.json names is read, and nothing is ever written to a source.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from .errors import ConfigurationError, ObjectNotFoundError, TaskDataError
@@ -57,6 +58,26 @@ def read_tasks(source: Storage) -> list[SourceTask]:
     return found
 
 
+def wait_until_quiet(source: Storage, quiet_seconds: float, poll_seconds: float = 2.0) -> float:
+    """Return once nothing in the source has changed for `quiet_seconds` (uploads settled).
+
+    Gives up waiting after ten quiet periods (at least a minute) of constant change.
+    Returns the seconds waited.
+    """
+    started = time.monotonic()
+    if quiet_seconds <= 0:
+        return 0.0
+    give_up = started + max(60.0, 10 * quiet_seconds)
+    snapshot = {info.key: info.etag for info in source.list()}
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_seconds and time.monotonic() < give_up:
+        time.sleep(min(poll_seconds, quiet_seconds))
+        current = {info.key: info.etag for info in source.list()}
+        if current != snapshot:
+            snapshot, quiet_since = current, time.monotonic()
+    return time.monotonic() - started
+
+
 def read_category_numbers(source: Storage) -> dict[str, int]:
     """Category numbers from the source's taxonomy.json (needed for semantic exports)."""
     if not source.exists(TAXONOMY_FILE):
@@ -93,24 +114,46 @@ class MaskReader:
         self.source_location = source_location
         self.endpoint_url = endpoint_url
         self.allowed_buckets = allowed_buckets
-        self._cache: dict[str, LabelMap] = {}
+        self._decoded: dict[str, LabelMap | TaskDataError] = {}
 
     def load(self, reference: object) -> LabelMap:
+        """The decoded label map (read and decoded once per reader, failures included)."""
         if not isinstance(reference, str):
             raise TaskDataError(f"segmentations must be the path of one label map, not a {_json_type(reference)}")
-        if reference not in self._cache:
-            storage, key = self._locate(reference)
+        if reference not in self._decoded:
             try:
-                raw = storage.read(key)
-            except ObjectNotFoundError:
-                raise TaskDataError("mask file not found", reference) from None
-            try:
-                self._cache[reference] = read_label_map(raw)
+                self._decoded[reference] = self._read(reference)
             except TaskDataError as error:
-                raise TaskDataError(error.reason, reference) from None
-        return self._cache[reference]
+                self._decoded[reference] = error
+        decoded = self._decoded[reference]
+        if isinstance(decoded, TaskDataError):
+            raise decoded
+        return decoded
 
-    def _locate(self, reference: str) -> tuple[Storage, str]:
+    def _read(self, reference: str) -> LabelMap:
+        storage, key = self.locate(reference)
+        try:
+            raw = storage.read(key)
+        except ObjectNotFoundError:
+            raise TaskDataError("mask file not found", reference) from None
+        try:
+            return read_label_map(raw)
+        except TaskDataError as error:
+            raise TaskDataError(error.reason, reference) from None
+
+    def version(self, reference: str, source_versions: dict[str, str]) -> str | None:
+        """The object version (ETag, or mtime and size) of a mask, without reading it."""
+        try:
+            storage, key = self.locate(reference)
+        except TaskDataError:
+            return None
+        if storage is self.source:
+            return source_versions.get(key)
+        info = storage.stat(key)
+        return info.etag if info else None
+
+    def locate(self, reference: str) -> tuple[Storage, str]:
+        """The storage and key a `segmentations` reference points at."""
         if reference.startswith("s3://"):
             try:
                 target = Location.parse(reference)

@@ -1,9 +1,9 @@
-"""Exporting one task: read its masks, build every series' structure, write the files.
+"""Exporting one task: read its masks once, then build and write every variant asked for.
 
 Everything a worker needs travels in `ExportSettings` and `TaskJob`, plain picklable
 values (no clients, no credentials), so this runs the same in a thread, a process or a
-Dask worker. A task is checked whole before its first file is written: a task that fails
-for its data writes nothing.
+Dask worker. Each variant of a task is checked whole before its first file is written: a
+variant that fails for the task's data writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .annotations import annotations_of, assemble_task
 from .errors import TaskDataError
 from .nifti import LabelMap, encode_mask
 from .options import ExportOptions
-from .report import FileRecord, Notice
+from .report import Failure, FileRecord, Notice
 from .source import MaskReader
 from .storage import Location, Storage, open_storage
 from .structures import SeriesExport, SeriesPaths, export_series
@@ -25,12 +25,20 @@ SEGMENTATIONS_FOLDER = "segmentations"
 
 
 @dataclass(frozen=True)
+class Target:
+    """One structure variant of a run and the root it is written to."""
+
+    name: str
+    root: str
+    options: ExportOptions
+
+
+@dataclass(frozen=True)
 class ExportSettings:
-    """One structure variant of one run: where from, where to, how."""
+    """What every task of a run shares: where from, which variants, where to."""
 
     source: str
-    export_root: str
-    options: ExportOptions
+    targets: tuple[Target, ...]
     category_numbers: Mapping[str, int] | None = None
     endpoint_url: str | None = None
     allowed_buckets: tuple[str, ...] = ()
@@ -43,15 +51,39 @@ class TaskJob:
     folder: str  # the task's folder name under segmentations/, unique in the run
     task: dict
     origin: str  # where the task was read, for messages
+    targets: tuple[str, ...] = ()  # the variants to export it for (the others are unchanged)
 
 
 @dataclass
 class TaskResult:
+    """One task exported for one variant."""
+
     position: int
     task_id: str
     entry: dict  # the task's entry in tasks.json
     files: list[FileRecord] = field(default_factory=list)
     warnings: list[Notice] = field(default_factory=list)
+
+
+@dataclass
+class TaskOutcome:
+    """One task across the variants it was exported for: a result or a failure for each."""
+
+    task_id: str
+    results: dict[str, TaskResult] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)
+
+
+class TaskFailed(TaskDataError):
+    """The task failed for every variant asked for; `failures` says why, per variant."""
+
+    def __init__(self, failures: dict[str, Failure]) -> None:
+        first = next(iter(failures.values()))
+        super().__init__(first.reason, first.file)
+        self.failures = failures
+
+    def __reduce__(self):
+        return (type(self), (self.failures,))
 
 
 @dataclass(frozen=True)
@@ -61,13 +93,28 @@ class _PlannedSeries:
     export: SeriesExport
 
 
-def export_task(job: TaskJob, settings: ExportSettings) -> TaskResult:
-    """Export one task; TaskDataError when its data is bad (nothing written then)."""
-    source = storage_for(settings.source, settings.endpoint_url)
-    destination = storage_for(settings.export_root, settings.endpoint_url)
-    reader = MaskReader(source, Location.parse(settings.source), settings.endpoint_url, settings.allowed_buckets)
-    options = settings.options
+def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
+    """Export one task for each variant in `job.targets`, decoding each mask once.
 
+    Raises TaskFailed when no variant could be exported.
+    """
+    source = storage_for(settings.source, settings.endpoint_url)
+    reader = MaskReader(source, Location.parse(settings.source), settings.endpoint_url, settings.allowed_buckets)
+    outcome = TaskOutcome(job.task_id)
+    for target in settings.targets:
+        if target.name not in job.targets:
+            continue
+        try:
+            outcome.results[target.name] = _export_variant(job, target, reader, settings)
+        except TaskDataError as error:
+            outcome.failures[target.name] = Failure(job.task_id, error.file, error.reason)
+    if outcome.failures and not outcome.results:
+        raise TaskFailed(outcome.failures)
+    return outcome
+
+
+def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: ExportSettings) -> TaskResult:
+    options = target.options
     planned: list[_PlannedSeries] = []
     exported_annotations: list[list[dict]] = []
     warnings: list[Notice] = []
@@ -93,6 +140,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskResult:
     warnings += [Notice(job.task_id, None, text) for text in task_warnings]
     _refuse_colliding_paths(planned)
 
+    destination = storage_for(target.root, settings.endpoint_url)
     files = [
         _write(destination, mask_file.path, encode_mask(mask_file.voxels(), item.label_map.header, options.compress))
         for item in planned

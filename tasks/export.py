@@ -6,6 +6,8 @@ exponential back-off; a task whose data is bad fails at once and is recorded by 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -13,9 +15,12 @@ from prefect.tasks import exponential_backoff
 
 from rbexport.errors import TransientStorageError
 from rbexport.options import ExportOptions
-from rbexport.report import Failure, RunReport
+from rbexport.report import RunReport
 from rbexport.run import RunPlan, prepare_run, publish_export
-from rbexport.task_export import ExportSettings, TaskJob, TaskResult, export_task
+from rbexport.source import wait_until_quiet
+from rbexport.storage import open_storage
+from rbexport.task_export import ExportSettings, TaskJob, TaskOutcome, export_task
+from rbexport.variants import Preset, Variant
 
 STORAGE_RETRIES = 3
 BACKOFF_SECONDS = 2  # then 4, 8
@@ -40,32 +45,47 @@ _retrying = dict(
 )
 
 
+@task(name="wait-for-uploads", **_retrying)
+def wait_for_uploads(source: str, quiet_seconds: float, endpoint_url: str | None) -> None:
+    waited = wait_until_quiet(open_storage(source, endpoint_url), quiet_seconds)
+    get_run_logger().info("source quiet for %.0f s (waited %.1f s)", quiet_seconds, waited)
+
+
 @task(name="read-source", **_retrying)
 def read_source(
     source: str,
     destination: str,
     options: ExportOptions,
+    variants: Sequence[Preset | Variant] | None,
+    incremental: bool,
+    prune: bool,
     endpoint_url: str | None,
     allowed_buckets: tuple[str, ...],
 ) -> RunPlan:
-    plan = prepare_run(source, destination, options, endpoint_url, allowed_buckets)
-    get_run_logger().info("%d tasks to export from %s", len(plan.jobs), plan.settings.source)
+    plan = prepare_run(source, destination, options, endpoint_url, allowed_buckets, variants, incremental, prune)
+    skipped = {target.target.name: len(target.skipped) for target in plan.targets}
+    get_run_logger().info(
+        "%d tasks in %s; to export: %d; skipped as unchanged: %s",
+        len(plan.tasks), plan.settings.source, len(plan.jobs), skipped,
+    )
     return plan
 
 
 @task(name="export-task", task_run_name="export-{job.task_id}", **_retrying)
-def export_one_task(job: TaskJob, settings: ExportSettings) -> TaskResult:
-    result = export_task(job, settings)
-    get_run_logger().info(
-        "%s: %d files, %d bytes%s",
-        job.task_id,
-        len(result.files),
-        sum(record.bytes for record in result.files),
-        f", {len(result.warnings)} warnings" if result.warnings else "",
-    )
-    return result
+def export_one_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
+    outcome = export_task(job, settings)
+    logger = get_run_logger()
+    for name, result in outcome.results.items():
+        logger.info(
+            "%s [%s]: %d files, %d bytes%s", job.task_id, name, len(result.files),
+            sum(record.bytes for record in result.files),
+            f", {len(result.warnings)} warnings" if result.warnings else "",
+        )
+    for name, failure in outcome.failures.items():
+        logger.warning("%s [%s] failed: %s", job.task_id, name, failure.detail)
+    return outcome
 
 
 @task(name="publish-export", **_retrying)
-def publish(plan: RunPlan, results: list[TaskResult], failures: list[Failure]) -> RunReport:
-    return publish_export(plan, results, failures)
+def publish(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport]:
+    return publish_export(plan, outcomes)

@@ -145,7 +145,7 @@ def export(
     if not source.exists():
         write_source(source, tasks, masks, taxonomy)
     destination = tmp_path / out
-    report = run_export(str(source), str(destination), ExportOptions(**options))
+    [report] = run_export(str(source), str(destination), ExportOptions(**options))
     return Export(destination, report)
 
 

@@ -18,7 +18,7 @@ def test_run_exits_0_and_prints_the_summary(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
     result = run_cli("run", "--source", str(sample_source), "--dest", str(destination))
     assert result.returncode == 0, result.stderr
-    assert "6 tasks exported, 0 failed; 13 files" in result.stdout
+    assert "6 tasks exported, 0 failed; 14 files" in result.stdout  # 12 masks, tasks.json, state
     assert f"report: {destination}/export-report.json" in result.stdout
     assert_clean(result.stderr)
     # Not a terminal: plain progress lines, the last one complete.

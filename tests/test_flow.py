@@ -24,12 +24,12 @@ def test_flow_exports_and_leaves_the_report_artifact(api, sample_source, tmp_pat
     destination = tmp_path / "export"
     state = export_project(str(sample_source), str(destination), ExportOptions(semantic_mask=True), return_state=True)
     assert state.is_completed()
-    report = state.result()
+    [report] = state.result()
     assert report.exported == ["task-001", "task-002", "task-003", "task-004", "task-005", "task-006"]
     artifact = Artifact.get("export-report")
     assert artifact is not None
     assert "# Export completed" in artifact.data
-    assert "| 6 | 0 | 0 |" in artifact.data  # exported, skipped, failed
+    assert f"| 6 | 0 | 0 | 0 | {len(report.files)} |" in artifact.data  # exported, skipped, failed, warnings, files
     assert "`semantic_mask=true`" in artifact.data
     assert json.loads((destination / "export-report.json").read_text())["exported"] == report.exported
 
@@ -80,7 +80,7 @@ def failing_first(monkeypatch, task_id: str, error: Exception, times: int) -> li
 
 def test_transient_storage_errors_are_retried(api, sample_source, tmp_path, monkeypatch, no_retry_delay):
     attempts = failing_first(monkeypatch, "task-003", TransientStorageError("s3://x: the store answered 503"), times=2)
-    report = export_project(str(sample_source), str(tmp_path / "export"))
+    [report] = export_project(str(sample_source), str(tmp_path / "export"))
     assert attempts == ["task-003"] * 3
     assert "task-003" in report.exported and not report.failures
 
