@@ -200,7 +200,15 @@ class LocalStorage(Storage):
         return ObjectInfo(key, info.st_size, f"{info.st_mtime_ns}-{info.st_size}")
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for folder in path.parents:  # folders left empty go too, as they would on S3
+            if folder == self.root or not folder.is_relative_to(self.root):
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def check_reachable(self) -> None:
         if self.root.exists() and not self.root.is_dir():
