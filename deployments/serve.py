@@ -1,37 +1,66 @@
 """Serve the deployments of prefect.yaml from this process, without a work pool or worker.
 
-    python -m deployments.serve
+    python -m deployments.serve                      # all of them
+    python -m deployments.serve export-on-upload     # some, by name
 
-Runs started from the Prefect UI (or by schedules and triggers) execute here until
-you stop it with Ctrl+C. Needs a Prefect server: set PREFECT_API_URL.
+Schedules, event triggers and runs started from the Prefect UI execute here until you
+stop it with Ctrl+C. Needs a Prefect server (PREFECT_API_URL). The RBEXPORT_* settings
+(deployments/settings.py) fill in prefect.yaml's `{{ $RBEXPORT_... }}` placeholders.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import load_flow_from_entrypoint
+from prefect.schedules import Cron, Interval
+from prefect.utilities.templating import apply_values
+
+from deployments.settings import template_values
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def deployments_of(prefect_yaml: Path = PROJECT / "prefect.yaml") -> list:
-    """Runner deployments for every deployment in prefect.yaml (work pools aside)."""
+def deployment_specs(prefect_yaml: Path = PROJECT / "prefect.yaml") -> list[dict]:
+    """prefect.yaml's deployments with `{{ $VAR }}` filled in as `prefect deploy` does."""
+    for name, value in template_values().items():
+        os.environ.setdefault(name, value)  # `{{ $NAME }}` placeholders read the environment
     spec = yaml.safe_load(prefect_yaml.read_text())
-    runners = []
-    for deployment in spec["deployments"]:
-        flow = load_flow_from_entrypoint(str(PROJECT / deployment["entrypoint"]))
-        runners.append(
-            flow.to_deployment(
-                name=deployment["name"],
-                description=deployment.get("description"),
-                tags=deployment.get("tags"),
-                parameters=deployment.get("parameters") or {},
-            )
-        )
-    return runners
+    return apply_values(spec["deployments"], {}, remove_notset=False)
+
+
+def runner_deployment(spec: dict):
+    flow = load_flow_from_entrypoint(str(PROJECT / spec["entrypoint"]))
+    return flow.to_deployment(
+        name=spec["name"],
+        description=spec.get("description"),
+        tags=spec.get("tags"),
+        parameters=spec.get("parameters") or {},
+        schedules=[_schedule(item) for item in spec.get("schedules") or []],
+        triggers=[DeploymentEventTrigger(**_without(item, "type")) for item in spec.get("triggers") or []],
+        concurrency_limit=_concurrency(spec.get("concurrency_limit")),
+    )
+
+
+def _schedule(item: dict):
+    if "cron" in item:
+        return Cron(item["cron"], timezone=item.get("timezone"))
+    return Interval(timedelta(seconds=item["interval"]), timezone=item.get("timezone"))
+
+
+def _concurrency(limit: int | dict | None) -> int | ConcurrencyLimitConfig | None:
+    return ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit
+
+
+def _without(item: dict, key: str) -> dict:
+    return {name: value for name, value in item.items() if name != key}
 
 
 def forget_deployed_versions(runners: list) -> None:
@@ -57,11 +86,17 @@ def forget_deployed_versions(runners: list) -> None:
     run_coro_as_sync(forget())
 
 
-def main() -> None:
-    runners = deployments_of()
+def main(names: list[str]) -> int:
+    specs = deployment_specs()
+    unknown = set(names) - {spec["name"] for spec in specs}
+    if unknown:
+        print(f"no such deployment in prefect.yaml: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    runners = [runner_deployment(spec) for spec in specs if not names or spec["name"] in names]
     forget_deployed_versions(runners)
     serve(*runners)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -56,6 +56,8 @@ def export_project(
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
         workers: How many tasks are exported at the same time.
     """
+    endpoint_url = endpoint_url or None
+    refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
     if quiet_seconds > 0:
         wait_for_uploads(source, quiet_seconds, endpoint_url)
     plan = read_source(
@@ -78,6 +80,16 @@ def export_project(
             reports,
         )
     return reports
+
+
+def refuse_placeholders(**parameters: str | None) -> None:
+    """A deployment made while an RBEXPORT_* variable was unset carries `{{ $NAME }}`."""
+    for name, value in parameters.items():
+        if value and "{{" in value:
+            raise ConfigurationError(
+                f"parameter {name} is the unresolved placeholder {value!r}: set that variable "
+                "before `prefect deploy`, or give the parameter a value"
+            )
 
 
 def export_tasks(plan: RunPlan, workers: int) -> list[TaskOutcome]:

@@ -39,6 +39,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str  # S3 ETag, or "<mtime_ns>-<size>" for local files
+    modified: float = 0.0  # seconds since the epoch
 
 
 class Storage(ABC):
@@ -190,14 +191,16 @@ class LocalStorage(Storage):
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith(".rbexport-"):
                 info = path.stat()
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), info.st_size, f"{info.st_mtime_ns}-{info.st_size}")
+                yield ObjectInfo(
+                    path.relative_to(self.root).as_posix(), info.st_size, f"{info.st_mtime_ns}-{info.st_size}", info.st_mtime
+                )
 
     def stat(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
         if not path.is_file():
             return None
         info = path.stat()
-        return ObjectInfo(key, info.st_size, f"{info.st_mtime_ns}-{info.st_size}")
+        return ObjectInfo(key, info.st_size, f"{info.st_mtime_ns}-{info.st_size}", info.st_mtime)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -264,7 +267,9 @@ class S3Storage(Storage):
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(item["Key"][strip:], item["Size"], item["ETag"].strip('"'))
+                    yield ObjectInfo(
+                        item["Key"][strip:], item["Size"], item["ETag"].strip('"'), item["LastModified"].timestamp()
+                    )
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -272,7 +277,7 @@ class S3Storage(Storage):
                 head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ObjectNotFoundError:
             return None
-        return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'))
+        return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"].timestamp())
 
     def delete(self, key: str) -> None:
         with _s3_errors(self.url_of(key)):

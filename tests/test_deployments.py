@@ -2,97 +2,94 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
+import yaml
 
-from deployments.serve import deployments_of
+from deployments.serve import deployment_specs, runner_deployment
+from prefect_helpers import PROJECT, automations_of, prefect_cli, read_deployment, served
 
-PROJECT = Path(__file__).resolve().parent.parent
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+SETTINGS = {
+    "RBEXPORT_SOURCE": "s3://studies/brain",
+    "RBEXPORT_DESTINATION": "s3://exports/brain",
+    "RBEXPORT_ENDPOINT_URL": "http://127.0.0.1:8333",
+}
 
 
-def prefect_cli(prefect_api: str, *arguments: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_CLI_PROMPT": "false"}
-    return subprocess.run(
-        [PREFECT, *arguments], capture_output=True, text=True, timeout=300, env=environment, cwd=PROJECT
-    )
-
-
-def read_deployment(name: str):
-    from prefect.client.orchestration import get_client
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_deployment_by_name(name)
-
-    return asyncio.run(read())
-
-
-def test_prefect_deploy_all_creates_the_manual_deployment(prefect_api):
+def test_prefect_deploy_all_creates_every_deployment(prefect_api):
     created = prefect_cli(prefect_api, "work-pool", "create", "rbexport", "--type", "process", "--overwrite")
     assert created.returncode == 0, created.stdout + created.stderr
-    deployed = prefect_cli(prefect_api, "--no-prompt", "deploy", "--all")
+    deployed = prefect_cli(prefect_api, "--no-prompt", "deploy", "--all", env=SETTINGS)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    located = {"source": "s3://studies/brain", "destination": "s3://exports/brain",
+               "endpoint_url": "http://127.0.0.1:8333"}
 
-    deployment = read_deployment("export-project/export-manual")
-    assert deployment.entrypoint == "flows/export.py:export_project"
-    assert deployment.work_pool_name == "rbexport"
-    assert "manual" in deployment.tags
-    assert set(deployment.parameter_openapi_schema["required"]) == {"source", "destination"}
-    assert deployment.pull_steps == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT)}}
-    ]
+    nightly = read_deployment("export-project/export-nightly")
+    assert nightly.work_pool_name == "rbexport"
+    assert nightly.entrypoint == "flows/export.py:export_project"
+    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT)}}]
+    [schedule] = nightly.schedules
+    assert schedule.active
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Amsterdam")
+    assert nightly.parameters == {**located, "variants": ["standard", "semantic"], "prune": True}
+
+    manual = read_deployment("export-project/export-manual")
+    assert manual.parameters == {} and not manual.schedules
+    form = manual.parameter_openapi_schema
+    assert set(form["required"]) == {"source", "destination"}
+    assert all(field.get("description") for field in form["properties"].values())
+    assert form["definitions"]["Preset"]["enum"] == ["standard", "binary", "single", "semantic", "semantic-binary"]
+    assert all(field.get("description") for field in form["definitions"]["ExportOptions"]["properties"].values())
+
+    on_upload = read_deployment("export-project/export-on-upload")
+    assert on_upload.parameters == {**located, "quiet_seconds": 10}
+    assert on_upload.global_concurrency_limit.limit == 1
+    assert on_upload.concurrency_options.collision_strategy == "ENQUEUE"
+    [automation] = automations_of("export-project/export-on-upload")
+    assert automation.trigger.expect == {"rbexport.object.created"}
+    assert automation.trigger.match.model_dump()["prefect.resource.id"] == "s3://studies/brain/*"
+    assert automation.trigger.within.total_seconds() == 10
+
+    watcher = read_deployment("watch-source/watch-source")
+    assert watcher.schedules[0].schedule.interval.total_seconds() == 60
+    assert watcher.parameters == {"source": "s3://studies/brain", "endpoint_url": "http://127.0.0.1:8333"}
 
 
-def test_serve_offers_every_deployment_of_prefect_yaml():
-    import yaml
+def test_serve_offers_every_deployment_of_prefect_yaml(monkeypatch):
+    for name, value in SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    specs = deployment_specs()
+    names = [item["name"] for item in yaml.safe_load((PROJECT / "prefect.yaml").read_text())["deployments"]]
+    assert [spec["name"] for spec in specs] == names
+    on_upload = runner_deployment(next(spec for spec in specs if spec["name"] == "export-on-upload"))
+    assert on_upload.parameters["source"] == "s3://studies/brain"
+    assert on_upload.triggers[0].match.model_dump() == {"prefect.resource.id": "s3://studies/brain/*"}
+    assert on_upload.concurrency_options.collision_strategy == "ENQUEUE"
 
-    spec = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
-    assert [runner.name for runner in deployments_of()] == [item["name"] for item in spec["deployments"]]
+
+def test_a_placeholder_left_unresolved_is_a_clear_error(prefect_api, tmp_path):
+    import pytest
+
+    from flows.export import export_project
+    from rbexport.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"parameter source is the unresolved placeholder '\{\{ \$RBEXPORT_SOURCE \}\}'"):
+        export_project("{{ $RBEXPORT_SOURCE }}", str(tmp_path / "export"))
 
 
 def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_path):
     """`python -m deployments.serve` picks up a run created through the API and exports."""
     from prefect.deployments import run_deployment
 
-    environment = {**os.environ, "PREFECT_API_URL": prefect_api}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve"], cwd=PROJECT, env=environment,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # served once the deployment exists without a work pool
-            try:
-                if read_deployment("export-project/export-manual").work_pool_name is None:
-                    break
-            except Exception:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
-            time.sleep(0.5)
+    with served(prefect_api, "export-manual") as server:
         destination = tmp_path / "export"
         flow_run = run_deployment(
             "export-project/export-manual",
             parameters={"source": str(sample_source), "destination": str(destination),
-                        "options": {"semantic_mask": True}},
+                        "variants": ["standard", {"name": "mine", "options": {"semantic_mask": True}}]},
             timeout=180,
         )
-        if not flow_run.state.is_completed():
-            os.killpg(server.pid, signal.SIGKILL)
-            pytest.fail(f"{flow_run.state}\n{server.stdout.read().decode()[-5000:]}")
-        tasks = json.loads((destination / "tasks.json").read_text())
-        assert len(tasks) == 6 and tasks[0]["series"][0]["semanticMask"] is True
-    finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
+    tasks = json.loads((destination / "mine/tasks.json").read_text())
+    assert len(tasks) == 6 and tasks[0]["series"][0]["semanticMask"] is True
+    assert (destination / "standard/segmentations/Brain_004/T2/instance-3.nii.gz").exists()

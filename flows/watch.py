@@ -1,0 +1,36 @@
+"""The watcher, for stores that cannot notify: list the source, emit an event per new object."""
+
+from __future__ import annotations
+
+import hashlib
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.variables import Variable
+
+from rbexport.notifications import Watermark, objects_since
+from rbexport.storage import open_storage
+from tasks.events import emit_created
+
+
+def watermark_variable(source: str) -> str:
+    """The Prefect variable that holds a source's watermark."""
+    return "rbexport-watermark-" + hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+@flow(name="watch-source")
+def watch_source(source: str, endpoint_url: str | None = None) -> int:
+    """Emit an `rbexport.object.created` event for every object new since the last watch.
+
+    Args:
+        source: The prefix to watch: s3://bucket/prefix or a local folder.
+        endpoint_url: S3 endpoint; default AWS_ENDPOINT_URL, else AWS.
+    """
+    storage = open_storage(source, endpoint_url or None)
+    name = watermark_variable(storage.url)
+    watermark = Watermark.from_json(Variable.get(name, default=None))
+    created, next_watermark = objects_since(storage, storage.list(), watermark)
+    emit_created(created)
+    Variable.set(name, next_watermark.to_json(), overwrite=True)
+    get_run_logger().info("%d new objects in %s", len(created), storage.url)
+    return len(created)

@@ -1,0 +1,96 @@
+"""Helpers for tests that talk to the Prefect API: the CLI, served deployments, flow runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def prefect_cli(prefect_api: str, *arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_CLI_PROMPT": "false", **(env or {})}
+    return subprocess.run(
+        [PREFECT, *arguments], capture_output=True, text=True, timeout=300, env=environment, cwd=PROJECT
+    )
+
+
+def _run(coroutine_function):
+    from prefect.client.orchestration import get_client
+
+    async def run():
+        async with get_client() as client:
+            return await coroutine_function(client)
+
+    return asyncio.run(run())
+
+
+def read_deployment(name: str):
+    return _run(lambda client: client.read_deployment_by_name(name))
+
+
+def flow_runs_of(deployment_name: str) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deployment = read_deployment(deployment_name)
+    return _run(
+        lambda client: client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+    )
+
+
+def automations_of(deployment_name: str) -> list:
+    deployment = read_deployment(deployment_name)
+    return _run(lambda client: client.read_resource_related_automations(f"prefect.deployment.{deployment.id}"))
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.5):
+    """Poll until `condition()` is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except Exception:  # not there yet
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+@contextmanager
+def served(prefect_api: str, *names: str, env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """`python -m deployments.serve NAMES`, until its deployments are registered."""
+    environment = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", *names], cwd=PROJECT, env=environment,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        for name in names:
+            wait_for(
+                lambda: process.poll() is None and read_deployment(f"{_flow_of(name)}/{name}").work_pool_name is None,
+                120, f"deployment {name} to be served",
+            )
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _flow_of(deployment: str) -> str:
+    return "watch-source" if deployment == "watch-source" else "export-project"
