@@ -13,12 +13,14 @@ gzip with mtime 0 and a fixed level, so the same voxels give the same bytes.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 from isal import igzip, isal_zlib
+from nibabel.volumeutils import native_code
 
 from .errors import TaskDataError
 
@@ -30,12 +32,13 @@ MAX_DATA_BYTES = 16 * 1024**3
 _CHUNK = 64 * 1024**2
 _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
+_MAX_HEADER_BYTES = 1024**2  # header and extensions
 UINT16_MAX = np.iinfo(np.uint16).max
 
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Voxel values (uint8 or uint16, the source's shape) and the source's header."""
+    """Voxel values (uint8 or uint16, the source's shape, in file order) and the source's header."""
 
     values: np.ndarray
     header: nib.Nifti1Header
@@ -43,25 +46,32 @@ class LabelMap:
 
 def read_label_map(raw: bytes) -> LabelMap:
     """Decode a .nii or .nii.gz label map; TaskDataError with a one-line reason if bad."""
-    data = _decompress_checked(raw) if raw[:2] == GZIP_MAGIC else raw
-    image_class, header = _parse_header(data)
-    _check_size(header, len(data))
+    header, voxel_bytes = _gunzip_checked(raw) if raw[:2] == GZIP_MAGIC else _split_checked(raw)
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "uif":
         raise TaskDataError(f"voxel type {_dtype_name(header)} is not a label map type (integers or floats)")
+    voxels = np.frombuffer(voxel_bytes, dtype=dtype, count=_voxel_count(header)).reshape(_dims(header), order="F")
+    slope, inter = header.get_slope_inter()
+    if slope is not None and (slope, inter or 0.0) != (1.0, 0.0):
+        voxels = voxels * np.float64(slope) + np.float64(inter or 0.0)
+    return LabelMap(values=to_label_values(voxels), header=header)
+
+
+def peek_volume(raw: bytes) -> tuple[int, int] | None:
+    """(voxels, bytes per voxel) a label map announces, from its header alone; None if unreadable."""
     try:
-        image = image_class.from_bytes(data)
-        voxels = np.asanyarray(image.dataobj)
-    except Exception as error:  # nibabel raises many kinds for corrupt input
-        raise TaskDataError(f"not a readable NIfTI file ({_one_line(error)})") from None
-    return LabelMap(values=to_label_values(voxels), header=image.header)
+        head = isal_zlib.decompressobj(31).decompress(raw, _NIFTI2_HEADER_BYTES) if raw[:2] == GZIP_MAGIC else raw[:_NIFTI2_HEADER_BYTES]
+        _, header = _parse_header(head if _NIFTI2_HEADER_BYTES in _header_sizes(head) else head[:_NIFTI1_HEADER_BYTES])
+        return _voxel_count(header), header.get_data_dtype().itemsize
+    except (TaskDataError, isal_zlib.error):
+        return None
 
 
 def to_label_values(voxels: np.ndarray) -> np.ndarray:
     """Whole non-negative label values as uint8 when they fit, else uint16.
 
     Floats are rounded to the nearest integer; NaN, infinities, negative values and
-    values above 65535 are refused.
+    values above 65535 are refused. Keeps the array's memory order.
     """
     if voxels.size == 0:
         raise TaskDataError("the label map holds no voxels")
@@ -69,12 +79,17 @@ def to_label_values(voxels: np.ndarray) -> np.ndarray:
         if not np.isfinite(voxels).all():
             raise TaskDataError("the label map holds NaN or infinite values")
         voxels = np.rint(voxels)
-    low, high = voxels.min(), voxels.max()
-    if low < 0:
-        raise TaskDataError(f"the label map holds negative value {_number(low)}; label values are 0 and up")
+    if voxels.dtype.kind != "u":
+        low = voxels.min()
+        if low < 0:
+            raise TaskDataError(f"the label map holds negative value {_number(low)}; label values are 0 and up")
+    high = voxels.max()
     if high > UINT16_MAX:
         raise TaskDataError(f"the label map holds value {_number(high)}; an export holds values up to {UINT16_MAX}")
-    return voxels.astype(smallest_unsigned(int(high)), copy=False)
+    target = np.dtype(smallest_unsigned(int(high)))
+    if voxels.dtype.kind == "i" and voxels.dtype.itemsize == target.itemsize and voxels.dtype.isnative:
+        return voxels.view(target)  # non-negative: the same bits
+    return voxels.astype(target, copy=False)
 
 
 def smallest_unsigned(high: int) -> type[np.unsignedinteger]:
@@ -82,38 +97,80 @@ def smallest_unsigned(high: int) -> type[np.unsignedinteger]:
     return np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
 
 
-def encode_mask(voxels: np.ndarray, like: nib.Nifti1Header, compress: bool) -> bytes:
-    """NIfTI bytes for `voxels` with `like`'s geometry; gzip-compressed when asked."""
+def mask_header(like: nib.Nifti1Header, dtype: type) -> bytes:
+    """The bytes before the voxels of a mask with `like`'s geometry and type `dtype`.
+
+    The same bytes nibabel writes: the header with its extensions, unscaled (slope 1,
+    intercept 0), padded to the data offset.
+    """
     header = like.copy()
-    header.set_data_dtype(voxels.dtype)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    payload = image_class(voxels, None, header).to_bytes()
-    return igzip.compress(payload, GZIP_LEVEL, mtime=0) if compress else payload
+    header.set_data_dtype(dtype)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+    header["vox_offset"] = _data_offset(header)
+    stream = io.BytesIO()
+    header.write_to(stream)
+    head = stream.getvalue()
+    return head + bytes(max(0, int(header.get_data_offset()) - len(head)))
 
 
-def _decompress_checked(raw: bytes) -> bytes:
-    """Gunzip, reading the header first and never inflating more than it announces."""
+def encode_fill(fill, like: nib.Nifti1Header, compress: bool, head: bytes | None = None) -> bytes:
+    """A mask file whose voxels `fill` writes into a zeroed array; gzip-compressed when asked.
+
+    The voxels are written straight after the header in one buffer, so the payload is
+    never copied; pages the fill leaves at zero are never touched.
+    """
+    head = mask_header(like, fill.dtype) if head is None else head
+    dtype = np.dtype(fill.dtype)
+    buffer = np.zeros(len(head) + _voxel_count(like) * dtype.itemsize, dtype=np.uint8)
+    buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    voxels = buffer[len(head) :].view(dtype)
+    fill.write(voxels)
+    if dtype.itemsize > 1 and like.endianness != native_code:
+        voxels.byteswap(inplace=True)  # the header's byte order, as nibabel writes it
+    return igzip.compress(buffer, GZIP_LEVEL, mtime=0) if compress else buffer.tobytes()
+
+
+def encode_mask(voxels: np.ndarray, like: nib.Nifti1Header, compress: bool) -> bytes:
+    """NIfTI bytes for `voxels` (an array of `like`'s shape) with `like`'s geometry."""
+
+    class _Copy:
+        dtype = voxels.dtype.type
+
+        @staticmethod
+        def write(out: np.ndarray) -> None:
+            out[:] = voxels.reshape(-1, order="F")
+
+    return encode_fill(_Copy, like, compress)
+
+
+def _gunzip_checked(raw: bytes) -> tuple[nib.Nifti1Header, bytes]:
+    """Gunzip the header, then exactly the voxels it announces (never more), then check the end."""
     decompressor = isal_zlib.decompressobj(31)
+    pending = raw
+
+    def inflate(count: int) -> bytes:
+        nonlocal pending
+        part = decompressor.decompress(pending, count)
+        pending = decompressor.unconsumed_tail
+        return part
+
     try:
-        head = decompressor.decompress(raw, _NIFTI2_HEADER_BYTES)
+        head = inflate(_NIFTI1_HEADER_BYTES)
         if len(head) < _NIFTI1_HEADER_BYTES and not decompressor.eof:
             raise TaskDataError(f"truncated: the gzip stream ends after {len(head)} bytes, inside the header")
+        if _NIFTI2_HEADER_BYTES in _header_sizes(head):
+            head += inflate(_NIFTI2_HEADER_BYTES - len(head))
         _, header = _parse_header(head)
         expected = _expected_bytes(header)
         if expected > MAX_DATA_BYTES:
             raise TaskDataError(
                 f"header announces {_size(expected)} of voxels ({_shape(header)}), more than an export accepts"
             )
-        parts = [head]
-        produced = len(head)
-        pending = decompressor.unconsumed_tail
-        while produced < expected and (pending or not decompressor.eof):
-            part = decompressor.decompress(pending, min(_CHUNK, expected - produced))
-            pending = decompressor.unconsumed_tail
-            if not part:
-                break
-            parts.append(part)
-            produced += len(part)
+        offset = _data_offset(header)
+        head += inflate(offset - len(head)) if offset > len(head) else b""
+        header = _parse_extensions(header, head[:offset])
+        voxel_bytes = inflate(expected - offset)
+        produced = len(head) + len(voxel_bytes)
         if produced < expected and pending:
             raise TaskDataError(f"corrupt gzip data after {_size(produced)} (the stream cannot be inflated further)")
         if produced < expected and not decompressor.eof:
@@ -121,10 +178,40 @@ def _decompress_checked(raw: bytes) -> bytes:
                 f"truncated or corrupt: the gzip stream ends after {_size(produced)} of the "
                 f"{_size(expected)} its header announces ({_shape(header)} {_dtype_name(header)})"
             )
+        _check_size(header, produced)
         _drain_to_end(decompressor, pending)
     except isal_zlib.error as error:
         raise TaskDataError(f"corrupt gzip data ({_one_line(error)})") from None
-    return b"".join(parts)
+    return header, voxel_bytes
+
+
+def _split_checked(raw: bytes) -> tuple[nib.Nifti1Header, memoryview]:
+    """An uncompressed .nii: its header, and a view of its voxels (no copy)."""
+    _, header = _parse_header(raw)
+    _check_size(header, len(raw))
+    offset = _data_offset(header)
+    header = _parse_extensions(header, raw[:offset])
+    return header, memoryview(raw)[offset : _expected_bytes(header)]
+
+
+def _data_offset(header: nib.Nifti1Header) -> int:
+    """Where the voxels start: vox_offset, or right after the header when it says less."""
+    offset = max(int(header["vox_offset"]), int(header["sizeof_hdr"]) + 4)
+    if offset > _MAX_HEADER_BYTES:
+        raise TaskDataError(f"corrupt header: voxels said to start at byte {offset}")
+    return offset
+
+
+def _parse_extensions(header: nib.Nifti1Header, head: bytes) -> nib.Nifti1Header:
+    """The header again, read with the extensions that sit between it and the voxels."""
+    try:
+        return type(header).from_fileobj(io.BytesIO(head), check=False)
+    except Exception as error:
+        raise TaskDataError(f"unreadable NIfTI header extensions ({_one_line(error)})") from None
+
+
+def _header_sizes(data: bytes) -> set[int]:
+    return {struct.unpack("<i", data[:4])[0], struct.unpack(">i", data[:4])[0]} if len(data) >= 4 else set()
 
 
 def _drain_to_end(decompressor, pending: bytes) -> None:
@@ -171,10 +258,16 @@ def _parse_header(data: bytes) -> tuple[type, nib.Nifti1Header]:
     return image_class, header
 
 
+def _dims(header: nib.Nifti1Header) -> tuple[int, ...]:
+    return tuple(int(size) for size in header["dim"][1 : int(header["dim"][0]) + 1])
+
+
+def _voxel_count(header: nib.Nifti1Header) -> int:
+    return math.prod(_dims(header))
+
+
 def _expected_bytes(header: nib.Nifti1Header) -> int:
-    ndim = int(header["dim"][0])
-    voxels = int(np.prod([int(d) for d in header["dim"][1 : ndim + 1]], dtype=object))
-    return int(header["vox_offset"]) + voxels * header.get_data_dtype().itemsize
+    return _data_offset(header) + _voxel_count(header) * header.get_data_dtype().itemsize
 
 
 def _check_size(header: nib.Nifti1Header, available: int) -> None:

@@ -89,11 +89,6 @@ def owners_by_value(instances: Sequence[Instance]) -> dict[int, list[Instance]]:
     return owners
 
 
-def voxel_counts(values: np.ndarray) -> np.ndarray:
-    """How many voxels hold each value (index = value)."""
-    return np.bincount(values.ravel(order="K"))
-
-
 def instance_voxels(instance: Instance, counts: np.ndarray) -> int:
     return int(sum(counts[value] for value in instance.values if value < len(counts)))
 

@@ -10,8 +10,10 @@ import time
 from dataclasses import dataclass
 
 from .errors import ConfigurationError, ObjectNotFoundError, TaskDataError
-from .nifti import LabelMap, read_label_map
+from .memory import volume_bytes
+from .nifti import LabelMap, peek_volume, read_label_map
 from .storage import Location, Storage, normalize_key, open_storage
+from .structures.masks import VoxelIndex
 from .taxonomy import category_numbers
 
 TASKS_FILE = "tasks.json"
@@ -115,6 +117,29 @@ class MaskReader:
         self.endpoint_url = endpoint_url
         self.allowed_buckets = allowed_buckets
         self._decoded: dict[str, LabelMap | TaskDataError] = {}
+        self._indexes: dict[str, VoxelIndex] = {}
+        self._downloaded: dict[str, bytes] = {}
+
+    def fetch(self, references: list[str]) -> int:
+        """Download every mask (not decoding yet); the bytes decoding them all will hold."""
+        needed = 0
+        for reference in references:
+            if reference in self._decoded or reference in self._downloaded:
+                continue
+            try:
+                self._downloaded[reference] = self._download(reference)
+            except TaskDataError as error:
+                self._decoded[reference] = error
+                continue
+            volume = peek_volume(self._downloaded[reference])
+            needed += volume_bytes(*volume) if volume else 0
+        return needed
+
+    def release(self) -> None:
+        """Forget every mask read: the task is done with them."""
+        self._decoded.clear()
+        self._indexes.clear()
+        self._downloaded.clear()
 
     def load(self, reference: object) -> LabelMap:
         """The decoded label map (read and decoded once per reader, failures included)."""
@@ -122,7 +147,8 @@ class MaskReader:
             raise TaskDataError(f"segmentations must be the path of one label map, not a {_json_type(reference)}")
         if reference not in self._decoded:
             try:
-                self._decoded[reference] = self._read(reference)
+                raw = self._downloaded.pop(reference, None) or self._download(reference)
+                self._decoded[reference] = self._decode(reference, raw)
             except TaskDataError as error:
                 self._decoded[reference] = error
         decoded = self._decoded[reference]
@@ -130,12 +156,21 @@ class MaskReader:
             raise decoded
         return decoded
 
-    def _read(self, reference: str) -> LabelMap:
+    def index(self, reference: str) -> VoxelIndex:
+        """Where each value of the label map lies (built once per reader)."""
+        if reference not in self._indexes:
+            self._indexes[reference] = VoxelIndex(self.load(reference).values)
+        return self._indexes[reference]
+
+    def _download(self, reference: str) -> bytes:
         storage, key = self.locate(reference)
         try:
-            raw = storage.read(key)
+            return storage.read(key)
         except ObjectNotFoundError:
             raise TaskDataError("mask file not found", reference) from None
+
+    @staticmethod
+    def _decode(reference: str, raw: bytes) -> LabelMap:
         try:
             return read_label_map(raw)
         except TaskDataError as error:

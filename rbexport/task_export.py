@@ -8,20 +8,25 @@ variant that fails for the task's data writes nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .annotations import annotations_of, assemble_task
+from .annotations import annotations_of, assemble_task, mask_references
 from .errors import TaskDataError
-from .nifti import LabelMap, encode_mask
+from .memory import process_budget
+from .nifti import LabelMap, encode_fill, mask_header
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
 from .source import MaskReader
 from .storage import Location, Storage, open_storage
-from .structures import SeriesExport, SeriesPaths, export_series
+from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
 
 SEGMENTATIONS_FOLDER = "segmentations"
+# Files encoded and written at once in a process (each holds one output buffer).
+FILE_THREADS = max(2, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -101,13 +106,18 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     source = storage_for(settings.source, settings.endpoint_url)
     reader = MaskReader(source, Location.parse(settings.source), settings.endpoint_url, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
-    for target in settings.targets:
-        if target.name not in job.targets:
-            continue
+    needed = reader.fetch(mask_references(job.task))
+    with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
-            outcome.results[target.name] = _export_variant(job, target, reader, settings)
-        except TaskDataError as error:
-            outcome.failures[target.name] = Failure(job.task_id, error.file, error.reason)
+            for target in settings.targets:
+                if target.name not in job.targets:
+                    continue
+                try:
+                    outcome.results[target.name] = _export_variant(job, target, reader, settings)
+                except TaskDataError as error:
+                    outcome.failures[target.name] = Failure(job.task_id, error.file, error.reason)
+        finally:
+            reader.release()
     if outcome.failures and not outcome.results:
         raise TaskFailed(outcome.failures)
     return outcome
@@ -128,7 +138,7 @@ def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: 
             label_map = reader.load(reference)
             paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", options.mask_suffix)
             try:
-                export = export_series(series, label_map.values, paths, options, settings.category_numbers)
+                export = export_series(series, reader.index(reference), paths, options, settings.category_numbers)
             except TaskDataError as error:
                 raise TaskDataError(error.reason, error.file or reference) from None
             planned.append(_PlannedSeries(reference, label_map, export))
@@ -141,17 +151,34 @@ def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: 
     _refuse_colliding_paths(planned)
 
     destination = storage_for(target.root, settings.endpoint_url)
-    files = [
-        _write(destination, mask_file.path, encode_mask(mask_file.voxels(), item.label_map.header, options.compress))
-        for item in planned
-        for mask_file in item.export.files
-    ]
-    return TaskResult(job.position, job.task_id, entry, files, warnings)
+    return TaskResult(job.position, job.task_id, entry, _write_files(destination, planned, options.compress), warnings)
 
 
-def _write(destination: Storage, path: str, data: bytes) -> FileRecord:
-    destination.write(path, data)
-    return FileRecord.of(path, data)
+def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: bool) -> list[FileRecord]:
+    """Encode, compress and store every file, several at once (the codecs release the GIL)."""
+    heads: dict[tuple[int, type], bytes] = {}
+    work = []
+    for item in planned:
+        for mask_file in item.export.files:
+            key = (id(item.label_map), mask_file.fill.dtype)
+            if key not in heads:
+                heads[key] = mask_header(item.label_map.header, mask_file.fill.dtype)
+            work.append((mask_file, item.label_map.header, heads[key]))
+    pool = _file_pool()
+    futures = [pool.submit(_write_file, destination, mask_file, header, head, compress) for mask_file, header, head in work]
+    return [future.result() for future in futures]
+
+
+def _write_file(destination: Storage, mask_file: MaskFile, header, head: bytes, compress: bool) -> FileRecord:
+    data = encode_fill(mask_file.fill, header, compress, head)
+    destination.write(mask_file.path, data)
+    return FileRecord.of(mask_file.path, data)
+
+
+@lru_cache(maxsize=1)
+def _file_pool() -> ThreadPoolExecutor:
+    """The threads that encode and write files, shared by every task of this process."""
+    return ThreadPoolExecutor(max_workers=FILE_THREADS, thread_name_prefix="rbexport-file")
 
 
 def _refuse_colliding_paths(planned: list[_PlannedSeries]) -> None:

@@ -1,19 +1,18 @@
 """Structure variants (SPEC 2.1 to 2.3): a label map and its segmentMap in, files and JSON out.
 
 Pure functions of arrays and dicts. A structure says which files a series gets and what
-its tasks.json entry holds; the voxels of each file are computed only when that file is
-written (`MaskFile.voxels`), so a task never holds more than one derived mask at a time.
+its tasks.json entry holds; the voxels of each file are written only when that file is
+(`MaskFile.fill`), straight into its output buffer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..options import ExportOptions
-from ..segment_map import has_overlaps, label_warnings, parse_segment_map, voxel_counts
+from ..segment_map import has_overlaps, label_warnings, parse_segment_map
+from .masks import Fill, VoxelIndex
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class SeriesPaths:
 @dataclass(frozen=True)
 class MaskFile:
     path: str
-    voxels: Callable[[], np.ndarray]
+    fill: Fill  # writes its voxels into a zeroed array when the file is written
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class SeriesExport:
 
 def export_series(
     series: dict,
-    values: np.ndarray,
+    index: VoxelIndex,
     paths: SeriesPaths,
     options: ExportOptions,
     category_numbers: Mapping[str, int] | None = None,
@@ -69,19 +68,18 @@ def export_series(
     from .semantic import semantic_structure
 
     instances = parse_segment_map(series.get("segmentMap"))
-    counts = voxel_counts(values)
     binary = options.binary_for(has_overlaps(instances))
     if options.semantic_mask:
-        structure = semantic_structure(values, counts, instances, category_numbers or {}, binary, paths)
+        structure = semantic_structure(index, instances, category_numbers or {}, binary, paths)
     else:
-        structure = instance_structure(values, counts, instances, binary, paths)
+        structure = instance_structure(index, instances, binary, paths)
     entry = dict(series)
     entry["segmentations"] = structure.segmentations
     if structure.segment_map is not None:
         entry["segmentMap"] = structure.segment_map
     entry["binaryMask"] = structure.binary
     entry["semanticMask"] = options.semantic_mask
-    return SeriesExport(entry, structure.files, label_warnings(instances, counts))
+    return SeriesExport(entry, structure.files, label_warnings(instances, index.counts))
 
 
 def without_overlap_fields(entry: Mapping, mask: str | None) -> dict:

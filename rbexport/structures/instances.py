@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
-
-import numpy as np
 
 from ..segment_map import Instance, instance_voxels
 from . import MaskFile, SeriesPaths, Structure, without_overlap_fields
-from .masks import select
+from .masks import VoxelIndex, copy_of, selection
 
 
 def instance_structure(
-    values: np.ndarray,
-    counts: np.ndarray,
+    index: VoxelIndex,
     instances: Sequence[Instance],
     binary: bool,
     paths: SeriesPaths,
 ) -> Structure:
     """The label map unchanged; when binary, also one 0/1 file per instance with voxels."""
-    label_map = MaskFile(paths.label_map, lambda: values)
+    label_map = MaskFile(paths.label_map, copy_of(index))
     if not binary:
         return Structure(segment_map=None, segmentations=paths.label_map, binary=False, files=[label_map])
 
     instance_files = {
-        instance.id: paths.instance(instance.id) for instance in instances if instance_voxels(instance, counts)
+        instance.id: paths.instance(instance.id) for instance in instances if instance_voxels(instance, index.counts)
     }
     files = [label_map] + [
-        MaskFile(instance_files[instance.id], partial(select, values, instance.values, len(counts)))
+        MaskFile(instance_files[instance.id], selection(index, instance.values))
         for instance in instances
         if instance.id in instance_files
     ]

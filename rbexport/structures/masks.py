@@ -1,23 +1,139 @@
-"""Building derived voxel arrays from a label map, by table look-up (one pass each)."""
+"""Where each label value lies in a volume, and filling derived masks from that.
+
+Label maps are mostly background. `VoxelIndex` finds the non-zero voxels once (scanning
+eight bytes at a time) and groups their positions by value; a derived mask is then written
+by touching only its own voxels, into an output that starts as zeros. For a dense map
+(more than a quarter of the voxels labelled) the positions would outweigh the volume, so
+masks are filled by one table look-up over the whole volume instead.
+
+Positions are flat indices in the volume's memory order, which is also the order a NIfTI
+file stores voxels in: an output array of the same layout takes them as they are.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
-
-def select(values: np.ndarray, member_values: Iterable[int], table_size: int) -> np.ndarray:
-    """uint8 mask: 1 where the voxel's value is one of `member_values`, else 0.
-
-    `table_size` is one more than the largest value in `values`.
-    """
-    table = np.zeros(table_size, dtype=np.uint8)
-    members = [value for value in member_values if value < len(table)]
-    table[members] = 1
-    return relabel(values, table)
+# Above this share of labelled voxels, look masks up in a table instead of by position.
+DENSE_SHARE = 0.25
+_CHUNK = 1 << 22
 
 
-def relabel(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """`table[value]` for every voxel, keeping the array's shape and memory order."""
-    return table[values]
+class VoxelIndex:
+    """Voxel counts per value, and (for sparse maps) the positions of every non-zero value."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        # NIfTI order (first axis fastest): flat positions are file positions.
+        self.flat = np.asfortranarray(values).ravel(order="F")
+        self.size = self.flat.size
+        labelled = int(np.count_nonzero(self.flat))
+        self.sparse = labelled <= DENSE_SHARE * self.size
+        if self.sparse:
+            self._index_positions(labelled)
+        else:
+            self.counts = _chunked_bincount(self.flat)
+            self._starts = None
+
+    def _index_positions(self, labelled: int) -> None:
+        positions = _nonzero_positions(self.flat)
+        labels = self.flat[positions]
+        order = np.argsort(labels, kind="stable")  # a radix sort for these integer types
+        self._positions = positions[order]
+        sorted_labels = labels[order]
+        self.present = np.unique(sorted_labels) if labelled else np.zeros(0, dtype=self.flat.dtype)
+        self._starts = np.searchsorted(sorted_labels, self.present, side="left")
+        self._ends = np.searchsorted(sorted_labels, self.present, side="right")
+        self.counts = np.zeros(int(self.present[-1]) + 1 if labelled else 1, dtype=np.int64)
+        self.counts[self.present] = self._ends - self._starts
+        self.counts[0] = self.size - labelled
+
+    @property
+    def table_size(self) -> int:
+        """One more than the largest value present."""
+        return len(self.counts)
+
+    def positions(self, value: int) -> np.ndarray:
+        at = np.searchsorted(self.present, value)
+        if at == len(self.present) or self.present[at] != value:
+            return self._positions[:0]
+        return self._positions[self._starts[at] : self._ends[at]]
+
+
+@dataclass(frozen=True)
+class Fill:
+    """How to write one mask into a zeroed flat output array (memory order)."""
+
+    write: Callable[[np.ndarray], None]
+    dtype: type
+
+
+def copy_of(index: VoxelIndex) -> Fill:
+    """The label map itself."""
+
+    def write(out: np.ndarray) -> None:
+        out[:] = index.flat
+
+    return Fill(write, index.flat.dtype.type)
+
+
+def selection(index: VoxelIndex, member_values: Iterable[int]) -> Fill:
+    """1 where the voxel's value is one of `member_values`, else 0 (uint8)."""
+    members = sorted(value for value in set(member_values) if value < index.table_size)
+
+    def write(out: np.ndarray) -> None:
+        if index.sparse:
+            for value in members:
+                out[index.positions(value)] = 1
+        else:
+            table = np.zeros(index.table_size, dtype=np.uint8)
+            table[members] = 1
+            _look_up(index.flat, table, out)
+
+    return Fill(write, np.uint8)
+
+
+def relabelling(index: VoxelIndex, table: np.ndarray) -> Fill:
+    """`table[value]` for every voxel (`table[0]` must be 0)."""
+
+    def write(out: np.ndarray) -> None:
+        if index.sparse:
+            for value in index.present:
+                if value and table[value]:
+                    out[index.positions(int(value))] = table[value]
+        else:
+            _look_up(index.flat, table, out)
+
+    return Fill(write, table.dtype.type)
+
+
+def _look_up(flat: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    for start in range(0, flat.size, _CHUNK):  # chunks: no volume-sized index copies
+        np.take(table, flat[start : start + _CHUNK], out=out[start : start + _CHUNK])
+
+
+def _nonzero_positions(flat: np.ndarray) -> np.ndarray:
+    """Flat indices of the non-zero voxels, ascending; reads eight bytes at a time."""
+    per_word = 8 // flat.itemsize
+    whole = flat.size - flat.size % per_word
+    if flat.itemsize > 8 or not flat.flags.c_contiguous or whole == 0:
+        return np.flatnonzero(flat)
+    words = flat[:whole].view(np.uint64)
+    candidates = (np.flatnonzero(words)[:, None] * per_word + np.arange(per_word)).reshape(-1)
+    found = candidates[flat[candidates] != 0]
+    tail = np.flatnonzero(flat[whole:]) + whole
+    return np.concatenate([found, tail]) if tail.size else found
+
+
+def _chunked_bincount(flat: np.ndarray) -> np.ndarray:
+    counts = np.zeros(1, dtype=np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = np.bincount(flat[start : start + _CHUNK])
+        if len(chunk) > len(counts):
+            chunk[: len(counts)] += counts
+            counts = chunk
+        else:
+            counts[: len(chunk)] += chunk
+    return counts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 
 import numpy as np
 
@@ -11,12 +10,11 @@ from ..errors import TaskDataError
 from ..nifti import smallest_unsigned
 from ..segment_map import Instance, owners_by_value
 from . import MaskFile, SeriesPaths, Structure, without_overlap_fields
-from .masks import relabel, select
+from .masks import VoxelIndex, relabelling, selection
 
 
 def semantic_structure(
-    values: np.ndarray,
-    counts: np.ndarray,
+    index: VoxelIndex,
     instances: Sequence[Instance],
     category_numbers: Mapping[str, int],
     binary: bool,
@@ -30,7 +28,8 @@ def semantic_structure(
     number_of = {instance.id: category_number(instance, category_numbers) for instance in instances}
     owners = owners_by_value(instances)
 
-    table = np.zeros(len(counts), dtype=smallest_unsigned(max(number_of.values(), default=0)))
+    counts = index.counts
+    table = np.zeros(index.table_size, dtype=smallest_unsigned(max(number_of.values(), default=0)))
     values_of_category: dict[int, set[int]] = {number: set() for number in number_of.values()}
     for value, owning in owners.items():
         numbers = {number_of[instance.id] for instance in owning}
@@ -44,14 +43,14 @@ def semantic_structure(
         first_instance.setdefault(number_of[instance.id], instance)
     numbers = sorted(first_instance)
 
-    files = [MaskFile(paths.label_map, partial(relabel, values, table))]
+    files = [MaskFile(paths.label_map, relabelling(index, table))]
     category_files: dict[int, str] = {}
     if binary:
         for number in numbers:
             members = sorted(values_of_category[number])
             if any(counts[value] for value in members if value < len(counts)):
                 category_files[number] = paths.category(number)
-                files.append(MaskFile(category_files[number], partial(select, values, members, len(counts))))
+                files.append(MaskFile(category_files[number], selection(index, members)))
 
     segment_map = {
         str(number): without_overlap_fields(first_instance[number].entry, category_files.get(number))
