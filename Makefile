@@ -26,3 +26,6 @@ test: $(READY)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
+
+bench: $(READY)
+	$(BIN)/python -m benchmarks

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from rbexport import progress
 from rbexport.errors import ConfigurationError, ExportIncomplete
@@ -35,6 +36,8 @@ def export_project(
     endpoint_url: str | None = None,
     allowed_buckets: list[str] | None = None,
     workers: int = DEFAULT_WORKERS,
+    task_runner: Literal["threads", "processes", "dask"] = "threads",
+    dask_address: str | None = None,
 ) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
@@ -54,7 +57,12 @@ def export_project(
             before reading it (lets a burst of uploads settle).
         endpoint_url: S3 endpoint such as http://127.0.0.1:8333; default AWS_ENDPOINT_URL, else AWS.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
-        workers: How many tasks are exported at the same time.
+        workers: How many tasks are exported at the same time (per process: each also
+            waits until its volumes fit the process's memory budget).
+        task_runner: Where tasks run: threads of this process, a pool of local
+            processes, or a Dask cluster (prefect-dask).
+        dask_address: The Dask scheduler to use with task_runner "dask", e.g.
+            tcp://10.0.0.5:8786; empty: a local cluster of `workers` processes.
     """
     endpoint_url = endpoint_url or None
     refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
@@ -63,7 +71,7 @@ def export_project(
     plan = read_source(
         source, destination, options, variants, incremental, prune, endpoint_url, tuple(allowed_buckets or ())
     )
-    outcomes = export_tasks(plan, workers)
+    outcomes = export_tasks(plan, make_task_runner(task_runner, workers, dask_address))
     reports = publish(plan, outcomes)
     create_markdown_artifact(
         key="export-report",
@@ -92,7 +100,23 @@ def refuse_placeholders(**parameters: str | None) -> None:
             )
 
 
-def export_tasks(plan: RunPlan, workers: int) -> list[TaskOutcome]:
+def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -> TaskRunner:
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise ConfigurationError("task_runner dask needs prefect-dask: pip install 'rbexport[dask]'") from None
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    raise ConfigurationError(f"unknown task runner {kind!r}: threads, processes or dask")
+
+
+def export_tasks(plan: RunPlan, task_runner: TaskRunner) -> list[TaskOutcome]:
     """Fan out one retryable task per changed source task; a failure never stops the others."""
     logger = get_run_logger()
     observer = progress.current()
@@ -105,7 +129,7 @@ def export_tasks(plan: RunPlan, workers: int) -> list[TaskOutcome]:
     started = time.perf_counter()
     outcomes: list[TaskOutcome] = []
     configuration_error: ConfigurationError | None = None
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+    with task_runner as runner:
         futures = {runner.submit(export_one_task, {"job": job, "settings": plan.settings}): job for job in jobs}
         for future in as_completed(list(futures)):
             job = futures[future]

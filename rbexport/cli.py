@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)")
     run.add_argument("--allow-bucket", action="append", default=[], metavar="BUCKET",
                      help="also read masks from this bucket when tasks name it by s3:// URL (repeatable)")
-    run.add_argument("--workers", type=_positive, default=None, metavar="N", help="tasks exported at once")
+    run.add_argument("--workers", type=_positive, default=None, metavar="N",
+                     help="tasks exported at once (threads, or processes/Dask workers)")
+    run.add_argument("--task-runner", choices=["threads", "processes", "dask"], default="threads",
+                     help="run tasks on threads of this process (default), local processes, or Dask")
+    run.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                     help="Dask scheduler for --task-runner dask (default: a local cluster)")
 
     demo = commands.add_parser("demo", help="export a generated sample project on a local SeaweedFS",
                                description="Start SeaweedFS on loopback, upload a sample project, export it "
@@ -96,6 +101,8 @@ def _run(arguments: argparse.Namespace) -> int:
     from .variants import parse_variant_argument
 
     check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
+    if arguments.dask_address and arguments.task_runner != "dask":
+        raise ConfigurationError("--dask-address goes with --task-runner dask")
     variants = [parse_variant_argument(text) for text in arguments.variant]
     if variants and (arguments.semantic or arguments.binary_mask is not None):
         raise ConfigurationError(
@@ -118,6 +125,8 @@ def _run(arguments: argparse.Namespace) -> int:
         endpoint_url=_endpoint(arguments.endpoint_url),
         allowed_buckets=arguments.allow_bucket,
         workers=arguments.workers,
+        task_runner=arguments.task_runner,
+        dask_address=arguments.dask_address,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
 

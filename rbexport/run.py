@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .annotations import mask_references
@@ -279,16 +280,20 @@ def run_export(
     variants: Sequence[Preset | Variant | str] | None = None,
     incremental: bool = True,
     prune: bool = False,
+    workers: int = 1,
 ) -> list[RunReport]:
-    """The whole run in this thread, one task after another (no Prefect)."""
+    """The whole run without Prefect: tasks one after another, or on `workers` threads."""
     plan = prepare_run(source, destination, options, endpoint_url, (), variants, incremental, prune)
     started = time.perf_counter()
-    outcomes = []
-    for job in plan.jobs:
+
+    def export(job: TaskJob) -> TaskOutcome:
         try:
-            outcomes.append(export_task(job, plan.settings))
+            return export_task(job, plan.settings)
         except (TaskDataError, TransientStorageError) as error:
-            outcomes.append(TaskOutcome(job.task_id, failures=failure_of(job, error)))
+            return TaskOutcome(job.task_id, failures=failure_of(job, error))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(export, plan.jobs))
     plan.timings["export_tasks"] = time.perf_counter() - started
     return publish_export(plan, outcomes)
 

@@ -58,6 +58,10 @@ def test_usage_errors_exit_2_with_one_line(run_cli, sample_source, tmp_path):
         ("run", "--source", str(sample_source), "--dest", str(sample_source / "out")): "lies inside the source",
         ("run", "--source", str(sample_source), "--dest", str(destination), "--endpoint-url", "localhost:9"):
             "must start with http:// or https://",
+        ("run", "--source", str(sample_source), "--dest", str(destination), "--dask-address", "tcp://h:1"):
+            "--dask-address goes with --task-runner dask",
+        ("run", "--source", str(sample_source), "--dest", str(destination), "--task-runner", "gpu"):
+            "invalid choice: 'gpu'",
     }
     for arguments, message in cases.items():
         result = run_cli(*arguments)

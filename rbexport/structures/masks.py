@@ -29,26 +29,25 @@ class VoxelIndex:
         # NIfTI order (first axis fastest): flat positions are file positions.
         self.flat = np.asfortranarray(values).ravel(order="F")
         self.size = self.flat.size
-        labelled = int(np.count_nonzero(self.flat))
-        self.sparse = labelled <= DENSE_SHARE * self.size
+        self.sparse = _labelled_at_most(self.flat, DENSE_SHARE)
         if self.sparse:
-            self._index_positions(labelled)
+            self._index_positions()
         else:
             self.counts = _chunked_bincount(self.flat)
-            self._starts = None
 
-    def _index_positions(self, labelled: int) -> None:
+    def _index_positions(self) -> None:
         positions = _nonzero_positions(self.flat)
         labels = self.flat[positions]
         order = np.argsort(labels, kind="stable")  # a radix sort for these integer types
-        self._positions = positions[order]
-        sorted_labels = labels[order]
-        self.present = np.unique(sorted_labels) if labelled else np.zeros(0, dtype=self.flat.dtype)
-        self._starts = np.searchsorted(sorted_labels, self.present, side="left")
-        self._ends = np.searchsorted(sorted_labels, self.present, side="right")
-        self.counts = np.zeros(int(self.present[-1]) + 1 if labelled else 1, dtype=np.int64)
+        self._positions = positions[order]  # grouped by value, ascending within each
+        self._labels = labels[order]
+        changes = np.flatnonzero(self._labels[1:] != self._labels[:-1]) + 1
+        self._starts = np.concatenate([[0], changes]) if len(positions) else changes
+        self._ends = np.concatenate([changes, [len(positions)]]) if len(positions) else changes
+        self.present = self._labels[self._starts]
+        self.counts = np.zeros(int(self.present[-1]) + 1 if len(positions) else 1, dtype=np.int64)
         self.counts[self.present] = self._ends - self._starts
-        self.counts[0] = self.size - labelled
+        self.counts[0] = self.size - len(positions)
 
     @property
     def table_size(self) -> int:
@@ -74,7 +73,10 @@ def copy_of(index: VoxelIndex) -> Fill:
     """The label map itself."""
 
     def write(out: np.ndarray) -> None:
-        out[:] = index.flat
+        if index.sparse:
+            out[index._positions] = index._labels
+        else:
+            out[:] = index.flat
 
     return Fill(write, index.flat.dtype.type)
 
@@ -100,9 +102,7 @@ def relabelling(index: VoxelIndex, table: np.ndarray) -> Fill:
 
     def write(out: np.ndarray) -> None:
         if index.sparse:
-            for value in index.present:
-                if value and table[value]:
-                    out[index.positions(int(value))] = table[value]
+            out[index._positions] = table[index._labels]
         else:
             _look_up(index.flat, table, out)
 
@@ -112,6 +112,18 @@ def relabelling(index: VoxelIndex, table: np.ndarray) -> Fill:
 def _look_up(flat: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     for start in range(0, flat.size, _CHUNK):  # chunks: no volume-sized index copies
         np.take(table, flat[start : start + _CHUNK], out=out[start : start + _CHUNK])
+
+
+def _labelled_at_most(flat: np.ndarray, share: float) -> bool:
+    """Whether at most `share` of the voxels are non-zero (counting eight bytes at a time)."""
+    per_word = 8 // flat.itemsize
+    whole = flat.size - flat.size % per_word
+    if flat.itemsize > 8 or whole == 0:
+        return np.count_nonzero(flat) <= share * flat.size
+    words = np.count_nonzero(flat[:whole].view(np.uint64))
+    if words <= share * flat.size / per_word:  # even if every byte of those words is labelled
+        return True
+    return np.count_nonzero(flat) <= share * flat.size
 
 
 def _nonzero_positions(flat: np.ndarray) -> np.ndarray:
