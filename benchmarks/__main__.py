@@ -291,10 +291,16 @@ def peak_rss(server: PrefectServer) -> list[list[str]]:
     baseline_source = small_project(1)
     rows = []
     volume = CT_SHAPE[0] * CT_SHAPE[1] * CT_SHAPE[2] * 2  # uint16: the maps hold values above 255
-    for label, project, workers in (("1 small task (baseline)", baseline_source, 8),
-                                    ("6 CT tasks, 8 workers", source, 8), ("6 CT tasks, 2 workers", source, 2)):
+    for label, project, workers, limit in (
+        ("1 small task (baseline)", baseline_source, 8, None),
+        ("6 CT tasks, 8 workers", source, 8, None),
+        ("6 CT tasks, 2 workers", source, 2, None),
+        ("6 CT tasks, 8 workers, RBEXPORT_MEMORY_LIMIT=1G", source, 8, "1G"),
+    ):
         out = tempfile.mkdtemp()
         env = {**os.environ, "PREFECT_API_URL": server.url, "PREFECT_HOME": str(Path(out) / "home")}
+        if limit:
+            env["RBEXPORT_MEMORY_LIMIT"] = limit
         result = subprocess.run(
             [PYTHON, "-m", "benchmarks.rss", "run", "--source", str(project), "--dest", out + "/x",
              "--variant", "semantic-binary", "--variant", "binary", "--full", "--workers", str(workers)],

@@ -93,6 +93,16 @@ def instance_voxels(instance: Instance, counts: np.ndarray) -> int:
     return int(sum(counts[value] for value in instance.values if value < len(counts)))
 
 
+def refuse_absent_groups(instances: Sequence[Instance], counts: np.ndarray) -> None:
+    """An overlap group the mask does not hold means segmentMap and mask disagree: refuse."""
+    for instance in instances:
+        for group in instance.groups:
+            if group != instance.id and (group >= len(counts) or not counts[group]):
+                raise TaskDataError(
+                    f"overlappingGroups of instance {instance.id} name value {group}, which the mask does not hold"
+                )
+
+
 def label_warnings(instances: Sequence[Instance], counts: np.ndarray) -> list[str]:
     """Values no entry claims, and instances with no voxels: reported, never fatal."""
     warnings = []

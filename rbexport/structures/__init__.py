@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..options import ExportOptions
-from ..segment_map import has_overlaps, label_warnings, parse_segment_map
+from ..segment_map import has_overlaps, label_warnings, parse_segment_map, refuse_absent_groups
 from .masks import Fill, VoxelIndex
 
 
@@ -68,6 +68,7 @@ def export_series(
     from .semantic import semantic_structure
 
     instances = parse_segment_map(series.get("segmentMap"))
+    refuse_absent_groups(instances, index.counts)
     binary = options.binary_for(has_overlaps(instances))
     if options.semantic_mask:
         structure = semantic_structure(index, instances, category_numbers or {}, binary, paths)
