@@ -19,7 +19,7 @@ from rbexport.report import RunReport
 from rbexport.run import RunPlan, failure_of
 from rbexport.task_export import TaskOutcome
 from rbexport.variants import Preset, Variant
-from tasks.export import export_one_task, publish, read_source, wait_for_uploads
+from tasks.export import export_one_task, publish, read_source, s3_access, wait_for_uploads
 
 DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 
@@ -34,6 +34,7 @@ def export_project(
     prune: bool = False,
     quiet_seconds: float = 0,
     endpoint_url: str | None = None,
+    credentials_block: str | None = None,
     allowed_buckets: list[str] | None = None,
     workers: int = DEFAULT_WORKERS,
     task_runner: Literal["threads", "processes", "dask"] = "threads",
@@ -56,6 +57,9 @@ def export_project(
         quiet_seconds: Wait until nothing in the source has changed for this long
             before reading it (lets a burst of uploads settle).
         endpoint_url: S3 endpoint such as http://127.0.0.1:8333; default AWS_ENDPOINT_URL, else AWS.
+        credentials_block: A Prefect Secret block holding the S3 keys as JSON
+            (aws_access_key_id, aws_secret_access_key); empty: boto3's standard chain
+            (environment, profiles, instance roles) on the worker.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
         workers: How many tasks are exported at the same time (per process: each also
             waits until its volumes fit the process's memory budget).
@@ -64,13 +68,11 @@ def export_project(
         dask_address: The Dask scheduler to use with task_runner "dask", e.g.
             tcp://10.0.0.5:8786; empty: a local cluster of `workers` processes.
     """
-    endpoint_url = endpoint_url or None
     refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
+    access = s3_access(endpoint_url, credentials_block)
     if quiet_seconds > 0:
-        wait_for_uploads(source, quiet_seconds, endpoint_url)
-    plan = read_source(
-        source, destination, options, variants, incremental, prune, endpoint_url, tuple(allowed_buckets or ())
-    )
+        wait_for_uploads(source, quiet_seconds, access)
+    plan = read_source(source, destination, options, variants, incremental, prune, access, tuple(allowed_buckets or ()))
     outcomes = export_tasks(plan, make_task_runner(task_runner, workers, dask_address))
     reports = publish(plan, outcomes)
     create_markdown_artifact(

@@ -11,6 +11,7 @@ from prefect.variables import Variable
 from rbexport.notifications import Watermark, objects_since
 from rbexport.storage import open_storage
 from tasks.events import emit_created
+from tasks.export import s3_access
 
 
 def watermark_variable(source: str) -> str:
@@ -19,14 +20,15 @@ def watermark_variable(source: str) -> str:
 
 
 @flow(name="watch-source")
-def watch_source(source: str, endpoint_url: str | None = None) -> int:
+def watch_source(source: str, endpoint_url: str | None = None, credentials_block: str | None = None) -> int:
     """Emit an `rbexport.object.created` event for every object new since the last watch.
 
     Args:
         source: The prefix to watch: s3://bucket/prefix or a local folder.
         endpoint_url: S3 endpoint; default AWS_ENDPOINT_URL, else AWS.
+        credentials_block: A Prefect Secret block with the S3 keys; empty: boto3's chain.
     """
-    storage = open_storage(source, endpoint_url or None)
+    storage = open_storage(source, s3_access(endpoint_url, credentials_block))
     name = watermark_variable(storage.url)
     watermark = Watermark.from_json(Variable.get(name, default=None))
     created, next_watermark = objects_since(storage, storage.list(), watermark)

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="delete the files of tasks removed from the source, and files no longer written")
     run.add_argument("--endpoint-url", metavar="URL",
                      help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)")
+    run.add_argument("--credentials-block", metavar="NAME",
+                     help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)")
     run.add_argument("--allow-bucket", action="append", default=[], metavar="BUCKET",
                      help="also read masks from this bucket when tasks name it by s3:// URL (repeatable)")
     run.add_argument("--workers", type=_positive, default=None, metavar="N",
@@ -123,6 +125,7 @@ def _run(arguments: argparse.Namespace) -> int:
         incremental=not arguments.full,
         prune=arguments.prune,
         endpoint_url=_endpoint(arguments.endpoint_url),
+        credentials_block=arguments.credentials_block,
         allowed_buckets=arguments.allow_bucket,
         workers=arguments.workers,
         task_runner=arguments.task_runner,

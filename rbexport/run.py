@@ -22,7 +22,7 @@ from .naming import deduplicate, task_folder_name
 from .options import ExportOptions
 from .report import REPORT_NAME, Failure, FileRecord, RunReport
 from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
-from .storage import Location, Storage
+from .storage import Location, S3Access, Storage
 from .task_export import (
     SEGMENTATIONS_FOLDER,
     ExportSettings,
@@ -72,7 +72,7 @@ def prepare_run(
     source: str,
     destination: str,
     options: ExportOptions,
-    endpoint_url: str | None = None,
+    access: S3Access | str | None = None,
     allowed_buckets: Sequence[str] = (),
     variants: Sequence[Preset | Variant | str] | None = None,
     incremental: bool = True,
@@ -88,21 +88,22 @@ def prepare_run(
     roots = [destination_location] if len(resolved) == 1 else [destination_location.child(v.name) for v in resolved]
     targets = tuple(Target(variant.name, root.url, variant.options) for variant, root in zip(resolved, roots))
 
-    source_storage = storage_for(source_location.url, endpoint_url)
+    access = S3Access.of(access)
+    source_storage = storage_for(source_location.url, access)
     source_storage.check_reachable()
-    storage_for(destination_location.url, endpoint_url).check_reachable()
+    storage_for(destination_location.url, access).check_reachable()
     tasks = read_tasks(source_storage)
     needs_taxonomy = any(target.options.semantic_mask for target in targets)
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
         category_numbers=read_category_numbers(source_storage) if needs_taxonomy else None,
-        endpoint_url=endpoint_url,
+        access=access,
         allowed_buckets=tuple(allowed_buckets),
     )
     jobs, failures = plan_jobs(tasks)
     source_task_ids = {item.task.get("taskId") for item in tasks if isinstance(item.task, dict)}
-    target_plans = [_load_target(target, endpoint_url) for target in targets]
+    target_plans = [_load_target(target, access) for target in targets]
     jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, incremental)
     plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
     plan.timings["read_source"] = time.perf_counter() - started
@@ -136,9 +137,9 @@ def plan_jobs(tasks: list[SourceTask]) -> tuple[list[TaskJob], list[Failure]]:
     return jobs, failures
 
 
-def _load_target(target: Target, endpoint_url: str | None) -> TargetPlan:
+def _load_target(target: Target, access: S3Access) -> TargetPlan:
     """What the destination already holds for this variant: its state and tasks.json."""
-    storage = storage_for(target.root, endpoint_url)
+    storage = storage_for(target.root, access)
     previous = storage.read(TASKS_JSON) if storage.exists(TASKS_JSON) else None
     try:
         entries = json.loads(previous) if previous else []
@@ -157,10 +158,10 @@ def _decide_exports(
     incremental: bool,
 ) -> list[TaskJob]:
     """Fingerprint every task for every variant; keep for export what changed."""
-    reader = MaskReader(source, source_location, settings.endpoint_url, settings.allowed_buckets)
+    reader = MaskReader(source, source_location, settings.access, settings.allowed_buckets)
     source_versions = {info.key: info.etag for info in source.list()}
     present = {
-        plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.endpoint_url).list()}
+        plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.access).list()}
         for plan in target_plans
     } if incremental else {}
     decided = []
@@ -202,7 +203,7 @@ def publish_export(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport
 def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskOutcome]) -> RunReport:
     started = time.perf_counter()
     target = target_plan.target
-    destination = storage_for(target.root, plan.settings.endpoint_url)
+    destination = storage_for(target.root, plan.settings.access)
     results = {o.task_id: o.results[target.name] for o in outcomes if target.name in o.results}
     failures = plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]
     report = RunReport(
@@ -276,13 +277,16 @@ def run_export(
     source: str,
     destination: str,
     options: ExportOptions,
-    endpoint_url: str | None = None,
+    endpoint_url: S3Access | str | None = None,
     variants: Sequence[Preset | Variant | str] | None = None,
     incremental: bool = True,
     prune: bool = False,
     workers: int = 1,
 ) -> list[RunReport]:
-    """The whole run without Prefect: tasks one after another, or on `workers` threads."""
+    """The whole run without Prefect: tasks one after another, or on `workers` threads.
+
+    `endpoint_url` may also be an S3Access (an endpoint and explicit credentials).
+    """
     plan = prepare_run(source, destination, options, endpoint_url, (), variants, incremental, prune)
     started = time.perf_counter()
 

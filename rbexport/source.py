@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import ConfigurationError, ObjectNotFoundError, TaskDataError
 from .memory import volume_bytes
 from .nifti import LabelMap, peek_volume, read_label_map
-from .storage import Location, Storage, normalize_key, open_storage
+from .storage import Location, S3Access, Storage, normalize_key, open_storage
 from .structures.masks import VoxelIndex
 from .taxonomy import category_numbers
 
@@ -110,11 +110,11 @@ class MaskReader:
     """
 
     def __init__(
-        self, source: Storage, source_location: Location, endpoint_url: str | None, allowed_buckets: tuple[str, ...]
+        self, source: Storage, source_location: Location, access: S3Access, allowed_buckets: tuple[str, ...]
     ) -> None:
         self.source = source
         self.source_location = source_location
-        self.endpoint_url = endpoint_url
+        self.access = access
         self.allowed_buckets = allowed_buckets
         self._decoded: dict[str, LabelMap | TaskDataError] = {}
         self._indexes: dict[str, VoxelIndex] = {}
@@ -203,7 +203,7 @@ class MaskReader:
                     f"allow bucket {target.bucket!r} explicitly to read it",
                     reference,
                 )
-            return open_storage(Location("s3", target.bucket, ""), self.endpoint_url), target.path
+            return open_storage(Location("s3", target.bucket, ""), self.access), target.path
         if "://" in reference:
             raise TaskDataError("unsupported URL; use a path relative to the source or an s3:// URL", reference)
         key = normalize_key(reference)

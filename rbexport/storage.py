@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from .errors import (
     AccessDeniedError,
     ConfigurationError,
@@ -138,11 +140,43 @@ class Location:
         return Path(other.path).is_relative_to(self.path)
 
 
-def open_storage(location: Location | str, endpoint_url: str | None = None) -> Storage:
+@dataclass(frozen=True)
+class S3Credentials:
+    """Keys given explicitly (from a Prefect block), instead of boto3's standard chain."""
+
+    access_key_id: str
+    secret_access_key: SecretStr
+    session_token: SecretStr | None = None
+
+    @classmethod
+    def from_mapping(cls, value: object, origin: str) -> S3Credentials:
+        keys = value if isinstance(value, dict) else {}
+        access, secret, token = (keys.get(name) for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"))
+        if not (isinstance(access, str) and access and isinstance(secret, str) and secret):
+            raise ConfigurationError(
+                f"{origin} must hold a JSON object with aws_access_key_id and aws_secret_access_key"
+            )
+        return cls(access, SecretStr(secret), SecretStr(token) if isinstance(token, str) and token else None)
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How to reach S3: the endpoint, and explicit credentials or None for boto3's chain."""
+
+    endpoint_url: str | None = None
+    credentials: S3Credentials | None = None
+
+    @classmethod
+    def of(cls, access: S3Access | str | None) -> S3Access:
+        return access if isinstance(access, S3Access) else cls(access or None)
+
+
+def open_storage(location: Location | str, access: S3Access | str | None = None) -> Storage:
+    """A storage for `location`; `access` is an S3Access or just an endpoint URL."""
     if isinstance(location, str):
         location = Location.parse(location)
     if location.scheme == "s3":
-        return S3Storage(location.bucket, location.path, endpoint_url)
+        return S3Storage(location.bucket, location.path, access)
     return LocalStorage(Path(location.path))
 
 
@@ -221,15 +255,16 @@ class LocalStorage(Storage):
 class S3Storage(Storage):
     """A bucket prefix on any S3-compatible endpoint. Picklable: clients are made per thread."""
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+    def __init__(self, bucket: str, prefix: str = "", access: S3Access | str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url or None
+        self.access = S3Access.of(access)
+        self.endpoint_url = self.access.endpoint_url
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {"bucket": self.bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url, "url": self.url}
+        return {key: value for key, value in self.__dict__.items() if key != "_local"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -240,7 +275,7 @@ class S3Storage(Storage):
         """This thread's boto3 client, made from the process's one boto3 session."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = _new_s3_client(self.endpoint_url)
+            client = self._local.client = _new_s3_client(self.access)
         return client
 
     def _key(self, key: str) -> str:
@@ -306,7 +341,7 @@ _session_lock = threading.Lock()
 _session = None
 
 
-def _new_s3_client(endpoint_url: str | None):
+def _new_s3_client(access: S3Access):
     """A client for one thread. Sessions are not thread-safe, so clients are made under a
     lock from one shared session, which also loads boto3's service models only once."""
     global _session
@@ -322,7 +357,13 @@ def _new_s3_client(endpoint_url: str | None):
     with _session_lock:
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client("s3", endpoint_url=endpoint_url, config=config)
+        keys = access.credentials
+        explicit = {} if keys is None else {
+            "aws_access_key_id": keys.access_key_id,
+            "aws_secret_access_key": keys.secret_access_key.get_secret_value(),
+            "aws_session_token": keys.session_token.get_secret_value() if keys.session_token else None,
+        }
+        return _session.client("s3", endpoint_url=access.endpoint_url, config=config, **explicit)
 
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}

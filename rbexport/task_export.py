@@ -21,7 +21,7 @@ from .nifti import LabelMap, encode_fill, mask_header
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
 from .source import MaskReader
-from .storage import Location, Storage, open_storage
+from .storage import Location, S3Access, Storage, open_storage
 from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
 
 SEGMENTATIONS_FOLDER = "segmentations"
@@ -45,7 +45,7 @@ class ExportSettings:
     source: str
     targets: tuple[Target, ...]
     category_numbers: Mapping[str, int] | None = None
-    endpoint_url: str | None = None
+    access: S3Access = S3Access()
     allowed_buckets: tuple[str, ...] = ()
 
 
@@ -103,8 +103,8 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
 
     Raises TaskFailed when no variant could be exported.
     """
-    source = storage_for(settings.source, settings.endpoint_url)
-    reader = MaskReader(source, Location.parse(settings.source), settings.endpoint_url, settings.allowed_buckets)
+    source = storage_for(settings.source, settings.access)
+    reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
     needed = reader.fetch(mask_references(job.task))
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
@@ -150,7 +150,7 @@ def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: 
     warnings += [Notice(job.task_id, None, text) for text in task_warnings]
     _refuse_colliding_paths(planned)
 
-    destination = storage_for(target.root, settings.endpoint_url)
+    destination = storage_for(target.root, settings.access)
     return TaskResult(job.position, job.task_id, entry, _write_files(destination, planned, options.compress), warnings)
 
 
@@ -193,6 +193,6 @@ def _refuse_colliding_paths(planned: list[_PlannedSeries]) -> None:
 
 
 @lru_cache(maxsize=64)
-def storage_for(url: str, endpoint_url: str | None) -> Storage:
+def storage_for(url: str, access: S3Access) -> Storage:
     """One storage object per root in a process, so each thread's S3 client is reused."""
-    return open_storage(url, endpoint_url)
+    return open_storage(url, access)

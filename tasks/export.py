@@ -6,6 +6,7 @@ exponential back-off; a task whose data is bad fails at once and is recorded by 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from prefect import task
@@ -13,12 +14,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from rbexport.errors import TransientStorageError
+from rbexport.errors import ConfigurationError, TransientStorageError
 from rbexport.options import ExportOptions
 from rbexport.report import RunReport
 from rbexport.run import RunPlan, prepare_run, publish_export
 from rbexport.source import wait_until_quiet
-from rbexport.storage import open_storage
+from rbexport.storage import S3Access, S3Credentials, open_storage
 from rbexport.task_export import ExportSettings, TaskJob, TaskOutcome, export_task
 from rbexport.variants import Preset, Variant
 
@@ -45,9 +46,31 @@ _retrying = dict(
 )
 
 
+def s3_access(endpoint_url: str | None, credentials_block: str | None) -> S3Access:
+    """The endpoint, and the keys of a Prefect Secret block when one is named (else boto3's chain).
+
+    The block's value is a JSON object: aws_access_key_id, aws_secret_access_key and,
+    optionally, aws_session_token.
+    """
+    if not credentials_block:
+        return S3Access(endpoint_url or None)
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(credentials_block).get()
+    except ValueError:
+        raise ConfigurationError(f"no Prefect Secret block named {credentials_block!r}") from None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    return S3Access(endpoint_url or None, S3Credentials.from_mapping(value, f"Secret block {credentials_block!r}"))
+
+
 @task(name="wait-for-uploads", **_retrying)
-def wait_for_uploads(source: str, quiet_seconds: float, endpoint_url: str | None) -> None:
-    waited = wait_until_quiet(open_storage(source, endpoint_url), quiet_seconds)
+def wait_for_uploads(source: str, quiet_seconds: float, access: S3Access) -> None:
+    waited = wait_until_quiet(open_storage(source, access), quiet_seconds)
     get_run_logger().info("source quiet for %.0f s (waited %.1f s)", quiet_seconds, waited)
 
 
@@ -59,10 +82,10 @@ def read_source(
     variants: Sequence[Preset | Variant] | None,
     incremental: bool,
     prune: bool,
-    endpoint_url: str | None,
+    access: S3Access,
     allowed_buckets: tuple[str, ...],
 ) -> RunPlan:
-    plan = prepare_run(source, destination, options, endpoint_url, allowed_buckets, variants, incremental, prune)
+    plan = prepare_run(source, destination, options, access, allowed_buckets, variants, incremental, prune)
     skipped = {target.target.name: len(target.skipped) for target in plan.targets}
     get_run_logger().info(
         "%d tasks in %s; to export: %d; skipped as unchanged: %s",

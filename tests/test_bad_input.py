@@ -78,24 +78,31 @@ EXPECTED = {f"bad-{name}": (f"masks/{name}.nii.gz", reason) for name, _, _, reas
 }
 
 
-def test_each_bad_input_fails_only_its_task_with_a_reason_naming_the_file(tmp_path):
+@pytest.mark.parametrize("task_id", [*EXPECTED, "bad-absolute"])
+def test_a_bad_input_fails_only_its_task_with_a_reason_naming_the_file(tmp_path, task_id):
     source = bad_source(tmp_path / "source")
+    tasks = json.loads((source / "tasks.json").read_text())
+    good = [task for task in tasks if task["taskId"].startswith("good") and task.get("name") != "a duplicate"]
+    bad = [task for task in tasks if task["taskId"] == task_id and task not in good]
+    if task_id == "good-1":  # the duplicate comes after the first good-1
+        bad = [task for task in tasks if task.get("name") == "a duplicate"]
+    (source / "tasks.json").write_text(json.dumps([good[0], *bad, good[1]]))
+
     [report] = run_export(str(source), str(tmp_path / "export"), ExportOptions(semantic_mask=True))
     assert report.exported == ["good-1", "good-2"]
-    failures = {failure.taskId: failure for failure in report.failures}
-    for task_id, (file, reason) in EXPECTED.items():
-        failure = failures.pop(task_id)
-        assert failure.file == file, task_id
-        assert reason in failure.reason, (task_id, failure.reason)
-        assert "\n" not in failure.reason
-    absolute = failures.pop("bad-absolute")
-    assert absolute.reason == "path leaves the source prefix" and absolute.file.endswith("outside.nii.gz")
-    assert not failures
-    written = sorted(path.relative_to(tmp_path / "export").as_posix() for path in (tmp_path / "export").rglob("*") if path.is_file())
+    [failure] = report.failures
+    assert failure.taskId == task_id and report.failed == [task_id]
+    file, reason = EXPECTED.get(task_id, (str(tmp_path / "outside.nii.gz"), "path leaves the source prefix"))
+    if task_id == "good-1":
+        file = "tasks.json[1]"
+    assert failure.file == file
+    assert reason in failure.reason and "\n" not in failure.reason
+    stored = json.loads((tmp_path / "export/export-report.json").read_text())
+    assert stored["failures"] == [{"taskId": task_id, "file": failure.file, "reason": failure.reason}]
+    written = sorted(path.relative_to(tmp_path / "export").as_posix()
+                     for path in (tmp_path / "export").rglob("*") if path.is_file())
     assert written == [".rbexport/state.json", "export-report.json", "segmentations/good-1/A.nii.gz",
                        "segmentations/good-2/A.nii.gz", "tasks.json"]
-    tasks = json.loads((tmp_path / "export/tasks.json").read_text())
-    assert [task["taskId"] for task in tasks] == ["good-1", "good-2"]
 
 
 def test_the_cli_reports_every_bad_input_and_exits_1(run_cli, tmp_path):

@@ -101,3 +101,36 @@ def test_a_wrong_key_is_access_denied_with_exit_code_2(run_cli, store_with_ident
     assert "rbexport: error: access denied to s3://scans" in result.stderr
     assert "not-the-secret-789" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_bucket, sample_source, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from flows.export import export_project
+    from rbexport.errors import ConfigurationError
+
+    source, destination = make_bucket("project"), make_bucket("export")
+    copy_tree(sample_source, source)
+    Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
+        "seaweed-keys", overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing in boto3's chain
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("rbexport.storage._session", None)
+    from rbexport.task_export import storage_for
+
+    storage_for.cache_clear()
+    [report] = export_project(source.url, destination.url, endpoint_url=seaweed.endpoint_url,
+                              credentials_block="seaweed-keys")
+    assert len(report.exported) == 6
+    from pydantic import SecretStr
+
+    from rbexport.storage import S3Access, S3Credentials
+
+    keys = S3Access(seaweed.endpoint_url, S3Credentials(ACCESS_KEY, SecretStr(SECRET_KEY)))
+    stored_report = S3Storage(destination.bucket, destination.prefix, keys).read("export-report.json").decode()
+    assert SECRET_KEY not in logs_and_artifacts_of_the_latest_flow_run() + stored_report + repr(keys)
+    with pytest.raises(ConfigurationError, match="no Prefect Secret block named 'nope'"):
+        export_project(source.url, destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="nope")
+    Secret(value="not json").save("broken-keys", overwrite=True)
+    with pytest.raises(ConfigurationError, match="must hold a JSON object with aws_access_key_id"):
+        export_project(source.url, destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="broken-keys")
