@@ -42,24 +42,23 @@ def timed(action) -> float:
 # --- inputs ---------------------------------------------------------------------------
 
 
-def ct_project(tasks: int) -> Path:
-    from benchmarks.data import write_ct_project
+def generated(kind: str, tasks: int) -> Path:
+    """benchmarks/.data/<kind>-<tasks>, generated on first use (ct or small)."""
+    from benchmarks.data import write_ct_project, write_small_project
 
-    root = DATA / f"ct-{tasks}"
+    root = DATA / f"{kind}-{tasks}"
     if not (root / "tasks.json").exists():
         shutil.rmtree(root, ignore_errors=True)
-        write_ct_project(root, tasks)
+        {"ct": write_ct_project, "small": write_small_project}[kind](root, tasks)
     return root
+
+
+def ct_project(tasks: int) -> Path:
+    return generated("ct", tasks)
 
 
 def small_project(tasks: int) -> Path:
-    from benchmarks.data import write_small_project
-
-    root = DATA / f"small-{tasks}"
-    if not (root / "tasks.json").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        write_small_project(root, tasks)
-    return root
+    return generated("small", tasks)
 
 
 # --- one CT-sized task ------------------------------------------------------------------
