@@ -6,8 +6,10 @@ a header that claims gigabytes never makes us allocate them), and its voxels mus
 whole non-negative numbers that fit an export (uint8 or uint16).
 
 Writing keeps the source header (shape, affine, qform/sform and their codes, voxel
-sizes, units) and changes only the data type and scaling. Output is deterministic:
-gzip with mtime 0 and a fixed level, so the same voxels give the same bytes.
+sizes, units) and changes only the data type and scaling. A mask's voxels are written by
+a `Fill` straight into the buffer that holds its header, and compressed in place. Output
+is deterministic: ISA-L gzip with mtime 0 and a fixed level, so the same voxels give the
+same bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -34,6 +37,14 @@ _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
 _MAX_HEADER_BYTES = 1024**2  # header and extensions
 UINT16_MAX = np.iinfo(np.uint16).max
+
+
+@dataclass(frozen=True)
+class Fill:
+    """How to write a mask's voxels into a zeroed flat array (file order) of type `dtype`."""
+
+    write: Callable[[np.ndarray], None]
+    dtype: type
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ def mask_header(like: nib.Nifti1Header, dtype: type) -> bytes:
     return head + bytes(max(0, int(header.get_data_offset()) - len(head)))
 
 
-def encode_fill(fill, like: nib.Nifti1Header, compress: bool, head: bytes | None = None) -> bytes:
+def encode_fill(fill: Fill, like: nib.Nifti1Header, compress: bool, head: bytes | None = None) -> bytes:
     """A mask file whose voxels `fill` writes into a zeroed array; gzip-compressed when asked.
 
     The voxels are written straight after the header in one buffer, so the payload is
@@ -133,14 +144,10 @@ def encode_fill(fill, like: nib.Nifti1Header, compress: bool, head: bytes | None
 def encode_mask(voxels: np.ndarray, like: nib.Nifti1Header, compress: bool) -> bytes:
     """NIfTI bytes for `voxels` (an array of `like`'s shape) with `like`'s geometry."""
 
-    class _Copy:
-        dtype = voxels.dtype.type
+    def write(out: np.ndarray) -> None:
+        out[:] = voxels.reshape(-1, order="F")
 
-        @staticmethod
-        def write(out: np.ndarray) -> None:
-            out[:] = voxels.reshape(-1, order="F")
-
-    return encode_fill(_Copy, like, compress)
+    return encode_fill(Fill(write, voxels.dtype.type), like, compress)
 
 
 def _gunzip_checked(raw: bytes) -> tuple[nib.Nifti1Header, bytes]:

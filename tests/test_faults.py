@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 
 from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree, tree
 from fault_proxy import FAULTS, FaultProxy

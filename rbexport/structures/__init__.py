@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..options import ExportOptions
 from ..segment_map import has_overlaps, label_warnings, parse_segment_map, refuse_absent_groups
-from .masks import Fill, VoxelIndex
+from ..nifti import Fill
+from .masks import VoxelIndex
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ file stores voxels in: an output array of the same layout takes them as they are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
+
+from ..nifti import Fill
 
 # Above this share of labelled voxels, look masks up in a table instead of by position.
 DENSE_SHARE = 0.25
@@ -54,6 +55,10 @@ class VoxelIndex:
         """One more than the largest value present."""
         return len(self.counts)
 
+    def write_labels(self, out: np.ndarray, table: np.ndarray | None = None) -> None:
+        """Every labelled voxel's value (or `table[value]`) into `out`; sparse indexes only."""
+        out[self._positions] = self._labels if table is None else table[self._labels]
+
     def positions(self, value: int) -> np.ndarray:
         at = np.searchsorted(self.present, value)
         if at == len(self.present) or self.present[at] != value:
@@ -61,20 +66,12 @@ class VoxelIndex:
         return self._positions[self._starts[at] : self._ends[at]]
 
 
-@dataclass(frozen=True)
-class Fill:
-    """How to write one mask into a zeroed flat output array (memory order)."""
-
-    write: Callable[[np.ndarray], None]
-    dtype: type
-
-
 def copy_of(index: VoxelIndex) -> Fill:
     """The label map itself."""
 
     def write(out: np.ndarray) -> None:
         if index.sparse:
-            out[index._positions] = index._labels
+            index.write_labels(out)
         else:
             out[:] = index.flat
 
@@ -102,7 +99,7 @@ def relabelling(index: VoxelIndex, table: np.ndarray) -> Fill:
 
     def write(out: np.ndarray) -> None:
         if index.sparse:
-            out[index._positions] = table[index._labels]
+            index.write_labels(out, table)
         else:
             _look_up(index.flat, table, out)
 
