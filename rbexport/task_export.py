@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .annotations import annotations_of, assemble_task, mask_references
+from .annotations import annotations_of, assemble_task
 from .errors import TaskDataError
 from .memory import process_budget
 from .nifti import LabelMap, encode_fill, mask_header
@@ -106,7 +106,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     source = storage_for(settings.source, settings.access)
     reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
-    needed = reader.fetch(mask_references(job.task))
+    needed = reader.fetch(_masks_used(job, settings))
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
             for target in settings.targets:
@@ -121,6 +121,24 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     if outcome.failures and not outcome.results:
         raise TaskFailed(outcome.failures)
     return outcome
+
+
+def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
+    """The masks the variants asked for read (with no_consensus, not every annotator's)."""
+    used: list[str] = []
+    for target in settings.targets:
+        if target.name not in job.targets:
+            continue
+        try:
+            annotations = annotations_of(job.task, target.options)
+        except TaskDataError:
+            continue  # the variant's export reports it
+        for annotation in annotations:
+            for series in annotation.series:
+                reference = series.get("segmentations")
+                if isinstance(reference, str) and reference not in used:
+                    used.append(reference)
+    return used
 
 
 def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: ExportSettings) -> TaskResult:

@@ -883,3 +883,13 @@ def test_task_files_are_read_after_tasks_json(tmp_path):
     assert [t["taskId"] for t in result.tasks] == ["from-tasks-json", "a-array-1", "a-array-2", "b-object"]
     assert result.report["failures"] == []
     assert len(result.mask_files()) == 4
+
+
+def test_no_consensus_reads_only_the_masks_it_exports(tmp_path, monkeypatch):
+    import rbexport.source
+
+    read = []
+    real = rbexport.source.MaskReader._download
+    monkeypatch.setattr(rbexport.source.MaskReader, "_download", lambda self, ref: read.append(ref) or real(self, ref))
+    export(tmp_path, [consensus_task()], CONSENSUS_MASKS, no_consensus=True)
+    assert read == ["masks/truth.nii.gz"]
