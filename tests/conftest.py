@@ -1,8 +1,10 @@
 """Real servers for the tests: one SeaweedFS (S3) and one Prefect API for the whole session.
 
 Both bind to loopback on free ports and are started here, so the suite needs nothing
-running beforehand. The Prefect API is `prefect_test_harness` (a real local server on a
-temporary SQLite database); CLI subprocesses are pointed at it with PREFECT_API_URL.
+running beforehand. The Prefect API is a real `prefect server start` with its services (the
+scheduler, triggers) on a temporary SQLite database; in-process flows and CLI subprocesses
+are pointed at it with PREFECT_API_URL. A test during which that server logs a traceback
+fails (`server_log_is_clean`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from prefect_server import PrefectServer
 from rbexport.sample import write_sample_project
 from rbexport.seaweed import SeaweedServer
 from rbexport.storage import LocalStorage, S3Storage
@@ -60,14 +63,44 @@ def make_bucket(seaweed):
     return make
 
 
-@pytest.fixture(scope="session")
-def prefect_api():
-    """A real Prefect API on a temporary database, for in-process flows and CLI subprocesses."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+_servers: list[PrefectServer] = []
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> PrefectServer:
+    """`prefect server start` on a free port, for in-process flows and CLI subprocesses."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with PrefectServer(tmp_path_factory.mktemp("prefect-server")) as server:
+        _servers.append(server)
+        saved = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = server.api_url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                yield server
+        finally:
+            _servers.remove(server)
+            if saved is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = saved
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server) -> str:
+    return prefect_server.api_url
+
+
+@pytest.fixture(autouse=True)
+def server_log_is_clean():
+    """Fail the test during which a Prefect server of the session logged a traceback."""
+    for server in _servers:
+        server.new_tracebacks()  # what came before this test is another test's
+    yield
+    for server in _servers:
+        logged = server.new_tracebacks()
+        if logged:
+            pytest.fail(f"the Prefect server logged a traceback during this test:\n{logged[-4000:]}", pytrace=False)
 
 
 @pytest.fixture
@@ -88,9 +121,13 @@ def run_cli(prefect_api, tmp_path, s3_credentials):
             environment.pop("PREFECT_API_URL", None)
         else:
             environment["PREFECT_API_URL"] = prefect_api
-        return subprocess.run(
+        result = subprocess.run(
             [RBEXPORT, *arguments], capture_output=True, text=True, timeout=timeout, env=environment
         )
+        api_log = Path(environment["PREFECT_HOME"]) / "rbexport-api.log"
+        if ephemeral and api_log.exists() and "Traceback" in api_log.read_text(errors="replace"):
+            pytest.fail(f"the ephemeral Prefect API logged a traceback:\n{api_log.read_text()[-4000:]}", pytrace=False)
+        return result
 
     return run
 

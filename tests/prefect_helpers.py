@@ -94,3 +94,39 @@ def served(prefect_api: str, *names: str, env: dict | None = None) -> Iterator[s
 
 def _flow_of(deployment: str) -> str:
     return "watch-source" if deployment == "watch-source" else "export-project"
+
+
+def scheduled_runs_of(deployment_name: str) -> list:
+    """The runs the server's scheduler created for a deployment and that have not started."""
+    return [run for run in flow_runs_of(deployment_name) if run.auto_scheduled and run.state.is_scheduled()]
+
+
+def start_now(flow_run) -> None:
+    """Move a scheduled run's start to now: the run the scheduler made, due at once."""
+    from prefect.states import Scheduled
+    from prefect.types._datetime import now
+
+    _run(lambda client: client.set_flow_run_state(flow_run.id, Scheduled(scheduled_time=now("UTC")), force=True))
+
+
+def read_flow_run(flow_run_id):
+    return _run(lambda client: client.read_flow_run(flow_run_id))
+
+
+@contextmanager
+def worker(prefect_api: str, pool: str, env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """`prefect worker start --pool POOL`, polling every second."""
+    environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1", **(env or {})}
+    process = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", pool], cwd=PROJECT, env=environment,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
