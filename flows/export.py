@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
+from prefect.states import Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from rbexport import progress
@@ -29,52 +30,70 @@ def export_project(
     source: str,
     destination: str,
     options: ExportOptions = ExportOptions(),
-    variants: list[Preset | Variant] | None = None,
+    variants: list[Preset] | None = None,
+    custom_variants: list[Variant] | None = None,
     incremental: bool = True,
     prune: bool = False,
+    replace_layout: bool = False,
     quiet_seconds: float = 0,
     endpoint_url: str | None = None,
     credentials_block: str | None = None,
     allowed_buckets: list[str] | None = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int | None = None,
     task_runner: Literal["threads", "processes", "dask"] = "threads",
     dask_address: str | None = None,
 ) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
     Args:
-        source: Where the project is: s3://bucket/prefix or a local folder.
-        destination: Where the export goes: s3://bucket/prefix or a local folder.
-        options: The structure to write when no variants are given. With variants, its
-            no_consensus and compress apply to the presets.
-        variants: Several structures in one run, each written under destination/<name>/:
-            presets (standard, binary, single, semantic, semantic-binary) or
-            {name, options} for a custom option set. Masks are read once for all.
+        source: Where the project is: s3://bucket/prefix, or a folder on the worker.
+        destination: Where the export goes: s3://bucket/prefix, or a folder on the worker.
+        options: The structure to write when no variants are chosen. With variants, only
+            its no_consensus and compress apply (to the presets).
+        variants: Structures to write side by side, each as a complete export in a folder
+            of the destination named after it (standard, semantic, ...). Masks are read
+            once for all of them. Leave empty to write one export, with the options above,
+            at the destination itself.
+        custom_variants: Structures of your own, written like the variants: a folder name
+            and the options of that structure.
         incremental: Skip tasks whose task JSON, mask objects and options are unchanged
             since the last export to this destination.
         prune: Delete the files of tasks removed from the source, and files an export
             no longer writes.
+        replace_layout: The destination already holds an export laid out differently
+            (one export at its root, or variant folders): delete that export and write
+            this one. Without it such a run stops before writing anything.
         quiet_seconds: Wait until nothing in the source has changed for this long
             before reading it (lets a burst of uploads settle).
-        endpoint_url: S3 endpoint such as http://127.0.0.1:8333; default AWS_ENDPOINT_URL, else AWS.
+        endpoint_url: The S3 endpoint, such as http://127.0.0.1:8333. Empty: the
+            worker's AWS_ENDPOINT_URL, else AWS S3.
         credentials_block: A Prefect Secret block holding the S3 keys as JSON
-            (aws_access_key_id, aws_secret_access_key); empty: boto3's standard chain
+            (aws_access_key_id, aws_secret_access_key). Empty: boto3's standard chain
             (environment, profiles, instance roles) on the worker.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
-        workers: How many tasks are exported at the same time (per process: each also
-            waits until its volumes fit the process's memory budget).
+        workers: How many tasks are exported at the same time. Empty: twice the worker's
+            cores, at most 8 (each task also waits until its volumes fit in memory).
         task_runner: Where tasks run: threads of this process, a pool of local
             processes, or a Dask cluster (prefect-dask).
-        dask_address: The Dask scheduler to use with task_runner "dask", e.g.
-            tcp://10.0.0.5:8786; empty: a local cluster of `workers` processes.
+        dask_address: The Dask scheduler to use with task_runner dask, such as
+            tcp://10.0.0.5:8786. Empty: a local cluster of `workers` processes.
     """
-    refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
-    access = s3_access(endpoint_url, credentials_block)
-    if quiet_seconds > 0:
-        wait_for_uploads(source, quiet_seconds, access)
-    plan = read_source(source, destination, options, variants, incremental, prune, access, tuple(allowed_buckets or ()))
-    outcomes = export_tasks(plan, make_task_runner(task_runner, workers, dask_address))
-    reports = publish(plan, outcomes)
+    try:
+        refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
+        access = s3_access(endpoint_url, credentials_block)
+        if quiet_seconds > 0:
+            wait_for_uploads(source, quiet_seconds, access, return_state=True).result()
+        chosen = [*(variants or []), *(custom_variants or [])]
+        plan = read_source(
+            source, destination, options, chosen, incremental, prune, access, tuple(allowed_buckets or ()),
+            replace_layout, return_state=True,
+        ).result()
+        outcomes = export_tasks(plan, make_task_runner(task_runner, workers or DEFAULT_WORKERS, dask_address))
+        reports = publish(plan, outcomes, return_state=True).result()
+    except ConfigurationError as error:
+        # An answer, not a crash: one line in the run's log and its state, no traceback.
+        get_run_logger().error("cannot export: %s", error)
+        return Failed(message=str(error), data=error)
     create_markdown_artifact(
         key="export-report",
         markdown="\n".join(report.to_markdown() for report in reports),
@@ -84,11 +103,11 @@ def export_project(
         get_run_logger().info("%s: %s", report.variant, report.summary())
     failed = {failure.taskId for report in reports for failure in report.failures}
     if failed:
-        raise ExportIncomplete(
+        message = (
             f"{len(failed)} of {len(plan.tasks) + len(plan.failures)} tasks failed; "
-            f"see {', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports)}",
-            reports,
+            f"see {', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports)}"
         )
+        return Failed(message=message, data=ExportIncomplete(message, reports))
     return reports
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
+EPHEMERAL_START_SECONDS = 120
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="export every task again, even those unchanged since the last export")
     run.add_argument("--prune", action="store_true",
                      help="delete the files of tasks removed from the source, and files no longer written")
+    run.add_argument("--replace-layout", action="store_true",
+                     help="DST holds an export laid out the other way (one at its root, or variant folders): "
+                     "delete it and write this one")
     run.add_argument("--endpoint-url", metavar="URL",
                      help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)")
     run.add_argument("--credentials-block", metavar="NAME",
@@ -100,7 +104,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from .errors import ConfigurationError
     from .options import ExportOptions
     from .run import check_locations
-    from .variants import parse_variant_argument
+    from .variants import Variant, parse_variant_argument
 
     check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
     if arguments.dask_address and arguments.task_runner != "dask":
@@ -121,9 +125,11 @@ def _run(arguments: argparse.Namespace) -> int:
         arguments.source,
         arguments.dest,
         options,
-        variants=variants,
+        variants=[item for item in variants if not isinstance(item, Variant)],
+        custom_variants=[item for item in variants if isinstance(item, Variant)],
         incremental=not arguments.full,
         prune=arguments.prune,
+        replace_layout=arguments.replace_layout,
         endpoint_url=_endpoint(arguments.endpoint_url),
         credentials_block=arguments.credentials_block,
         allowed_buckets=arguments.allow_bucket,
@@ -227,7 +233,7 @@ def start_ephemeral_api() -> None:
     file, and the flow finds this server already running.
     """
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     if PREFECT_API_URL.value():
         return
@@ -240,7 +246,8 @@ def start_ephemeral_api() -> None:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            SubprocessASGIServer().start()
+            # Prefect's default of 20 s is too short on a busy 2-core machine (seen: 30 s).
+            SubprocessASGIServer().start(timeout=max(EPHEMERAL_START_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)

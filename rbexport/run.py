@@ -77,6 +77,7 @@ def prepare_run(
     variants: Sequence[Preset | Variant | str] | None = None,
     incremental: bool = True,
     prune: bool = False,
+    replace_layout: bool = False,
 ) -> RunPlan:
     """Check the locations, read the source, decide what each variant exports.
 
@@ -93,6 +94,7 @@ def prepare_run(
     source_storage.check_reachable()
     storage_for(destination_location.url, access).check_reachable()
     tasks = read_tasks(source_storage)
+    check_layout(destination_location, access, [v.name for v in resolved] if len(resolved) > 1 else None, replace_layout)
     needs_taxonomy = any(target.options.semantic_mask for target in targets)
     settings = ExportSettings(
         source=source_location.url,
@@ -108,6 +110,44 @@ def prepare_run(
     plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
     plan.timings["read_source"] = time.perf_counter() - started
     return plan
+
+
+def check_layout(destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool) -> None:
+    """One destination holds one layout: one export at its root, or variant folders.
+
+    A run of the other layout stops here (ConfigurationError) unless `replace` is given;
+    then the export already there is deleted first: the files its state records, its
+    tasks.json, report and state.
+    """
+    storage = storage_for(destination.url, access)
+    at_root = storage.exists(STATE_KEY) or storage.exists(TASKS_JSON)
+    folders = sorted(
+        info.key.split("/", 1)[0]
+        for info in storage.list()
+        if info.key.count("/") == 2 and info.key.endswith("/" + STATE_KEY)
+    )
+    if variant_folders is None and folders:
+        found, wanted, old_roots = f"variant folders ({', '.join(folders)})", "one export at its root", folders
+    elif variant_folders is not None and at_root:
+        found, wanted, old_roots = "one export at its root", f"variant folders ({', '.join(variant_folders)})", [""]
+    else:
+        return
+    if not replace:
+        raise ConfigurationError(
+            f"{destination.url} already holds {found} and this run writes {wanted}: choose another "
+            "destination, or replace that export (--replace-layout, flow parameter replace_layout)"
+        )
+    for root in old_roots:
+        _delete_export(storage_for(destination.child(root).url if root else destination.url, access))
+
+
+def _delete_export(storage: Storage) -> None:
+    state = ExportState.load(storage)
+    for record in state.tasks.values():
+        for path in sorted({*record.files, *record.orphans}):
+            storage.delete(path)
+    for path in (TASKS_JSON, REPORT_NAME, STATE_KEY):
+        storage.delete(path)
 
 
 def plan_jobs(tasks: list[SourceTask]) -> tuple[list[TaskJob], list[Failure]]:
@@ -282,12 +322,13 @@ def run_export(
     incremental: bool = True,
     prune: bool = False,
     workers: int = 1,
+    replace_layout: bool = False,
 ) -> list[RunReport]:
     """The whole run without Prefect: tasks one after another, or on `workers` threads.
 
     `endpoint_url` may also be an S3Access (an endpoint and explicit credentials).
     """
-    plan = prepare_run(source, destination, options, endpoint_url, (), variants, incremental, prune)
+    plan = prepare_run(source, destination, options, endpoint_url, (), variants, incremental, prune, replace_layout)
     started = time.perf_counter()
 
     def export(job: TaskJob) -> TaskOutcome:

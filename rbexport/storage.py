@@ -326,15 +326,21 @@ class S3Storage(Storage):
             except self.client.exceptions.BucketAlreadyOwnedByYou:
                 pass
 
+    def endpoint_description(self) -> str:
+        """The endpoint requests go to, as a person would name it in a message."""
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return endpoint or "AWS S3 (no endpoint_url set)"
+
     def check_reachable(self) -> None:
-        where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        where = f"s3://{self.bucket} at {self.endpoint_description()}"
         try:
             with _s3_errors(f"s3://{self.bucket}"):
                 self.client.head_bucket(Bucket=self.bucket)
         except ObjectNotFoundError:
             raise ConfigurationError(f"bucket {self.bucket!r} does not exist ({where})") from None
         except TransientStorageError as error:
-            raise ConfigurationError(f"cannot reach {where}: {error}") from None
+            reason = str(error).removeprefix(f"s3://{self.bucket}: ")
+            raise ConfigurationError(f"cannot reach {where}: {reason}") from None
 
 
 _session_lock = threading.Lock()

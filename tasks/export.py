@@ -6,15 +6,17 @@ exponential back-off; a task whose data is bad fails at once and is recorded by 
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
-from rbexport.errors import ConfigurationError, TransientStorageError
+from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
 from rbexport.options import ExportOptions
 from rbexport.report import RunReport
 from rbexport.run import RunPlan, prepare_run, publish_export
@@ -46,6 +48,21 @@ _retrying = dict(
 )
 
 
+def expected_failures_as_states(step: Callable) -> Callable:
+    """Bad data and bad configuration are answers, not crashes: the step ends Failed with
+    the error's one-line message and no traceback in the log. The flow calls such a step
+    with `return_state=True` and gets the error back from the state's `.result()`."""
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except (ConfigurationError, TaskDataError) as error:
+            return Failed(message=str(error), data=error)
+
+    return run
+
+
 def s3_access(endpoint_url: str | None, credentials_block: str | None) -> S3Access:
     """The endpoint, and the keys of a Prefect Secret block when one is named (else boto3's chain).
 
@@ -69,12 +86,14 @@ def s3_access(endpoint_url: str | None, credentials_block: str | None) -> S3Acce
 
 
 @task(name="wait-for-uploads", **_retrying)
+@expected_failures_as_states
 def wait_for_uploads(source: str, quiet_seconds: float, access: S3Access) -> None:
     waited = wait_until_quiet(open_storage(source, access), quiet_seconds)
     get_run_logger().info("source quiet for %.0f s (waited %.1f s)", quiet_seconds, waited)
 
 
 @task(name="read-source", **_retrying)
+@expected_failures_as_states
 def read_source(
     source: str,
     destination: str,
@@ -84,8 +103,11 @@ def read_source(
     prune: bool,
     access: S3Access,
     allowed_buckets: tuple[str, ...],
+    replace_layout: bool = False,
 ) -> RunPlan:
-    plan = prepare_run(source, destination, options, access, allowed_buckets, variants, incremental, prune)
+    plan = prepare_run(
+        source, destination, options, access, allowed_buckets, variants, incremental, prune, replace_layout
+    )
     skipped = {target.target.name: len(target.skipped) for target in plan.targets}
     get_run_logger().info(
         "%d tasks in %s; to export: %d; skipped as unchanged: %s",
@@ -95,6 +117,7 @@ def read_source(
 
 
 @task(name="export-task", task_run_name="export-{job.task_id}", **_retrying)
+@expected_failures_as_states
 def export_one_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     outcome = export_task(job, settings)
     logger = get_run_logger()
@@ -110,5 +133,6 @@ def export_one_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
 
 
 @task(name="publish-export", **_retrying)
+@expected_failures_as_states
 def publish(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport]:
     return publish_export(plan, outcomes)

@@ -130,3 +130,10 @@ def worker(prefect_api: str, pool: str, env: dict | None = None) -> Iterator[sub
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def log_messages_of(flow_run_id) -> str:
+    """Every log line of a flow run and its task runs, as the UI shows them (sent every few seconds)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    logs = _run(lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
+    return "\n".join(log.message for log in logs)

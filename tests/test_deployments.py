@@ -34,7 +34,7 @@ def test_prefect_deploy_all_creates_every_deployment(prefect_api):
     assert nightly.parameters == {**located, "variants": ["standard", "semantic"], "prune": True}
 
     manual = read_deployment("export-project/export-manual")
-    assert manual.parameters == {} and not manual.schedules
+    assert manual.parameters == {"endpoint_url": "http://127.0.0.1:8333"} and not manual.schedules
     form = manual.parameter_openapi_schema
     assert set(form["required"]) == {"source", "destination"}
     assert all(field.get("description") for field in form["properties"].values())
@@ -42,7 +42,7 @@ def test_prefect_deploy_all_creates_every_deployment(prefect_api):
     assert all(field.get("description") for field in form["definitions"]["ExportOptions"]["properties"].values())
 
     on_upload = read_deployment("export-project/export-on-upload")
-    assert on_upload.parameters == {**located, "quiet_seconds": 10}
+    assert on_upload.parameters == {**located, "variants": ["standard", "semantic"], "quiet_seconds": 10}
     assert on_upload.global_concurrency_limit.limit == 1
     assert on_upload.concurrency_options.collision_strategy == "ENQUEUE"
     [automation] = automations_of("export-project/export-on-upload")
@@ -86,7 +86,8 @@ def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_
         flow_run = run_deployment(
             "export-project/export-manual",
             parameters={"source": str(sample_source), "destination": str(destination),
-                        "variants": ["standard", {"name": "mine", "options": {"semantic_mask": True}}]},
+                        "variants": ["standard"],
+                        "custom_variants": [{"name": "mine", "options": {"semantic_mask": True}}]},
             timeout=180,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])

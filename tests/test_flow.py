@@ -1,4 +1,4 @@
-"""The export flow on a real Prefect API (prefect_test_harness): states, artifact, retries."""
+"""The export flow on a real Prefect server: states, artifact, retries."""
 
 from __future__ import annotations
 
@@ -55,6 +55,34 @@ def test_configuration_errors_fail_the_run_before_anything_is_written(api, tmp_p
     with pytest.raises(ConfigurationError, match="not valid JSON"):
         export_project(str(tmp_path / "source"), str(tmp_path / "export"))
     assert not (tmp_path / "export").exists()
+
+
+def test_a_configuration_error_is_one_line_in_the_log_without_traceback(api, tmp_path):
+    from prefect_helpers import log_messages_of, wait_for
+
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source/tasks.json").write_text("{}")
+    state = export_project(str(tmp_path / "source"), str(tmp_path / "export"), return_state=True)
+    assert state.is_failed() and "not a list of tasks" in state.message
+    logged = wait_for(lambda: (text := log_messages_of(state.state_details.flow_run_id)) and "cannot export" in text and text,
+                      30, "the run's logs")
+    assert "cannot export: " in logged and "not a list of tasks" in logged
+    assert "Traceback" not in logged, logged
+
+
+def test_an_unreachable_store_is_named_with_its_endpoint(api, tmp_path, s3_credentials):
+    with pytest.raises(ConfigurationError, match=r"cannot reach s3://scans at http://127.0.0.1:9: cannot connect"):
+        export_project("s3://scans/brain", str(tmp_path / "export"), endpoint_url="http://127.0.0.1:9")
+
+
+def test_without_an_endpoint_the_message_says_aws(monkeypatch):
+    from rbexport.storage import S3Storage
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    assert S3Storage("scans").endpoint_description() == "AWS S3 (no endpoint_url set)"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://store.internal:9000")
+    assert S3Storage("scans").endpoint_description() == "http://store.internal:9000"
 
 
 @pytest.fixture

@@ -111,3 +111,58 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
     result = run_cli("run", "--source", str(sample_source), "--dest", str(destination / "plain"), "--full",
                      "--single-mask", "--uncompressed")
     assert result.returncode == 0 and "5 tasks exported, 0 failed" in result.stdout
+
+
+# One destination, one layout: an export at its root, or variant folders, never both.
+
+
+def test_a_root_export_into_variant_folders_is_refused_and_writes_nothing(sample_source, tmp_path):
+    destination = tmp_path / "export"
+    run_export(str(sample_source), str(destination), ExportOptions(), variants=["standard", "semantic"])
+    before = tree(destination)
+    with pytest.raises(ConfigurationError, match=r"already holds variant folders \(semantic, standard\) and this run "
+                       r"writes one export at its root: .*--replace-layout"):
+        run_export(str(sample_source), str(destination), ExportOptions())
+    assert tree(destination) == before
+
+
+def test_variant_folders_into_a_root_export_are_refused(sample_source, tmp_path):
+    destination = tmp_path / "export"
+    run_export(str(sample_source), str(destination), ExportOptions())
+    before = tree(destination)
+    with pytest.raises(ConfigurationError, match=r"already holds one export at its root and this run writes "
+                       r"variant folders \(standard, semantic\)"):
+        run_export(str(sample_source), str(destination), ExportOptions(), variants=["standard", "semantic"])
+    assert tree(destination) == before
+
+
+def test_more_variant_folders_beside_existing_ones_are_the_same_layout(sample_source, tmp_path):
+    destination = tmp_path / "export"
+    run_export(str(sample_source), str(destination), ExportOptions(), variants=["standard", "semantic"])
+    reports = run_export(str(sample_source), str(destination), ExportOptions(), variants=["binary", "semantic"])
+    assert all(report.succeeded for report in reports)
+    assert {"standard/tasks.json", "binary/tasks.json", "semantic/tasks.json"} <= set(tree(destination))
+
+
+def test_replace_layout_deletes_the_other_export_then_writes(sample_source, tmp_path):
+    destination = tmp_path / "export"
+    run_export(str(sample_source), str(destination), ExportOptions(), variants=["standard", "semantic"])
+    run_export(str(sample_source), str(destination), ExportOptions(), replace_layout=True)
+    alone = tmp_path / "alone"
+    run_export(str(sample_source), str(alone), ExportOptions())
+    written, expected = tree(destination), tree(alone)
+    del written["export-report.json"], expected["export-report.json"]
+    assert written == expected  # nothing of the variant folders is left
+
+
+def test_the_cli_refuses_a_mismatched_layout_with_exit_code_2(run_cli, sample_source, tmp_path):
+    destination = tmp_path / "export"
+    run_export(str(sample_source), str(destination), ExportOptions())
+    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--variant", "standard",
+                     "--variant", "semantic")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rbexport: error: {destination} already holds one export at its root and this run writes variant folders "
+        "(standard, semantic): choose another destination, or replace that export (--replace-layout, flow parameter "
+        "replace_layout)"
+    ]
