@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
@@ -94,8 +94,41 @@ def main(names: list[str]) -> int:
         return 2
     runners = [runner_deployment(spec) for spec in specs if not names or spec["name"] in names]
     forget_deployed_versions(runners)
-    serve(*runners)
+    serving_since = datetime.now(timezone.utc)
+    serve(*runners)  # until Ctrl+C
+    mark_interrupted_runs_crashed(runners, serving_since)
     return 0
+
+
+def mark_interrupted_runs_crashed(runners: list, since: datetime) -> None:
+    """Runs this process started and Ctrl+C ended would stay Running in the UI forever:
+    mark them Crashed, saying why. (A served deployment is served by one process only.)"""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def mark() -> None:
+        async with get_client() as client:
+            ids = [(await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")).id for runner in runners]
+            in_flight = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
+                flow_run_filter=FlowRunFilter(state=in_flight),
+            )
+            for run in runs:
+                if run.start_time is None or run.start_time >= since:
+                    message = "stopped with the process serving it (Ctrl+C); start it again"
+                    await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+
+    run_coro_as_sync(mark())
 
 
 if __name__ == "__main__":

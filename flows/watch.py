@@ -6,8 +6,10 @@ import hashlib
 
 from prefect import flow
 from prefect.logging import get_run_logger
+from prefect.states import Failed
 from prefect.variables import Variable
 
+from rbexport.errors import ConfigurationError, TransientStorageError
 from rbexport.notifications import Watermark, objects_since
 from rbexport.storage import open_storage
 from tasks.events import emit_created
@@ -28,10 +30,15 @@ def watch_source(source: str, endpoint_url: str | None = None, credentials_block
         endpoint_url: S3 endpoint; default AWS_ENDPOINT_URL, else AWS.
         credentials_block: A Prefect Secret block with the S3 keys; empty: boto3's chain.
     """
-    storage = open_storage(source, s3_access(endpoint_url, credentials_block))
-    name = watermark_variable(storage.url)
-    watermark = Watermark.from_json(Variable.get(name, default=None))
-    created, next_watermark = objects_since(storage, storage.list(), watermark)
+    try:
+        storage = open_storage(source, s3_access(endpoint_url, credentials_block))
+        name = watermark_variable(storage.url)
+        watermark = Watermark.from_json(Variable.get(name, default=None))
+        created, next_watermark = objects_since(storage, storage.list(), watermark)
+    except (ConfigurationError, TransientStorageError) as error:
+        # An answer, not a crash: one line in the run's log and its state; the next watch tries again.
+        get_run_logger().error("cannot watch %s: %s", source, error)
+        return Failed(message=str(error), data=error)
     emit_created(created)
     Variable.set(name, next_watermark.to_json(), overwrite=True)
     get_run_logger().info("%d new objects in %s", len(created), storage.url)

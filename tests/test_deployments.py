@@ -94,3 +94,27 @@ def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_
     tasks = json.loads((destination / "mine/tasks.json").read_text())
     assert len(tasks) == 6 and tasks[0]["series"][0]["semanticMask"] is True
     assert (destination / "standard/segmentations/Brain_004/T2/instance-3.nii.gz").exists()
+
+
+def test_serve_stops_on_ctrl_c_with_a_run_in_flight(prefect_api, sample_source, tmp_path):
+    """Ctrl+C (SIGINT to the terminal's process group) ends `deployments.serve` and its run."""
+    import os
+    import signal
+    import time
+
+    from prefect.deployments import run_deployment
+
+    from prefect_helpers import read_flow_run, wait_for
+
+    with served(prefect_api, "export-manual", env={"PREFECT_RUNNER_POLL_FREQUENCY": "1"}) as server:
+        flow_run = run_deployment(
+            "export-project/export-manual", timeout=0,
+            parameters={"source": str(sample_source), "destination": str(tmp_path / "export"), "quiet_seconds": 120},
+        )
+        wait_for(lambda: read_flow_run(flow_run.id).state.is_running(), 60, "the run to start")
+        os.killpg(server.pid, signal.SIGINT)
+        stopped = time.monotonic()
+        server.wait(timeout=30)
+        assert server.returncode == 0
+        assert time.monotonic() - stopped < 10
+    assert not read_flow_run(flow_run.id).state.is_running()

@@ -101,7 +101,8 @@ def upload_task(source, task_id: str) -> list[str]:
 
 
 def exported_ids(destination) -> set[str]:
-    return {task["taskId"] for task in json.loads(destination.read("tasks.json"))}
+    """The tasks in the upload deployment's export: it writes the nightly's variants, standard among them."""
+    return {task["taskId"] for task in json.loads(destination.read("standard/tasks.json"))}
 
 
 def completed_runs() -> list:
