@@ -30,8 +30,8 @@ def export_project(
     source: str,
     destination: str,
     options: ExportOptions = ExportOptions(),
-    variants: list[Preset] | None = None,
-    custom_variants: list[Variant] | None = None,
+    variants: tuple[Preset, ...] = (),
+    custom_variants: tuple[Variant, ...] = (),
     incremental: bool = True,
     prune: bool = False,
     replace_layout: bool = False,
@@ -39,7 +39,7 @@ def export_project(
     endpoint_url: str | None = None,
     credentials_block: str | None = None,
     allowed_buckets: list[str] | None = None,
-    workers: int | None = None,
+    workers: int = 0,
     task_runner: Literal["threads", "processes", "dask"] = "threads",
     dask_address: str | None = None,
 ) -> list[RunReport]:
@@ -52,10 +52,10 @@ def export_project(
             its no_consensus and compress apply (to the presets).
         variants: Structures to write side by side, each as a complete export in a folder
             of the destination named after it (standard, semantic, ...). Masks are read
-            once for all of them. Leave empty to write one export, with the options above,
+            once for all of them. Choose none to write one export, with the options above,
             at the destination itself.
-        custom_variants: Structures of your own, written like the variants: a folder name
-            and the options of that structure.
+        custom_variants: Structures of your own, written like the variants: each needs a
+            name (its folder) and the options of that structure.
         incremental: Skip tasks whose task JSON, mask objects and options are unchanged
             since the last export to this destination.
         prune: Delete the files of tasks removed from the source, and files an export
@@ -65,18 +65,18 @@ def export_project(
             this one. Without it such a run stops before writing anything.
         quiet_seconds: Wait until nothing in the source has changed for this long
             before reading it (lets a burst of uploads settle).
-        endpoint_url: The S3 endpoint, such as http://127.0.0.1:8333. Empty: the
-            worker's AWS_ENDPOINT_URL, else AWS S3.
+        endpoint_url: The S3 endpoint, such as `http://127.0.0.1:8333`. None (the
+            default): the worker's AWS_ENDPOINT_URL, else AWS S3.
         credentials_block: A Prefect Secret block holding the S3 keys as JSON
-            (aws_access_key_id, aws_secret_access_key). Empty: boto3's standard chain
+            (aws_access_key_id, aws_secret_access_key). None (the default): boto3's standard chain
             (environment, profiles, instance roles) on the worker.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
-        workers: How many tasks are exported at the same time. Empty: twice the worker's
-            cores, at most 8 (each task also waits until its volumes fit in memory).
+        workers: How many tasks are exported at the same time. 0 (the default): twice the
+            worker's cores, at most 8 (each task also waits until its volumes fit in memory).
         task_runner: Where tasks run: threads of this process, a pool of local
             processes, or a Dask cluster (prefect-dask).
         dask_address: The Dask scheduler to use with task_runner dask, such as
-            tcp://10.0.0.5:8786. Empty: a local cluster of `workers` processes.
+            `tcp://10.0.0.5:8786`. None (the default): a local cluster of `workers` processes.
     """
     try:
         refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-consensus", action="store_true",
                      help="export consensus tasks as plain tasks (super truth, else first annotator)")
     run.add_argument("--uncompressed", action="store_true", help="write .nii instead of .nii.gz")
+    run.add_argument("--with-images", action="store_true",
+                     help="also copy every series' image files (its items) into DST/images/<Task>/<Series>/")
+    run.add_argument("--images-as-nifti", action="store_true",
+                     help="put one NIfTI image per series in the export (DICOM converted), on its label map's "
+                     "voxel grid: DST/images/<Task>/<Series>.nii.gz (implies --with-images)")
     run.add_argument("--variant", action="append", default=[], metavar="NAME",
                      help="write this structure too, under DST/NAME/ when there are several (repeatable): "
                      "standard, binary, single, semantic, semantic-binary, or NAME:option=value,...")
@@ -120,6 +125,8 @@ def _run(arguments: argparse.Namespace) -> int:
         binary_mask=arguments.binary_mask,
         no_consensus=arguments.no_consensus,
         compress=not arguments.uncompressed,
+        with_images=arguments.with_images or arguments.images_as_nifti,
+        image_format="nifti" if arguments.images_as_nifti else "original",
     )
     reports = run_flow(
         arguments.source,

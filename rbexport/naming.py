@@ -89,3 +89,29 @@ def deduplicate(names: Iterable[str], taken: set[str] | None = None) -> list[str
         taken.add(candidate)
         unique.append(candidate)
     return unique
+
+
+def image_file_names(references: Sequence[str]) -> list[str]:
+    """File names for a series' image items (SPEC 5): each item's base name made safe;
+    names repeated within the series get `-<index>` (the item's position, zero-padded to
+    the width of the item count) before the extension."""
+    width = len(str(len(references)))
+    bases = [safe_name(reference.rsplit("/", 1)[-1]) or f"item{_extension(reference)}" for reference in references]
+    repeated = {base for base in bases if bases.count(base) > 1}
+    return [
+        f"{_stem(base)}-{position:0{width}d}{_extension(base)}" if base in repeated else base
+        for position, base in enumerate(bases)
+    ]
+
+
+def _extension(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    if base.lower().endswith(".nii.gz"):
+        return base[-7:]
+    stem, dot, extension = base.rpartition(".")
+    return f".{extension}" if dot and stem else ""
+
+
+def _stem(name: str) -> str:
+    extension = _extension(name)
+    return name[: len(name) - len(extension)] if extension else name

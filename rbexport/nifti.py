@@ -57,15 +57,21 @@ class LabelMap:
 
 def read_label_map(raw: bytes) -> LabelMap:
     """Decode a .nii or .nii.gz label map; TaskDataError with a one-line reason if bad."""
-    header, voxel_bytes = _gunzip_checked(raw) if raw[:2] == GZIP_MAGIC else _split_checked(raw)
+    header, voxels = read_stored_volume(raw)
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "uif":
         raise TaskDataError(f"voxel type {_dtype_name(header)} is not a label map type (integers or floats)")
-    voxels = np.frombuffer(voxel_bytes, dtype=dtype, count=_voxel_count(header)).reshape(_dims(header), order="F")
     slope, inter = header.get_slope_inter()
     if slope is not None and (slope, inter or 0.0) != (1.0, 0.0):
         voxels = voxels * np.float64(slope) + np.float64(inter or 0.0)
     return LabelMap(values=to_label_values(voxels), header=header)
+
+
+def read_stored_volume(raw: bytes) -> tuple[nib.Nifti1Header, np.ndarray]:
+    """A checked .nii or .nii.gz file's header and its voxels as stored (file order, unscaled, read-only)."""
+    header, voxel_bytes = _gunzip_checked(raw) if raw[:2] == GZIP_MAGIC else _split_checked(raw)
+    voxels = np.frombuffer(voxel_bytes, dtype=header.get_data_dtype(), count=_voxel_count(header))
+    return header, voxels.reshape(_dims(header), order="F")
 
 
 def peek_volume(raw: bytes) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ REPORT_NAME = "export-report.json"
 class FileRecord:
     path: str
     bytes: int
-    sha256: str
+    sha256: str | None  # None for an image the store copied itself (never read here)
 
     @classmethod
     def of(cls, path: str, data: bytes) -> FileRecord:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .annotations import mask_references
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .images.export import image_references
 from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
 from .naming import deduplicate, task_folder_name
 from .options import ExportOptions
@@ -205,11 +206,16 @@ def _decide_exports(
         for plan in target_plans
     } if incremental else {}
     decided = []
+    wants_images = any(plan.target.options.images for plan in target_plans)
+    image_versions: dict[str, str | None] = {}
     for job in jobs:
         versions = {reference: reader.version(reference, source_versions) for reference in mask_references(job.task)}
+        if wants_images:
+            image_versions = {reference: reader.version(reference, source_versions) for reference in image_references(job.task)}
         targets = []
         for plan in target_plans:
-            fingerprint = task_fingerprint(job.task, job.folder, versions, plan.target.options)
+            inputs = {**versions, **image_versions} if plan.target.options.images else versions
+            fingerprint = task_fingerprint(job.task, job.folder, inputs, plan.target.options)
             plan.fingerprints[job.task_id] = fingerprint
             record = plan.state.tasks.get(job.task_id)
             if incremental and is_unchanged(

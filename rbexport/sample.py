@@ -181,11 +181,46 @@ def sample_project(shape: tuple[int, int, int] = (48, 48, 16)) -> tuple[list[dic
     return tasks, files
 
 
-def write_sample_project(storage: Storage) -> list[dict]:
-    """Write the sample project (tasks.json, taxonomy.json, masks) into `storage`."""
+def write_sample_project(storage: Storage, with_images: bool = False) -> list[dict]:
+    """Write the sample project (tasks.json, taxonomy.json, masks) into `storage`.
+
+    With `with_images`, every series also gets a small generated DICOM series on its
+    label map's grid (`images/<task>/<series>/slice-NNNN.dcm`), named in its items.
+    """
     tasks, files = sample_project()
+    if with_images:
+        files.update(sample_images(tasks, files))
     for path, data in files.items():
         storage.write(path, data)
     storage.write("taxonomy.json", json.dumps(TAXONOMY, indent=2).encode())
     storage.write("tasks.json", json.dumps(tasks, indent=2).encode())
     return tasks
+
+
+def sample_images(tasks: list[dict], files: dict[str, bytes]) -> dict[str, bytes]:
+    """A DICOM series for every series, CT-like values on its label's grid.
+
+    The tasks' `items` are replaced by the new files' paths (a consensus task's are its
+    top-level series', on its super truth's grid).
+    """
+    from .sample_images import dicom_series_on_grid
+
+    images: dict[str, bytes] = {}
+    for task in tasks:
+        labelled = (task.get("superTruth") or task)["series"]
+        for position, series in enumerate(task["series"]):
+            reference = labelled[position].get("segmentations")
+            if reference is None:  # an image nobody labelled, on the sample's usual grid
+                values, affine = np.zeros((48, 48, 16), np.uint16), AFFINE
+            else:
+                label = nib.Nifti1Image.from_bytes(gzip.decompress(files[reference]))
+                values, affine = np.asarray(label.dataobj), label.affine
+            # Soft tissue at about 40 HU, each label a little brighter; stored as HU + 1024.
+            pixels = (1064 + 30 * values.astype(np.int32) + (np.indices(values.shape).sum(axis=0) % 7)).astype(np.int16)
+            folder = f"images/{task['taskId']}/{series.get('name') or position}"
+            modality = "DX" if values.ndim == 2 else "CT"
+            slices = dicom_series_on_grid(pixels, affine, rescale=(1.0, -1024.0), modality=modality,
+                                          patient_id=task["taskId"])
+            series["items"] = [f"{folder}/{name}" for name, _ in slices]
+            images.update((f"{folder}/{name}", data) for name, data in slices)
+    return images

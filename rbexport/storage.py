@@ -11,8 +11,10 @@ roles); the endpoint from `--endpoint-url` or `AWS_ENDPOINT_URL`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
 import posixpath
 import re
 import tempfile
@@ -20,6 +22,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -34,6 +37,17 @@ from .errors import (
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 # Objects above this go up in parts, several at once.
 MULTIPART_THRESHOLD = 64 * 1024**2
+# S3's CopyObject takes objects up to 5 GiB; larger ones are copied in parts (UploadPartCopy).
+COPY_PART_THRESHOLD = 5 * 1024**3
+STREAM_CHUNK = 1024**2
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What a copy stored: its size, and its sha256 when the bytes passed through here."""
+
+    bytes: int
+    sha256: str | None  # None for a copy made by the store itself (no byte read here)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,25 @@ class Storage(ABC):
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:
         """Store `data` at `key` in one step: a reader sees the old object or the new one."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """The object as a stream to read in chunks (close it when done)."""
+
+    @abstractmethod
+    def write_stream(self, key: str, stream: BinaryIO) -> None:
+        """Store what `stream` yields at `key`, never holding all of it in memory."""
+
+    def copy_from(self, source: Storage, source_key: str, key: str, size: int | None = None) -> Copied:
+        """Copy an object of `source` to `key`, byte for byte, streaming it through here.
+
+        Storages that can have the store copy for them (S3 to S3 on one endpoint) do;
+        `size`, when known, saves them asking for it.
+        """
+        with _s3_errors(source.url_of(source_key)), source.open(source_key) as stream:
+            hashing = _HashingReader(stream)
+            self.write_stream(key, hashing)
+        return Copied(hashing.size, hashing.sha256.hexdigest())
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
@@ -201,14 +234,17 @@ class LocalStorage(Storage):
             raise AccessDeniedError(f"permission denied reading {path}") from None
 
     def write(self, key: str, data: bytes) -> None:
+        self._replace(key, lambda target: target.write(data))
+
+    def _replace(self, key: str, fill) -> None:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write beside the target, then rename over it: readers never see half a file.
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".rbexport-", suffix=".part")
             try:
-                with os.fdopen(handle, "wb") as stream:
-                    stream.write(data)
+                with os.fdopen(handle, "wb") as target:
+                    fill(target)
                 os.replace(temporary, path)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
@@ -217,6 +253,18 @@ class LocalStorage(Storage):
             raise AccessDeniedError(f"permission denied writing {path}") from None
         except OSError as error:
             raise ConfigurationError(f"cannot write {path}: {error.strerror or error}") from None
+
+    def open(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return path.open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFoundError(self.url_of(key)) from None
+        except PermissionError:
+            raise AccessDeniedError(f"permission denied reading {path}") from None
+
+    def write_stream(self, key: str, stream: BinaryIO) -> None:
+        self._replace(key, lambda target: shutil.copyfileobj(stream, target, STREAM_CHUNK))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
@@ -295,6 +343,37 @@ class S3Storage(Storage):
                 config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4)
                 self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=config)
 
+    def open(self, key: str) -> BinaryIO:
+        with _s3_errors(self.url_of(key)):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+
+    def write_stream(self, key: str, stream: BinaryIO) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4)
+        with _s3_errors(self.url_of(key)):
+            self.client.upload_fileobj(stream, self.bucket, self._key(key), Config=config)
+
+    def copy_from(self, source: Storage, source_key: str, key: str, size: int | None = None) -> Copied:
+        """On one endpoint with the same credentials the store copies: no byte comes here."""
+        if not (isinstance(source, S3Storage) and source.access == self.access):
+            return super().copy_from(source, source_key, key)
+        if size is None:
+            info = source.stat(source_key)
+            if info is None:
+                raise ObjectNotFoundError(source.url_of(source_key))
+            size = info.size
+        copy_source = {"Bucket": source.bucket, "Key": source._key(source_key)}
+        with _s3_errors(self.url_of(key)):
+            if size <= COPY_PART_THRESHOLD:
+                self.client.copy_object(Bucket=self.bucket, Key=self._key(key), CopySource=copy_source)
+            else:
+                from boto3.s3.transfer import TransferConfig
+
+                config = TransferConfig(multipart_threshold=COPY_PART_THRESHOLD, max_concurrency=4)
+                self.client.copy(copy_source, self.bucket, self._key(key), Config=config)
+        return Copied(size, None)
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -341,6 +420,29 @@ class S3Storage(Storage):
         except TransientStorageError as error:
             reason = str(error).removeprefix(f"s3://{self.bucket}: ")
             raise ConfigurationError(f"cannot reach {where}: {reason}") from None
+
+
+class _HashingReader(io.RawIOBase):
+    """A stream that counts and hashes what is read through it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+    def readinto(self, buffer) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
 
 
 _session_lock = threading.Lock()

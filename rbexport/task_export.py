@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from .annotations import annotations_of, assemble_task
 from .errors import TaskDataError
+from .images.export import TaskImages, with_image_items
 from .memory import process_budget
 from .nifti import LabelMap, encode_fill, mask_header
 from .options import ExportOptions
@@ -27,6 +28,8 @@ from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
 SEGMENTATIONS_FOLDER = "segmentations"
 # Files encoded and written at once in a process (each holds one output buffer).
 FILE_THREADS = max(2, os.cpu_count() or 1)
+# Image objects looked up, read or copied at once in a process (waiting on the store).
+IMAGE_IO_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -106,21 +109,40 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     source = storage_for(settings.source, settings.access)
     reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
-    needed = reader.fetch(_masks_used(job, settings))
+    targets = [target for target in settings.targets if target.name in job.targets]
+    images = TaskImages(job.task, job.folder, reader.locate, _image_pool())
+    needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
-            for target in settings.targets:
-                if target.name not in job.targets:
+            for target in targets:
+                if target.name in outcome.failures:
                     continue
                 try:
-                    outcome.results[target.name] = _export_variant(job, target, reader, settings)
+                    outcome.results[target.name] = _export_variant(job, target, reader, images, settings)
                 except TaskDataError as error:
                     outcome.failures[target.name] = Failure(job.task_id, error.file, error.reason)
         finally:
             reader.release()
+            images.release()
     if outcome.failures and not outcome.results:
         raise TaskFailed(outcome.failures)
     return outcome
+
+
+def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcome, task_id: str) -> int:
+    """Find the image items of the variants that export images; the memory converting them holds.
+
+    A missing or unreadable item fails those variants at once, before anything is written.
+    """
+    wanting = [target for target in targets if target.options.images]
+    if not wanting:
+        return 0
+    try:
+        return images.check(convert=any(target.options.images == "nifti" for target in wanting))
+    except TaskDataError as error:
+        for target in wanting:
+            outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
+        return 0
 
 
 def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
@@ -141,19 +163,23 @@ def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
     return used
 
 
-def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: ExportSettings) -> TaskResult:
+def _export_variant(
+    job: TaskJob, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
+) -> TaskResult:
     options = target.options
     planned: list[_PlannedSeries] = []
     exported_annotations: list[list[dict]] = []
     warnings: list[Notice] = []
+    labels: dict[int, LabelMap] = {}  # the first label map of each series position: its image's grid
     for annotation in annotations_of(job.task, options):
         exported_series = []
-        for series, name, stem in zip(annotation.series, annotation.names, annotation.stems):
+        for position, (series, name, stem) in enumerate(zip(annotation.series, annotation.names, annotation.stems)):
             reference = series.get("segmentations")
             if reference is None:
                 exported_series.append(series)
                 continue
             label_map = reader.load(reference)
+            labels.setdefault(position, label_map)
             paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", options.mask_suffix)
             try:
                 export = export_series(series, reader.index(reference), paths, options, settings.category_numbers)
@@ -167,9 +193,14 @@ def _export_variant(job: TaskJob, target: Target, reader: MaskReader, settings: 
     entry, task_warnings = assemble_task(job.task, options, exported_annotations)
     warnings += [Notice(job.task_id, None, text) for text in task_warnings]
     _refuse_colliding_paths(planned)
+    image_plan = images.plan(options.images, options.compress, labels) if options.images else None
 
     destination = storage_for(target.root, settings.access)
-    return TaskResult(job.position, job.task_id, entry, _write_files(destination, planned, options.compress), warnings)
+    files = _write_files(destination, planned, options.compress)
+    if image_plan is not None:
+        entry = with_image_items(entry, image_plan.items)
+        files += images.write(destination, image_plan)
+    return TaskResult(job.position, job.task_id, entry, files, warnings)
 
 
 def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: bool) -> list[FileRecord]:
@@ -191,6 +222,12 @@ def _write_file(destination: Storage, mask_file: MaskFile, header, head: bytes, 
     data = encode_fill(mask_file.fill, header, compress, head)
     destination.write(mask_file.path, data)
     return FileRecord.of(mask_file.path, data)
+
+
+@lru_cache(maxsize=1)
+def _image_pool() -> ThreadPoolExecutor:
+    """The threads that look up, read and copy image objects, shared by every task of this process."""
+    return ThreadPoolExecutor(max_workers=IMAGE_IO_THREADS, thread_name_prefix="rbexport-image")
 
 
 @lru_cache(maxsize=1)

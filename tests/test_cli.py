@@ -126,7 +126,8 @@ def test_options_reach_the_export(run_cli, sample_source, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((destination / "export-report.json").read_text())
-    assert report["options"] == {"semantic_mask": True, "binary_mask": True, "no_consensus": True, "compress": False}
+    assert report["options"] == {"semantic_mask": True, "binary_mask": True, "no_consensus": True, "compress": False,
+                                 "with_images": False, "image_format": "original"}
     written = tree(destination)
     assert "segmentations/Brain_001/T1/category-1.nii" in written
     assert not any(path.endswith(".gz") for path in written)

@@ -816,7 +816,8 @@ def test_report_lists_counts_files_with_sha256_options_and_time(tmp_path):
     assert report["exported"] == ["t1"]
     assert report["skipped"] == [] and report["failed"] == [] and report["failures"] == []
     assert report["warnings"] == []
-    assert report["options"] == {"semantic_mask": False, "binary_mask": None, "no_consensus": False, "compress": True}
+    assert report["options"] == {"semantic_mask": False, "binary_mask": None, "no_consensus": False, "compress": True,
+                                 "with_images": False, "image_format": "original"}
     assert isinstance(report["seconds"], (int, float)) and report["seconds"] >= 0
     written = result.all_files()
     del written["export-report.json"]

@@ -1,0 +1,210 @@
+"""The images of a task in its export (SPEC 5): copied as they are, or one NIfTI per series.
+
+A task's images are the `items` of its top-level series (a consensus task's annotators
+label the same images). `TaskImages` serves one task for every variant of a run:
+
+- `check()` finds every item (a missing one fails the task before anything is written)
+  and says how much memory converting the largest series holds;
+- `plan(...)` decides, for one variant, the files to write and the `items` each series
+  gets in tasks.json; a series converted to NIfTI is read, converted and put on its
+  label map's grid once, whatever the number of variants;
+- `write(...)` stores them: copies go store to store where the store can (S3 to S3 on one
+  endpoint), else stream through here, never a whole series in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from ..errors import ObjectNotFoundError, TaskDataError
+from ..naming import image_file_names, series_names
+from ..nifti import LabelMap
+from ..report import FileRecord
+from ..storage import Storage
+from .geometry import onto_label_grid
+from .read import read_image_series
+from .volume import encode_nifti
+
+IMAGES_FOLDER = "images"
+
+Locate = Callable[[str], tuple[Storage, str]]
+
+
+@dataclass(frozen=True)
+class SeriesImages:
+    """The image items of one top-level series and the folder name they go under."""
+
+    position: int
+    name: str  # <Series>: the same name as the series' masks
+    references: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImageCopy:
+    source: Storage
+    key: str
+    path: str  # in the export
+    size: int
+
+
+@dataclass
+class ImagePlan:
+    """One variant's images: what to write, and the `items` of each series in tasks.json."""
+
+    copies: list[ImageCopy] = field(default_factory=list)
+    encoded: list[tuple[str, bytes]] = field(default_factory=list)
+    items: dict[int, str | list[str]] = field(default_factory=dict)
+
+
+def series_images(task: dict) -> list[SeriesImages]:
+    """Every top-level series that names image items, with its series name."""
+    top_series = [series for series in task.get("series") or [] if isinstance(series, dict)]
+    names = series_names([series.get("name") for series in top_series])
+    found = []
+    for position, (series, name) in enumerate(zip(top_series, names)):
+        references = _references(series.get("items"), name)
+        if references:
+            found.append(SeriesImages(position, name, references))
+    return found
+
+
+def image_references(task: dict) -> list[str]:
+    """Every image item a task names (for fingerprints); [] when its items are malformed."""
+    try:
+        return [reference for series in series_images(task) for reference in series.references]
+    except TaskDataError:
+        return []
+
+
+def _references(items: object, series: str) -> tuple[str, ...]:
+    if items is None:
+        return ()
+    if isinstance(items, str):
+        return (items,)
+    if isinstance(items, list) and all(isinstance(item, str) for item in items):
+        return tuple(items)
+    raise TaskDataError(f"series {series}: items must be a path or a list of paths")
+
+
+class TaskImages:
+    """The images of one task, for every variant that asks for them."""
+
+    def __init__(self, task: dict, folder: str, locate: Locate, pool: Executor) -> None:
+        self.series = series_images(task)
+        self.folder = folder
+        self.locate = locate
+        self.pool = pool
+        self._sizes: dict[str, int] = {}
+        self._converted: dict[tuple[int, bool], bytes] = {}
+
+    def check(self, convert: bool) -> int:
+        """Find every item; the memory converting the largest series holds (0 without `convert`)."""
+        references = [reference for series in self.series for reference in series.references]
+        sizes = list(self.pool.map(self._size_of, references))
+        self._sizes = dict(zip(references, sizes))
+        if not convert or not self.series:
+            return 0
+        # The items' bytes, and the decoded volume (about as large), at the same time.
+        return max(2 * sum(self._sizes[reference] for reference in series.references) for series in self.series)
+
+    def _size_of(self, reference: str) -> int:
+        storage, key = self._locate(reference)
+        info = storage.stat(key)
+        if info is None:
+            raise TaskDataError("image item not found", reference)
+        return info.size
+
+    def _locate(self, reference: str) -> tuple[Storage, str]:
+        try:
+            return self.locate(reference)
+        except TaskDataError as error:
+            raise TaskDataError(f"image item {error.reason}", error.file or reference) from None
+
+    def plan(self, image_format: str, compress: bool, labels: Mapping[int, LabelMap]) -> ImagePlan:
+        """The files and `items` of one variant; TaskDataError (nothing written) when a series cannot be exported."""
+        plan = ImagePlan()
+        for series in self.series:
+            if image_format == "nifti":
+                path = f"{IMAGES_FOLDER}/{self.folder}/{series.name}{'.nii.gz' if compress else '.nii'}"
+                plan.encoded.append((path, self._nifti(series, compress, labels.get(series.position))))
+                plan.items[series.position] = path
+                continue
+            names = image_file_names(series.references)
+            paths = [f"{IMAGES_FOLDER}/{self.folder}/{series.name}/{name}" for name in names]
+            for reference, path in zip(series.references, paths):
+                storage, key = self._locate(reference)
+                plan.copies.append(ImageCopy(storage, key, path, self._sizes[reference]))
+            plan.items[series.position] = paths
+        return plan
+
+    def _nifti(self, series: SeriesImages, compress: bool, label: LabelMap | None) -> bytes:
+        key = (series.position, compress)
+        if key not in self._converted:
+            items = list(zip(series.references, self.pool.map(self._read, series.references)))
+            volume = read_image_series(items)
+            del items
+            if label is not None:
+                header = label.header
+                volume = onto_label_grid(volume, header.get_data_shape(), header.get_best_affine(), series.name)
+            self._converted[key] = encode_nifti(volume, compress)
+        return self._converted[key]
+
+    def _read(self, reference: str) -> bytes:
+        storage, key = self._locate(reference)
+        try:
+            return storage.read(key)
+        except ObjectNotFoundError:
+            raise TaskDataError("image item not found", reference) from None
+
+    def write(self, destination: Storage, plan: ImagePlan) -> list[FileRecord]:
+        """Store the variant's images, several at once; a FileRecord for each."""
+        futures = [self.pool.submit(_store, destination, path, data) for path, data in plan.encoded]
+        futures += [self.pool.submit(_copy, destination, copy) for copy in plan.copies]
+        return [future.result() for future in futures]
+
+    def release(self) -> None:
+        self._converted.clear()
+
+
+def _store(destination: Storage, path: str, data: bytes) -> FileRecord:
+    destination.write(path, data)
+    return FileRecord.of(path, data)
+
+
+def _copy(destination: Storage, copy: ImageCopy) -> FileRecord:
+    try:
+        copied = destination.copy_from(copy.source, copy.key, copy.path, size=copy.size)
+    except ObjectNotFoundError:
+        raise TaskDataError("image item not found", copy.source.url_of(copy.key)) from None
+    return FileRecord(copy.path, copied.bytes, copied.sha256)
+
+
+def with_image_items(entry: dict, items: Mapping[int, str | list[str]]) -> dict:
+    """The tasks.json entry with each exported series' `items` pointing into the export.
+
+    Every series list of the entry (its own, each annotator's, the super truth's) that
+    carries `items` at an exported position gets the new value.
+    """
+    if not items:
+        return entry
+
+    def rewrite(series_list: object) -> object:
+        if not isinstance(series_list, list):
+            return series_list
+        return [
+            {**series, "items": items[position]} if isinstance(series, dict) and "items" in series and position in items
+            else series
+            for position, series in enumerate(series_list)
+        ]
+
+    entry = {**entry, "series": rewrite(entry.get("series"))}
+    if isinstance(entry.get("consensusTasks"), list):
+        entry["consensusTasks"] = [
+            {**annotator, "series": rewrite(annotator.get("series"))} if isinstance(annotator, dict) else annotator
+            for annotator in entry["consensusTasks"]
+        ]
+    if isinstance(entry.get("superTruth"), dict):
+        entry["superTruth"] = {**entry["superTruth"], "series": rewrite(entry["superTruth"].get("series"))}
+    return entry
