@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup clean check-datasets-venv
 
 setup: $(READY)
 
@@ -29,3 +29,29 @@ clean:
 
 bench: $(READY)
 	$(BIN)/python -m benchmarks
+
+# Optional: check nnU-Net v2 / MSD training datasets with the real readers
+# (nnunetv2, monai) in a venv of their own, never in .venv.
+#   make check-datasets-venv
+#   .venv-datasets/bin/python tests/real_clients/check_datasets.py --nnunet DIR --msd DIR
+# torch is installed first, pinned to the CPU wheel that lies on this machine's disk
+# (2.13.0; 2.14.1 if that is refused), then pinned again beside nnunetv2/monai so the
+# resolver cannot swap it for a newer (multi-GB CUDA) build.
+PYTHON311 ?= python3.11
+DATASETS_VENV := .venv-datasets
+DATASETS_TORCH ?= 2.13.0
+
+
+check-datasets-venv: $(DATASETS_VENV)/.installed
+
+$(DATASETS_VENV)/.installed:
+	@set -e; start=$$(date +%s); \
+	test -x $(DATASETS_VENV)/bin/python || $(PYTHON311) -m venv $(DATASETS_VENV); \
+	pip="$(DATASETS_VENV)/bin/python -m pip --quiet"; \
+	$$pip install --upgrade pip; \
+	$$pip install torch==$(DATASETS_TORCH) || $$pip install torch==2.14.1; \
+	tv=$$($(DATASETS_VENV)/bin/python -c 'from importlib.metadata import version; print(version("torch").split("+")[0])'); \
+	$$pip install "torch==$$tv" nnunetv2 monai nibabel; \
+	$(DATASETS_VENV)/bin/python -c 'import torch, nnunetv2, monai, nibabel; from importlib.metadata import version as v; print("torch", torch.__version__, "nnunetv2", v("nnunetv2"), "monai", monai.__version__, "nibabel", nibabel.__version__)'; \
+	touch $@; \
+	echo "$(DATASETS_VENV) installed in $$(( $$(date +%s) - start )) s"
