@@ -200,7 +200,9 @@ def _decide_exports(
 ) -> list[TaskJob]:
     """Fingerprint every task for every variant; keep for export what changed."""
     reader = MaskReader(source, source_location, settings.access, settings.allowed_buckets)
-    source_versions = {info.key: info.etag for info in source.list()}
+    listing = list(source.list())
+    source_versions = {info.key: info.etag for info in listing}
+    source_sizes = {info.key: info.size for info in listing}
     present = {
         plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.access).list()}
         for plan in target_plans
@@ -210,8 +212,11 @@ def _decide_exports(
     image_versions: dict[str, str | None] = {}
     for job in jobs:
         versions = {reference: reader.version(reference, source_versions) for reference in mask_references(job.task)}
+        item_sizes: dict[str, int] = {}
         if wants_images:
-            image_versions = {reference: reader.version(reference, source_versions) for reference in image_references(job.task)}
+            references = image_references(job.task)
+            image_versions = {reference: reader.version(reference, source_versions) for reference in references}
+            item_sizes = known_sizes(reader, references, source_sizes)
         targets = []
         for plan in target_plans:
             inputs = {**versions, **image_versions} if plan.target.options.images else versions
@@ -224,8 +229,21 @@ def _decide_exports(
                 plan.skipped.add(job.task_id)
             else:
                 targets.append(plan.target.name)
-        decided.append(TaskJob(job.position, job.task_id, job.folder, job.task, job.origin, tuple(targets)))
+        decided.append(TaskJob(job.position, job.task_id, job.folder, job.task, job.origin, tuple(targets), item_sizes))
     return decided
+
+
+def known_sizes(reader: MaskReader, references: list[str], source_sizes: dict[str, int]) -> dict[str, int]:
+    """The sizes the source's listing gives of these items: the worker need not ask for them."""
+    sizes = {}
+    for reference in references:
+        try:
+            storage, key = reader.locate(reference)
+        except TaskDataError:
+            continue
+        if storage is reader.source and key in source_sizes:
+            sizes[reference] = source_sizes[key]
+    return sizes
 
 
 def failure_of(job: TaskJob, error: BaseException) -> dict[str, Failure]:

@@ -301,7 +301,7 @@ class LocalStorage(Storage):
 
 
 class S3Storage(Storage):
-    """A bucket prefix on any S3-compatible endpoint. Picklable: clients are made per thread."""
+    """A bucket prefix on any S3-compatible endpoint. Picklable: it holds no client (see `client`)."""
 
     def __init__(self, bucket: str, prefix: str = "", access: S3Access | str | None = None) -> None:
         self.bucket = bucket
@@ -309,22 +309,12 @@ class S3Storage(Storage):
         self.access = S3Access.of(access)
         self.endpoint_url = self.access.endpoint_url
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key != "_local"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     @property
     def client(self):
-        """This thread's boto3 client, made from the process's one boto3 session."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = _new_s3_client(self.access)
-        return client
+        """The process's boto3 client for this access (clients are thread-safe; making one
+        takes ~16 ms, so every storage and thread of a process shares it)."""
+        return _shared_client(self.access)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -449,9 +439,23 @@ _session_lock = threading.Lock()
 _session = None
 
 
+_clients: dict[tuple[int, S3Access], object] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(access: S3Access):
+    """One client per access and process (a forked process makes its own)."""
+    key = (os.getpid(), access)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key) or _clients.setdefault(key, _new_s3_client(access))
+    return client
+
+
 def _new_s3_client(access: S3Access):
-    """A client for one thread. Sessions are not thread-safe, so clients are made under a
-    lock from one shared session, which also loads boto3's service models only once."""
+    """A new client. Sessions are not thread-safe, so clients are made under a lock from
+    one shared session, which also loads boto3's service models only once."""
     global _session
     import boto3
     from botocore.config import Config
@@ -460,7 +464,7 @@ def _new_s3_client(access: S3Access):
         retries={"mode": "standard", "max_attempts": 4},
         connect_timeout=10,
         read_timeout=120,
-        max_pool_connections=16,
+        max_pool_connections=48,  # shared by every thread of the process
     )
     with _session_lock:
         if _session is None:

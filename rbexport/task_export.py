@@ -60,6 +60,7 @@ class TaskJob:
     task: dict
     origin: str  # where the task was read, for messages
     targets: tuple[str, ...] = ()  # the variants to export it for (the others are unchanged)
+    item_sizes: Mapping[str, int] = field(default_factory=dict)  # image items' sizes, from the source's listing
 
 
 @dataclass
@@ -110,7 +111,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
     targets = [target for target in settings.targets if target.name in job.targets]
-    images = TaskImages(job.task, job.folder, reader.locate, _image_pool())
+    images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
     needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:

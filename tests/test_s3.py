@@ -114,7 +114,8 @@ def test_wrong_credentials_are_access_denied(seaweed, make_bucket, monkeypatch):
     storage.write("x", b"1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-123")
     fresh = S3Storage(storage.bucket, storage.prefix, seaweed.endpoint_url)
-    monkeypatch.setattr("rbexport.storage._session", None)
+    monkeypatch.setattr("rbexport.storage._session", None)  # boto3 reads the environment anew
+    monkeypatch.setattr("rbexport.storage._clients", {})
     with pytest.raises(AccessDeniedError) as denied:
         fresh.read("x")
     assert "wrong-secret-123" not in str(denied.value)

@@ -72,6 +72,7 @@ def use_keys(monkeypatch, access: str, secret: str) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     monkeypatch.setattr("rbexport.storage._session", None)  # a fresh credential chain
+    monkeypatch.setattr("rbexport.storage._clients", {})
     from rbexport.task_export import storage_for
 
     storage_for.cache_clear()
@@ -116,6 +117,7 @@ def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_buck
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing in boto3's chain
         monkeypatch.delenv(name)
     monkeypatch.setattr("rbexport.storage._session", None)
+    monkeypatch.setattr("rbexport.storage._clients", {})
     from rbexport.task_export import storage_for
 
     storage_for.cache_clear()

@@ -91,19 +91,22 @@ def _references(items: object, series: str) -> tuple[str, ...]:
 class TaskImages:
     """The images of one task, for every variant that asks for them."""
 
-    def __init__(self, task: dict, folder: str, locate: Locate, pool: Executor) -> None:
+    def __init__(
+        self, task: dict, folder: str, locate: Locate, pool: Executor, known_sizes: Mapping[str, int] | None = None
+    ) -> None:
         self.series = series_images(task)
         self.folder = folder
         self.locate = locate
         self.pool = pool
-        self._sizes: dict[str, int] = {}
+        self._sizes: dict[str, int] = dict(known_sizes or {})
         self._converted: dict[tuple[int, bool], bytes] = {}
 
     def check(self, convert: bool) -> int:
-        """Find every item; the memory converting the largest series holds (0 without `convert`)."""
+        """Find every item (those the source's listing did not show are looked up); the
+        memory converting the largest series holds (0 without `convert`)."""
         references = [reference for series in self.series for reference in series.references]
-        sizes = list(self.pool.map(self._size_of, references))
-        self._sizes = dict(zip(references, sizes))
+        unknown = [reference for reference in references if reference not in self._sizes]  # not in the listing
+        self._sizes.update(zip(unknown, self.pool.map(self._size_of, unknown)))
         if not convert or not self.series:
             return 0
         # The items' bytes, and the decoded volume (about as large), at the same time.
