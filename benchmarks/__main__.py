@@ -4,6 +4,9 @@ Every figure is the median of several runs, and every ratio is against a baselin
 measured in the same run: the floor (decode the input, compress the output bytes with the
 fastest codec installed), the RedBrick SDK's converter in a venv of its own, and the same
 export without Prefect. Inputs are generated into benchmarks/.data (kept between runs).
+The image benchmarks (`--only images`) are in benchmarks/images.py (DICOM to NIfTI) and
+benchmarks/copies.py (image copies S3 to S3); each also runs alone: `python -m benchmarks.images`,
+`python -m benchmarks.copies`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ SDK_VENV = HERE / ".sdk-venv"
 PYTHON = sys.executable
 RBEXPORT = str(Path(sys.executable).with_name("rbexport"))
 STRUCTURES = ["standard", "binary", "semantic", "semantic-binary"]
+PARTS = ["single", "images", "six", "small", "memory"]
 
 
 def median_of(runs: int, measure) -> float:
@@ -313,6 +317,21 @@ def peak_rss(server: PrefectServer) -> list[list[str]]:
     return rows
 
 
+# --- images ------------------------------------------------------------------------------
+
+
+def print_image_tables(runs: int) -> None:
+    """DICOM to NIfTI against the floor and other converters; image copies against a boto3 loop."""
+    from benchmarks import copies, images
+
+    results = images.bench_conversion(runs)
+    print(table(images.TITLE, images.HEADER, images.conversion_rows(results)), flush=True)
+    for note in images.missing_converters(results):
+        print(note + "\n")
+    for title, header, rows in copies.tables(copies.bench_copies(runs)):
+        print(table(title, header, rows), flush=True)
+
+
 # --- the table ------------------------------------------------------------------------------
 
 
@@ -327,10 +346,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median); default 5")
     parser.add_argument("--no-sdk", action="store_true", help="do not install or run the RedBrick SDK peer")
-    parser.add_argument("--only", choices=["single", "six", "small", "memory"], action="append",
-                        help="run only these parts (repeatable)")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts (repeatable)")
     arguments = parser.parse_args()
-    parts = set(arguments.only or ["single", "six", "small", "memory"])
+    parts = set(arguments.only or PARTS)
     DATA.mkdir(exist_ok=True)
     sdk: SdkPeer | None = None
     notes = []
@@ -344,6 +362,8 @@ def main() -> int:
         print(table("One CT task, 512x512x300 uint16, 20 instances (5 overlapping), seconds",
                     ["structure", "files", "rbexport", "floor", "vs floor", "SDK", "SDK/rbexport"],
                     single_task(arguments.runs, sdk)), flush=True)
+    if "images" in parts:
+        print_image_tables(arguments.runs)
     server = PrefectServer() if parts & {"six", "small", "memory"} else None
     try:
         if "six" in parts:
