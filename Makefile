@@ -21,8 +21,9 @@ $(READY): pyproject.toml constraints.txt
 demo: $(READY)
 	$(BIN)/rbexport demo --output demo-output
 
+# Two workers, a test file each at a time: most tests wait on servers, so this halves the time.
 test: $(READY)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -83,7 +83,7 @@ def export_project(
         access = s3_access(endpoint_url, credentials_block)
         if quiet_seconds > 0:
             wait_for_uploads(source, quiet_seconds, access, return_state=True).result()
-        chosen = [*(variants or []), *(custom_variants or [])]
+        chosen = [*variants, *custom_variants]
         plan = read_source(
             source, destination, options, chosen, incremental, prune, access, tuple(allowed_buckets or ()),
             replace_layout, return_state=True,

@@ -139,3 +139,14 @@ def log_messages_of(flow_run_id) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     logs = _run(lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
     return "\n".join(log.message for log in logs)
+
+
+def delete_all_deployments() -> None:
+    """Remove every deployment (and so its schedules): the scheduler and the late-runs
+    service stop writing runs nobody executes for the rest of the session."""
+
+    async def delete(client):
+        for deployment in await client.read_deployments():
+            await client.delete_deployment(deployment.id)
+
+    _run(delete)

@@ -49,6 +49,8 @@ class PrefectServer:
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(self.scheduler_loop_seconds),
+            # SQLite on a busy 2-core machine: wait longer for the write lock than 10 s.
+            "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
             "PREFECT_UI_API_URL": self.api_url,
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from deployments.serve import deployment_specs, runner_deployment
@@ -16,7 +17,15 @@ SETTINGS = {
 }
 
 
-def test_prefect_deploy_all_creates_every_deployment(prefect_api):
+@pytest.fixture
+def no_schedules_left(prefect_api):
+    yield
+    from prefect_helpers import delete_all_deployments
+
+    delete_all_deployments()
+
+
+def test_prefect_deploy_all_creates_every_deployment(prefect_api, no_schedules_left):
     created = prefect_cli(prefect_api, "work-pool", "create", "rbexport", "--type", "process", "--overwrite")
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect_cli(prefect_api, "--no-prompt", "deploy", "--all", env=SETTINGS)

@@ -13,7 +13,10 @@ import json
 from zoneinfo import ZoneInfo
 
 from conftest import bucket_tree, copy_tree
+import pytest
+
 from prefect_helpers import (
+    delete_all_deployments,
     prefect_cli,
     read_flow_run,
     scheduled_runs_of,
@@ -26,6 +29,12 @@ from prefect_helpers import (
 NIGHTLY = "export-project/export-nightly"
 WATCHER = "watch-source/watch-source"
 MANUAL = "export-project/export-manual"
+
+
+@pytest.fixture(autouse=True)
+def no_schedules_left(prefect_api):
+    yield
+    delete_all_deployments()
 
 
 def assert_nightly_times(runs) -> None:
