@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.copies import environment
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
 SDK_VENV = HERE / ".sdk-venv"
@@ -260,9 +262,7 @@ def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
 
     keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
     with SeaweedServer(access_key=keys["AWS_ACCESS_KEY_ID"], secret_key=keys["AWS_SECRET_ACCESS_KEY"]) as seaweed:
-        saved = {name: os.environ.get(name) for name in keys}
-        os.environ.update(keys)
-        try:
+        with environment(keys):
             bucket = S3Storage("bench-source", "small", seaweed.endpoint_url)
             S3Storage("bench-source", "", seaweed.endpoint_url).create_bucket()
             S3Storage("bench-export", "", seaweed.endpoint_url).create_bucket()
@@ -273,12 +273,6 @@ def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
                 bucket.url, ["s3://bench-export/small", "--endpoint-url", seaweed.endpoint_url], server.url, keys))
             core_s3 = median_of(runs, lambda: timed(lambda: run_export(
                 bucket.url, "s3://bench-export/core", ExportOptions(), seaweed.endpoint_url, incremental=False, workers=8)))
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
     rows.append(["SeaweedFS to SeaweedFS, PREFECT_API_URL", f"{on_s3:.1f}", f"{count / on_s3:.0f}", f"{1 - core_s3 / on_s3:.0%}"])
     return rows
 
