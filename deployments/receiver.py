@@ -24,6 +24,10 @@ from rbexport.notifications import CreatedObject, NotificationError, created_obj
 
 logger = logging.getLogger("rbexport.receiver")
 
+# A refused body is read and dropped up to this size so that the client gets the answer;
+# beyond it the connection is simply closed.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
 
 def make_handler(secret: str, max_body: int, emit: Callable[[list[CreatedObject]], None]) -> type:
     expected = secret.encode("utf-8")
@@ -35,13 +39,13 @@ def make_handler(secret: str, max_body: int, emit: Callable[[list[CreatedObject]
             self._answer(200, {"status": "ok"})
 
         def do_POST(self) -> None:
-            if not self._authorized():
-                return self._answer(401, {"error": "missing or wrong secret"})
             length = self.headers.get("Content-Length")
+            if not self._authorized():
+                return self._refuse(401, {"error": "missing or wrong secret"}, length)
             if length is None or not length.isdigit():
-                return self._answer(411, {"error": "Content-Length required"})
+                return self._refuse(411, {"error": "Content-Length required"}, None)
             if int(length) > max_body:
-                return self._answer(413, {"error": f"body over {max_body} bytes"})
+                return self._refuse(413, {"error": f"body over {max_body} bytes"}, length)
             try:
                 objects = created_objects(self.rfile.read(int(length)))
             except NotificationError as error:
@@ -52,6 +56,22 @@ def make_handler(secret: str, max_body: int, emit: Callable[[list[CreatedObject]
 
         def _authorized(self) -> bool:
             return hmac.compare_digest(_token(self.headers.get("Authorization", "")), expected)
+
+        def _refuse(self, status: int, body: dict, length: str | None) -> None:
+            """Answer, then read and drop the body the client is still sending (up to
+            DRAIN_LIMIT) before closing: closing on unread bytes resets the connection,
+            and the client sees a broken pipe instead of the answer."""
+            self.close_connection = True
+            self._answer(status, body)
+            remaining = min(int(length), DRAIN_LIMIT) if length and length.isdigit() else 0
+            try:
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 64 * 1024))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+            except OSError:
+                pass
 
         def _answer(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode("utf-8")
