@@ -48,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--images-as-nifti", action="store_true",
                      help="put one NIfTI image per series in the export (DICOM converted), on its label map's "
                      "voxel grid: DST/images/<Task>/<Series>.nii.gz (implies --with-images)")
+    dataset = run.add_argument_group("training layouts (SPEC 6)")
+    dataset.add_argument("--layout", choices=["redbrick", "nnunet", "msd"], default="redbrick",
+                         help="redbrick: the RedBrick export (default); nnunet: an nnU-Net v2 raw dataset, DST "
+                         "being the dataset folder (nnUNet_raw/Dataset501_Name); msd: a Medical Segmentation "
+                         "Decathlon dataset (MONAI). Both need taxonomy.json and write NIfTI on the label's grid")
+    dataset.add_argument("--channels", metavar="NAME,NAME,...",
+                         help="the series of each task that are a case's channels, in order (e.g. T1,T2,FLAIR); "
+                         "default: every annotated series is a one-channel case")
+    dataset.add_argument("--modality", metavar="NAME",
+                         help="channel name (CT, MR, ...) for series with no DICOM Modality")
+    dataset.add_argument("--group-by", metavar="FIELD",
+                         help="task field whose equal values keep cases in one fold, e.g. metaData.patientId")
+    dataset.add_argument("--dataset-name", metavar="TEXT", help="name in dataset.json")
+    dataset.add_argument("--description", metavar="TEXT", help="description in dataset.json")
     run.add_argument("--variant", action="append", default=[], metavar="NAME",
                      help="write this structure too, under DST/NAME/ when there are several (repeatable): "
                      "standard, binary, single, semantic, semantic-binary, or NAME:option=value,...")
@@ -120,7 +134,18 @@ def _run(arguments: argparse.Namespace) -> int:
             "--semantic, --binary-mask and --single-mask choose one structure; with --variant, name each "
             "structure as a variant instead (e.g. --variant semantic-binary)"
         )
+    if variants and arguments.layout != "redbrick":
+        raise ConfigurationError(
+            "--layout chooses the structure of a single export; with --variant, name the dataset as a variant "
+            f"instead (e.g. --variant Dataset501_Name:layout={arguments.layout})"
+        )
     options = ExportOptions(
+        layout=arguments.layout,
+        channels=arguments.channels,
+        modality=arguments.modality,
+        group_by=arguments.group_by,
+        dataset_name=arguments.dataset_name,
+        description=arguments.description,
         semantic_mask=arguments.semantic,
         binary_mask=arguments.binary_mask,
         no_consensus=arguments.no_consensus,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from .options import ExportOptions
@@ -26,10 +27,25 @@ EXPORT_FORMAT = 1
 
 
 @dataclass
+class CaseRecord:
+    """A training case of a dataset layout (SPEC 6), as the dataset's files describe it."""
+
+    id: str
+    group: str  # cases of one group share a fold
+    modalities: list[str]  # of each channel
+    voxels: dict[str, int]  # label value (as text) -> voxels of that label
+    fold: int | None = None  # given when the dataset is published, then kept
+
+
+@dataclass
 class TaskRecord:
     fingerprint: str | None  # None: the last export of this task failed; export it again
     files: dict[str, int] = field(default_factory=dict)  # path -> bytes
     orphans: list[str] = field(default_factory=list)  # written once, no longer part of the export
+    cases: list[CaseRecord] = field(default_factory=list)  # a dataset layout's cases of this task
+
+    def __post_init__(self) -> None:
+        self.cases = [CaseRecord(**case) if isinstance(case, dict) else case for case in self.cases]
 
 
 @dataclass
@@ -54,8 +70,13 @@ class ExportState:
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def task_fingerprint(task: dict, folder: str, mask_versions: dict[str, str | None], options: ExportOptions) -> str:
-    """What an export of this task is made of; equal fingerprints give equal files."""
+def task_fingerprint(
+    task: dict, folder: str, mask_versions: dict[str, str | None], options: ExportOptions, cases: Sequence[str] = ()
+) -> str:
+    """What an export of this task is made of; equal fingerprints give equal files.
+
+    `cases`: the ids a dataset layout gives the task's cases (they name its files).
+    """
     material = {
         "format": EXPORT_FORMAT,
         "task": task,
@@ -63,15 +84,17 @@ def task_fingerprint(task: dict, folder: str, mask_versions: dict[str, str | Non
         "masks": mask_versions,
         "options": options.model_dump(),
     }
+    if cases:
+        material["cases"] = list(cases)
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def is_unchanged(
-    record: TaskRecord | None, fingerprint: str, present: dict[str, int], previous_entry: dict | None
-) -> bool:
+def is_unchanged(record: TaskRecord | None, fingerprint: str, present: dict[str, int], listed: bool) -> bool:
+    """`listed`: the export's index still has the task (its tasks.json entry; a dataset's
+    dataset.json is made from the state, so there it always does)."""
     return (
         record is not None
         and record.fingerprint == fingerprint
-        and previous_entry is not None
+        and listed
         and all(present.get(path) == size for path, size in record.files.items())
     )

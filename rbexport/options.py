@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .naming import safe_name
+
+Layout = Literal["redbrick", "nnunet", "msd"]
 
 
 class ExportOptions(BaseModel):
@@ -41,10 +45,62 @@ class ExportOptions(BaseModel):
         "(DICOM converted), on the voxel grid of the series' label map; turns with_images on.",
     )
 
+    layout: Layout = Field(
+        "redbrick",
+        description="redbrick: the RedBrick export (segmentations/, tasks.json). nnunet: an nnU-Net v2 "
+        "raw dataset (imagesTr/, labelsTr/, dataset.json, splits_final.json); the destination is the "
+        "dataset folder, such as nnUNet_raw/Dataset501_Liver. msd: a Medical Segmentation Decathlon "
+        "dataset (read by MONAI). Both training layouts write NIfTI images on the label's grid and one "
+        "label per category; they need taxonomy.json in the source.",
+    )
+    channels: tuple[str, ...] | None = Field(
+        None,
+        description="Training layouts: the series names that are a case's channels, in order (such as "
+        "T1, T2, FLAIR); a case is then a task. None: every annotated series is a case of one channel.",
+    )
+    modality: str | None = Field(
+        None,
+        description="Training layouts: the channel name (CT, MR, ...) for series that carry no DICOM "
+        "Modality. nnU-Net normalises CT differently from everything else.",
+    )
+    group_by: str | None = Field(
+        None,
+        description="Training layouts: a task field (dotted, such as metaData.patientId) whose equal "
+        "values keep cases in one fold. None: each task is its own group.",
+    )
+    dataset_name: str | None = Field(None, description="Training layouts: the name in dataset.json.")
+    description: str | None = Field(None, description="Training layouts: the description in dataset.json.")
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        """`T1,T2,FLAIR` (a form field, an environment variable) is three channels; [] is none."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        if isinstance(value, (list, tuple)):
+            value = tuple(part for part in value if part != "") or None
+        return value
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> ExportOptions:
+        if self.layout == "redbrick":
+            return self
+        for channel in self.channels or ():
+            if safe_name(channel) != channel:
+                raise ValueError(f"channel {channel!r} is not a series name a task can have")
+        if self.channels and len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels repeat a name: {', '.join(self.channels)}")
+        return self
+
+    @property
+    def dataset(self) -> bool:
+        """Whether this is a training layout (SPEC 6) rather than the RedBrick export."""
+        return self.layout != "redbrick"
+
     @property
     def images(self) -> Literal["original", "nifti"] | None:
-        """How the images go into the export, or None when they do not (SPEC 5)."""
-        if self.image_format == "nifti":
+        """How the images go into the export, or None when they do not (SPEC 5, 6)."""
+        if self.image_format == "nifti" or self.dataset:
             return "nifti"
         return "original" if self.with_images else None
 

@@ -57,6 +57,7 @@ class RunReport:
     warnings: list[Notice] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)  # written by this run
     pruned: list[str] = field(default_factory=list)  # deleted by this run (prune)
+    dataset: dict | None = None  # a dataset layout's cases per fold and voxels per label (SPEC 6)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -100,9 +101,41 @@ class RunReport:
             "",
             "Options: " + ", ".join(f"`{name}={json.dumps(value)}`" for name, value in self.options.items()),
         ]
+        lines += self.dataset_markdown()
         lines += _table("Failures", "reason", [(item.taskId, item.file, item.reason) for item in self.failures], limit)
         lines += _table("Warnings", "warning", [(item.taskId, item.file, item.message) for item in self.warnings], limit)
         return "\n".join(lines) + "\n"
+
+
+    def dataset_rows(self) -> list[dict]:
+        """The class balance of a dataset layout, a row per label: its voxels and share."""
+        if not self.dataset:
+            return []
+        voxels = self.dataset["voxels_per_label"]
+        total = sum(voxels.values()) or 1
+        return [
+            {"label": value, "name": name, "voxels": count, "share": f"{100 * count / total:.3f} %"}
+            for value, (name, count) in enumerate(voxels.items())
+        ]
+
+    def dataset_markdown(self) -> list[str]:
+        if not self.dataset:
+            return []
+        folds = self.dataset["cases_per_fold"]
+        channels = ", ".join(f"{channel}: {modality}" for channel, modality in self.dataset["channels"].items())
+        lines = [
+            "",
+            f"## Dataset ({self.dataset['layout']}): {self.dataset['cases']} cases; channels {channels or 'none'}",
+            "",
+            "| fold | " + " | ".join(folds) + " |",
+            "|---|" + "---:|" * len(folds),
+            "| cases | " + " | ".join(str(count) for count in folds.values()) + " |",
+            "",
+            "| label | name | voxels | share |",
+            "|---:|---|---:|---:|",
+        ]
+        lines += [f"| {row['label']} | {_cell(row['name'])} | {row['voxels']} | {row['share']} |" for row in self.dataset_rows()]
+        return lines
 
 
 def _table(title: str, what: str, rows: list[tuple], limit: int) -> list[str]:

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .annotations import mask_references
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
@@ -21,7 +21,9 @@ from .images.export import image_references
 from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
 from .naming import deduplicate, task_folder_name
 from .options import ExportOptions
-from .report import REPORT_NAME, Failure, FileRecord, RunReport
+from .dataset_run import plan_cases, publish_dataset
+from .layouts.labels import training_labels
+from .report import REPORT_NAME, Failure, FileRecord, Notice, RunReport
 from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
 from .storage import Location, S3Access, Storage
 from .task_export import (
@@ -50,6 +52,8 @@ class TargetPlan:
     previous_entries: dict[str, dict]
     fingerprints: dict[str, str] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)
+    failures: list[Failure] = field(default_factory=list)  # tasks refused for this variant when planned
+    warnings: list[Notice] = field(default_factory=list)
 
 
 @dataclass
@@ -96,11 +100,11 @@ def prepare_run(
     storage_for(destination_location.url, access).check_reachable()
     tasks = read_tasks(source_storage)
     check_layout(destination_location, access, [v.name for v in resolved] if len(resolved) > 1 else None, replace_layout)
-    needs_taxonomy = any(target.options.semantic_mask for target in targets)
+    category_numbers = _category_numbers(source_storage, targets)
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
-        category_numbers=read_category_numbers(source_storage) if needs_taxonomy else None,
+        category_numbers=category_numbers,
         access=access,
         allowed_buckets=tuple(allowed_buckets),
     )
@@ -111,6 +115,18 @@ def prepare_run(
     plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
     plan.timings["read_source"] = time.perf_counter() - started
     return plan
+
+
+def _category_numbers(source: Storage, targets: Sequence[Target]) -> dict[str, int] | None:
+    """The taxonomy's category numbers when a variant needs them (semantic, dataset layouts)."""
+    dataset = next((target for target in targets if target.options.dataset), None)
+    if dataset is not None:
+        numbers = read_category_numbers(source, f"the {dataset.options.layout} layout (one label per category)")
+        training_labels(numbers)  # refuses a taxonomy no dataset.json can describe
+        return numbers
+    if any(target.options.semantic_mask for target in targets):
+        return read_category_numbers(source)
+    return None
 
 
 def check_layout(destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool) -> None:
@@ -207,6 +223,14 @@ def _decide_exports(
         plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.access).list()}
         for plan in target_plans
     } if incremental else {}
+    cases = {
+        plan.target.name: plan_cases(jobs, plan.state, plan.target.options) for plan in target_plans
+        if plan.target.options.dataset
+    }
+    for plan in target_plans:
+        if plan.target.name in cases:
+            plan.failures += cases[plan.target.name][1]
+            plan.warnings += cases[plan.target.name][2]
     decided = []
     wants_images = any(plan.target.options.images for plan in target_plans)
     image_versions: dict[str, str | None] = {}
@@ -218,18 +242,26 @@ def _decide_exports(
             image_versions = {reference: reader.version(reference, source_versions) for reference in references}
             item_sizes = known_sizes(reader, references, source_sizes)
         targets = []
+        job_cases = {}
         for plan in target_plans:
+            name = plan.target.name
+            listed = job.task_id in plan.previous_entries
+            case_ids: list[str] = []
+            if name in cases:
+                if job.task_id not in cases[name][0]:
+                    continue  # its cases cannot be made: failed when planned
+                job_cases[name] = cases[name][0][job.task_id]
+                case_ids = [case.case_id for case in job_cases[name]]
+                listed = True  # dataset.json is made from the state
             inputs = {**versions, **image_versions} if plan.target.options.images else versions
-            fingerprint = task_fingerprint(job.task, job.folder, inputs, plan.target.options)
+            fingerprint = task_fingerprint(job.task, job.folder, inputs, plan.target.options, case_ids)
             plan.fingerprints[job.task_id] = fingerprint
             record = plan.state.tasks.get(job.task_id)
-            if incremental and is_unchanged(
-                record, fingerprint, present[plan.target.name], plan.previous_entries.get(job.task_id)
-            ):
+            if incremental and is_unchanged(record, fingerprint, present[name], listed):
                 plan.skipped.add(job.task_id)
             else:
-                targets.append(plan.target.name)
-        decided.append(TaskJob(job.position, job.task_id, job.folder, job.task, job.origin, tuple(targets), item_sizes))
+                targets.append(name)
+        decided.append(replace(job, targets=tuple(targets), item_sizes=item_sizes, cases=job_cases))
     return decided
 
 
@@ -269,7 +301,7 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
     target = target_plan.target
     destination = storage_for(target.root, plan.settings.access)
     results = {o.task_id: o.results[target.name] for o in outcomes if target.name in o.results}
-    failures = plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]
+    failures = plan.failures + target_plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]
     report = RunReport(
         source=plan.settings.source,
         destination=target.root,
@@ -279,22 +311,23 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
         skipped=[job.task_id for job in plan.tasks if job.task_id in target_plan.skipped],
         failed=[failure.taskId for failure in failures],
         failures=failures,
-        warnings=[notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings],
+        warnings=target_plan.warnings + [
+            notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings
+        ],
         files=[record for job in plan.tasks if job.task_id in results for record in results[job.task_id].files],
     )
-    entries = [
-        results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
-        for job in plan.tasks
-        if job.task_id in results or job.task_id in target_plan.skipped
-    ]
-    tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    if tasks_json != target_plan.previous_tasks_json:
-        destination.write(TASKS_JSON, tasks_json)
-        report.files.append(FileRecord.of(TASKS_JSON, tasks_json))
+    if not target.options.dataset:
+        _publish_tasks_json(destination, plan, target_plan, results, report)
 
     state = _next_state(target_plan, results, failures, plan.source_task_ids)
+    if target.options.dataset:
+        # Files a re-exported task no longer writes would be cases dataset.json does not list.
+        report.pruned = _delete_orphans(destination, state)
     if plan.prune:
-        report.pruned = _prune(destination, state, plan.source_task_ids)
+        report.pruned += _prune(destination, state, plan.source_task_ids)
+    if target.options.dataset:
+        tasks = {job.task_id: job.task for job in plan.tasks}
+        publish_dataset(destination, target.options, state, tasks, plan.settings.category_numbers or {}, report)
     state_json = state.to_json()
     if state_json != target_plan.state.to_json():
         destination.write(STATE_KEY, state_json)
@@ -306,31 +339,70 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
     return report
 
 
+def _publish_tasks_json(
+    destination: Storage, plan: RunPlan, target_plan: TargetPlan, results: dict[str, TaskResult], report: RunReport
+) -> None:
+    """tasks.json: the entry of every task exported now or skipped as unchanged, in source order."""
+    entries = [
+        results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
+        for job in plan.tasks
+        if job.task_id in results or job.task_id in target_plan.skipped
+    ]
+    tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    if tasks_json != target_plan.previous_tasks_json:
+        destination.write(TASKS_JSON, tasks_json)
+        report.files.append(FileRecord.of(TASKS_JSON, tasks_json))
+
+
 def _next_state(
     target_plan: TargetPlan, results: dict[str, TaskResult], failures: list[Failure], source_task_ids: set[str]
 ) -> ExportState:
-    tasks = {task_id: TaskRecord(r.fingerprint, dict(r.files), list(r.orphans)) for task_id, r in target_plan.state.tasks.items()}
+    tasks = {
+        task_id: TaskRecord(r.fingerprint, dict(r.files), list(r.orphans), [replace(case) for case in r.cases])
+        for task_id, r in target_plan.state.tasks.items()
+    }
     for task_id, result in results.items():
         written = {record.path: record.bytes for record in result.files}
         previous = tasks.get(task_id, TaskRecord(None))
         orphans = sorted((set(previous.files) | set(previous.orphans)) - set(written))
-        tasks[task_id] = TaskRecord(target_plan.fingerprints[task_id], written, orphans)
+        folds = {case.id: case.fold for case in previous.cases}  # a case keeps its fold
+        cases = [replace(case, fold=folds.get(case.id)) for case in result.cases]
+        tasks[task_id] = TaskRecord(target_plan.fingerprints[task_id], written, orphans, cases)
     for failure in failures:
         if failure.taskId in tasks and failure.taskId not in results:
             tasks[failure.taskId].fingerprint = None  # try again next time; its old files stay
     return ExportState(tasks)
 
 
+def _owned(state: ExportState) -> set[str]:
+    """Every file some task's export holds now (an orphan of one task may be another's file)."""
+    return {path for record in state.tasks.values() for path in record.files}
+
+
+def _delete_orphans(destination: Storage, state: ExportState) -> list[str]:
+    owned = _owned(state)
+    deleted = []
+    for record in state.tasks.values():
+        for path in record.orphans:
+            if path not in owned:
+                destination.delete(path)
+                deleted.append(path)
+        record.orphans = []
+    return deleted
+
+
 def _prune(destination: Storage, state: ExportState, source_task_ids: set[str]) -> list[str]:
     """Delete files no longer part of the export: removed tasks' and orphans. Returns them."""
     deleted = []
+    owned = {path for task_id, record in state.tasks.items() if task_id in source_task_ids for path in record.files}
     for task_id in list(state.tasks):
         record = state.tasks[task_id]
-        removed = task_id not in source_task_ids
-        for path in sorted(record.orphans + (list(record.files) if removed else [])):
-            destination.delete(path)
-            deleted.append(path)
-        if removed:
+        gone = task_id not in source_task_ids
+        for path in sorted(record.orphans + (list(record.files) if gone else [])):
+            if path not in owned:
+                destination.delete(path)
+                deleted.append(path)
+        if gone:
             del state.tasks[task_id]
         else:
             record.orphans = []

@@ -224,3 +224,49 @@ def sample_images(tasks: list[dict], files: dict[str, bytes]) -> dict[str, bytes
             series["items"] = [f"{folder}/{name}" for name, _ in slices]
             images.update((f"{folder}/{name}", data) for name, data in slices)
     return images
+
+
+def write_training_project(
+    storage: Storage, tasks: int = 10, channels: tuple[str, ...] = ("T1", "FLAIR"), modality: str = "MR",
+    shape: tuple[int, int, int] = (40, 36, 12),
+) -> list[dict]:
+    """A project made for training layouts (SPEC 6): every task is a study of `channels`
+    (DICOM series of `modality`, each on the label's grid), the first channel annotated,
+    two studies per patient (`metaData.patientId`). Tasks alternate between two grids, the
+    second with its slices stored the other way round (the DICOM stacks them upwards)."""
+    from .sample_images import dicom_series_on_grid
+
+    flipped = AFFINE @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, shape[2] - 1], [0, 0, 0, 1.0]])
+    written: list[dict] = []
+    for number in range(1, tasks + 1):
+        affine = AFFINE if number % 2 else flipped
+        label = box(shape, 1, (4 + number % 5, 5, 2), (12, 10, 5), dtype=np.uint8)
+        box(shape, 2, (20, 18 - number % 4, 5), (9, 8, 4), out=label)
+        if number % 3 == 0:  # an Edema instance reaching into the Glioma: overlaps (value 3)
+            label[10:14, 10:13, 4:6] = 3
+        mask = f"masks/study-{number:03d}.nii.gz"
+        storage.write(mask, nifti_bytes(label, affine))
+        segment_map = {"1": {"category": "Glioma"}, "2": {"category": "Edema"}}
+        if number % 3 == 0:
+            segment_map = {"1": {"category": "Glioma", "overlappingGroups": [3]},
+                           "2": {"category": "Edema", "overlappingGroups": [3]}}
+        series = []
+        for position, channel in enumerate(channels):
+            pixels = (200 + 40 * position + 25 * label.astype(np.int32) + np.indices(shape).sum(axis=0) % 9).astype(np.int16)
+            folder = f"images/study-{number:03d}/{channel}"
+            slices = dicom_series_on_grid(pixels, affine, modality=modality, patient_id=f"patient-{(number + 1) // 2}")
+            for name, data in slices:
+                storage.write(f"{folder}/{name}", data)
+            entry: dict = {"name": channel, "items": [f"{folder}/{name}" for name, _ in slices]}
+            if position == 0:
+                entry.update(segmentations=mask, segmentMap=segment_map)
+            series.append(entry)
+        written.append({
+            "taskId": f"study-{number:03d}",
+            "name": f"Study_{number:03d}",
+            "metaData": {"patientId": f"patient-{(number + 1) // 2}"},
+            "series": series,
+        })
+    storage.write("taxonomy.json", json.dumps(TAXONOMY, indent=2).encode())
+    storage.write("tasks.json", json.dumps(written, indent=2).encode())
+    return written

@@ -80,10 +80,10 @@ def wait_until_quiet(source: Storage, quiet_seconds: float, poll_seconds: float 
     return time.monotonic() - started
 
 
-def read_category_numbers(source: Storage) -> dict[str, int]:
-    """Category numbers from the source's taxonomy.json (needed for semantic exports)."""
+def read_category_numbers(source: Storage, needed_by: str = "a semantic export") -> dict[str, int]:
+    """Category numbers from the source's taxonomy.json (semantic exports and dataset layouts need them)."""
     if not source.exists(TAXONOMY_FILE):
-        raise ConfigurationError(f"a semantic export needs {TAXONOMY_FILE} in {source.url}")
+        raise ConfigurationError(f"{needed_by} needs {TAXONOMY_FILE} in {source.url}")
     return category_numbers(_read_json(source, TAXONOMY_FILE), source.url_of(TAXONOMY_FILE))
 
 

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .annotations import annotations_of, assemble_task
+from .dataset_export import case_annotation, export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
+from .incremental import CaseRecord
+from .layouts.cases import Case
 from .memory import process_budget
 from .nifti import LabelMap, encode_fill, mask_header
 from .options import ExportOptions
@@ -61,6 +64,7 @@ class TaskJob:
     origin: str  # where the task was read, for messages
     targets: tuple[str, ...] = ()  # the variants to export it for (the others are unchanged)
     item_sizes: Mapping[str, int] = field(default_factory=dict)  # image items' sizes, from the source's listing
+    cases: Mapping[str, tuple[Case, ...]] = field(default_factory=dict)  # a dataset variant's cases of this task
 
 
 @dataclass
@@ -72,6 +76,7 @@ class TaskResult:
     entry: dict  # the task's entry in tasks.json
     files: list[FileRecord] = field(default_factory=list)
     warnings: list[Notice] = field(default_factory=list)
+    cases: list[CaseRecord] = field(default_factory=list)  # a dataset layout's cases (SPEC 6)
 
 
 @dataclass
@@ -119,7 +124,8 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
                 if target.name in outcome.failures:
                     continue
                 try:
-                    outcome.results[target.name] = _export_variant(job, target, reader, images, settings)
+                    export = _export_dataset if target.options.dataset else _export_variant
+                    outcome.results[target.name] = export(job, target, reader, images, settings)
                 except TaskDataError as error:
                     outcome.failures[target.name] = Failure(job.task_id, error.file, error.reason)
         finally:
@@ -139,7 +145,7 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
     if not wanting:
         return 0
     try:
-        return images.check(convert=any(target.options.images == "nifti" for target in wanting))
+        return images.check(convert=any(target.options.images == "nifti" for target in wanting))  # datasets too
     except TaskDataError as error:
         for target in wanting:
             outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
@@ -153,7 +159,10 @@ def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
         if target.name not in job.targets:
             continue
         try:
-            annotations = annotations_of(job.task, target.options)
+            annotations = (
+                [case_annotation(job.task, target.options)] if target.options.dataset
+                else annotations_of(job.task, target.options)
+            )
         except TaskDataError:
             continue  # the variant's export reports it
         for annotation in annotations:
@@ -202,6 +211,16 @@ def _export_variant(
         entry = with_image_items(entry, image_plan.items)
         files += images.write(destination, image_plan)
     return TaskResult(job.position, job.task_id, entry, files, warnings)
+
+
+def _export_dataset(
+    job: TaskJob, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
+) -> TaskResult:
+    files, cases, warnings = export_dataset_task(
+        job.task, job.task_id, job.cases.get(target.name, ()), target.options, settings.category_numbers or {},
+        reader, images, storage_for(target.root, settings.access),
+    )
+    return TaskResult(job.position, job.task_id, {}, files, warnings, cases)
 
 
 def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: bool) -> list[FileRecord]:

@@ -26,13 +26,13 @@ class Preset(str, Enum):
     semantic_binary = "semantic-binary"
 
 
-# The structure fields each preset fixes.
+# The structure fields each preset fixes (all of them RedBrick exports).
 PRESET_STRUCTURES: dict[Preset, dict] = {
-    Preset.standard: {"semantic_mask": False, "binary_mask": None},
-    Preset.binary: {"semantic_mask": False, "binary_mask": True},
-    Preset.single: {"semantic_mask": False, "binary_mask": False},
-    Preset.semantic: {"semantic_mask": True, "binary_mask": None},
-    Preset.semantic_binary: {"semantic_mask": True, "binary_mask": True},
+    Preset.standard: {"semantic_mask": False, "binary_mask": None, "layout": "redbrick"},
+    Preset.binary: {"semantic_mask": False, "binary_mask": True, "layout": "redbrick"},
+    Preset.single: {"semantic_mask": False, "binary_mask": False, "layout": "redbrick"},
+    Preset.semantic: {"semantic_mask": True, "binary_mask": None, "layout": "redbrick"},
+    Preset.semantic_binary: {"semantic_mask": True, "binary_mask": True, "layout": "redbrick"},
 }
 
 
@@ -81,21 +81,32 @@ def parse_variant_argument(text: str) -> Preset | Variant:
     """`--variant` on the command line: a preset name, or `NAME:option=value,...`.
 
     `rbexport run ... --variant semantic --variant raw:compress=false,binary_mask=true`
+    `--variant Dataset501_Brain:layout=nnunet,channels=T1,T2,modality=MR`
     """
     name, colon, settings = text.partition(":")
     if not colon:
         return Preset(name) if name in {preset.value for preset in Preset} else _unknown_preset(name)
     values: dict[str, object] = {}
+    key = None
     for setting in filter(None, settings.split(",")):
-        key, equals, value = setting.partition("=")
+        option, equals, value = setting.partition("=")
         if not equals:
+            if key in LIST_OPTIONS:  # channels=T1,T2,FLAIR: the list goes on
+                values[key] = [*values[key], setting.strip()]
+                continue
             raise ConfigurationError(f"--variant {text!r}: expected option=value, got {setting!r}")
-        values[key.strip()] = _option_value(value.strip())
+        key = option.strip()
+        values[key] = [value.strip()] if key in LIST_OPTIONS else _option_value(value.strip())
     try:
         return Variant(name=name, options=ExportOptions(**values))
     except ValidationError as error:
         problem = error.errors()[0]
         raise ConfigurationError(f"--variant {text!r}: {'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+
+
+# Options whose value is a list: in `--variant`, the names after `channels=` up to the next
+# option=value are its items.
+LIST_OPTIONS = ("channels",)
 
 
 def _unknown_preset(name: str) -> Preset:

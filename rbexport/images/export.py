@@ -25,7 +25,7 @@ from ..report import FileRecord
 from ..storage import Storage
 from .geometry import onto_label_grid
 from .read import read_image_series
-from .volume import encode_nifti
+from .volume import ImageVolume, encode_nifti
 
 IMAGES_FOLDER = "images"
 
@@ -100,6 +100,7 @@ class TaskImages:
         self.pool = pool
         self._sizes: dict[str, int] = dict(known_sizes or {})
         self._converted: dict[tuple[int, bool], bytes] = {}
+        self._volumes: dict[tuple[int, int | None], ImageVolume] = {}
 
     def check(self, convert: bool) -> int:
         """Find every item (those the source's listing did not show are looked up); the
@@ -145,14 +146,26 @@ class TaskImages:
     def _nifti(self, series: SeriesImages, compress: bool, label: LabelMap | None) -> bytes:
         key = (series.position, compress)
         if key not in self._converted:
+            self._converted[key] = encode_nifti(self.volume(series.position, series.name, label), compress)
+            self._volumes.clear()  # the encoded file is what the other variants reuse
+        return self._converted[key]
+
+    def volume(self, position: int, name: str, label: LabelMap | None) -> ImageVolume:
+        """The image of the series at `position` (called `name`), read once, on `label`'s
+        grid when given; TaskDataError when it has no items or cannot lie on that grid."""
+        key = (position, None if label is None else id(label))  # one grid or another
+        if key not in self._volumes:
+            series = next((item for item in self.series if item.position == position), None)
+            if series is None:
+                raise TaskDataError(f"series {name} has no image (no items)")
             items = list(zip(series.references, self.pool.map(self._read, series.references)))
             volume = read_image_series(items)
             del items
             if label is not None:
                 header = label.header
                 volume = onto_label_grid(volume, header.get_data_shape(), header.get_best_affine(), series.name)
-            self._converted[key] = encode_nifti(volume, compress)
-        return self._converted[key]
+            self._volumes[key] = volume
+        return self._volumes[key]
 
     def _read(self, reference: str) -> bytes:
         storage, key = self._locate(reference)
@@ -169,6 +182,7 @@ class TaskImages:
 
     def release(self) -> None:
         self._converted.clear()
+        self._volumes.clear()
 
 
 def _store(destination: Storage, path: str, data: bytes) -> FileRecord:
