@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.states import Failed
@@ -100,6 +101,13 @@ def export_project(
         description="; ".join(f"{report.variant}: {report.summary()}" for report in reports),
     )
     for report in reports:
+        if report.dataset:
+            create_table_artifact(
+                key=artifact_key(f"dataset-{report.variant}"),
+                table=report.dataset_rows(),
+                description=f"{report.variant}: {report.dataset['cases']} cases; per fold "
+                + ", ".join(f"{fold}: {count}" for fold, count in report.dataset["cases_per_fold"].items()),
+            )
         get_run_logger().info("%s: %s", report.variant, report.summary())
     failed = {failure.taskId for report in reports for failure in report.failures}
     if failed:
@@ -109,6 +117,11 @@ def export_project(
         )
         return Failed(message=message, data=ExportIncomplete(message, reports))
     return reports
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys hold lowercase letters, digits and dashes."""
+    return "-".join(filter(None, re.split(r"[^a-z0-9]+", text.lower())))
 
 
 def refuse_placeholders(**parameters: str | None) -> None:
@@ -142,9 +155,19 @@ def export_tasks(plan: RunPlan, task_runner: TaskRunner) -> list[TaskOutcome]:
     logger = get_run_logger()
     observer = progress.current()
     jobs = plan.jobs
-    observer.started(len(jobs) + len(plan.failures), len(plan.tasks) - len(jobs))
-    for failure in plan.failures:
-        logger.warning(failure.line())
+    exporting = {job.task_id for job in jobs}
+    # Tasks a dataset variant cannot make cases of, and that no other variant exports.
+    unplanned = {
+        failure.taskId: failure for target_plan in plan.targets for failure in target_plan.failures
+        if failure.taskId not in exporting
+    }
+    observer.started(len(jobs) + len(plan.failures) + len(unplanned), len(plan.tasks) - len(jobs) - len(unplanned))
+    for target_plan in plan.targets:
+        for failure in target_plan.failures:
+            logger.warning("[%s] %s", target_plan.target.name, failure.line())
+    for failure in [*plan.failures, *unplanned.values()]:
+        if failure in plan.failures:
+            logger.warning(failure.line())
         observer.task_done(failure.taskId or "(no taskId)", failure.detail)
 
     started = time.perf_counter()
