@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean check-datasets-venv
+.PHONY: demo test bench setup clean check-datasets check-datasets-venv
 
 setup: $(READY)
 
@@ -33,7 +33,8 @@ bench: $(READY)
 
 # Optional: check nnU-Net v2 / MSD training datasets with the real readers
 # (nnunetv2, monai) in a venv of their own, never in .venv.
-#   make check-datasets-venv
+#   make check-datasets    exports generated projects in both layouts with `rbexport run`
+#                          and runs nnU-Net's verify_dataset_integrity and MONAI on them
 #   .venv-datasets/bin/python tests/real_clients/check_datasets.py --nnunet DIR --msd DIR
 # torch is installed first, pinned to the CPU wheel that lies on this machine's disk
 # (2.13.0; 2.14.1 if that is refused), then pinned again beside nnunetv2/monai so the
@@ -42,6 +43,19 @@ PYTHON311 ?= python3.11
 DATASETS_VENV := .venv-datasets
 DATASETS_TORCH ?= 2.13.0
 
+
+check-datasets: $(READY) check-datasets-venv
+	$(BIN)/python tests/real_clients/make_datasets.py build/check-datasets
+	$(DATASETS_VENV)/bin/python tests/real_clients/check_datasets.py \
+	    --nnunet build/check-datasets/nnUNet_raw/Dataset501_Brain \
+	    --nnunet build/check-datasets/nnUNet_raw/Dataset502_CT \
+	    --msd build/check-datasets/Task01_Brain
+	cd build/check-datasets && nnUNet_raw=$$PWD/nnUNet_raw nnUNet_preprocessed=$$PWD/nnUNet_preprocessed \
+	    nnUNet_results=$$PWD/nnUNet_results $(CURDIR)/$(DATASETS_VENV)/bin/nnUNetv2_plan_and_preprocess \
+	    -d 501 -c 3d_fullres -np 1 --verify_dataset_integrity
+	cmp build/check-datasets/nnUNet_raw/Dataset501_Brain/splits_final.json \
+	    build/check-datasets/nnUNet_preprocessed/Dataset501_Brain/splits_final.json
+	@echo "check-datasets: nnU-Net planned and preprocessed Dataset501 on rbexport's folds"
 
 check-datasets-venv: $(DATASETS_VENV)/.installed
 

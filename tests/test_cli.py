@@ -7,6 +7,10 @@ from pathlib import Path
 
 from conftest import ACCESS_KEY, tree
 
+# The training-layout options (SPEC 6) of a RedBrick export.
+NO_DATASET = {"layout": "redbrick", "channels": None, "modality": None, "group_by": None,
+              "dataset_name": None, "description": None}
+
 
 def assert_clean(stderr: str) -> None:
     """Expected failures never show a traceback, nor Prefect's shutdown noise."""
@@ -127,7 +131,8 @@ def test_options_reach_the_export(run_cli, sample_source, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((destination / "export-report.json").read_text())
     assert report["options"] == {"semantic_mask": True, "binary_mask": True, "no_consensus": True, "compress": False,
-                                 "with_images": False, "image_format": "original"}
+                                 "with_images": False, "image_format": "original",
+                                 **NO_DATASET}
     written = tree(destination)
     assert "segmentations/Brain_001/T1/category-1.nii" in written
     assert not any(path.endswith(".gz") for path in written)

@@ -143,5 +143,7 @@ def test_flow_parameters_form_shows_every_option(api):
     assert {"source", "destination", "options", "endpoint_url", "allowed_buckets", "workers"} <= set(properties)
     assert "s3://bucket/prefix" in properties["source"]["description"]
     options = schema["definitions"]["ExportOptions"]["properties"]
-    assert set(options) == {"semantic_mask", "binary_mask", "no_consensus", "compress", "with_images", "image_format"}
+    assert set(options) == {"semantic_mask", "binary_mask", "no_consensus", "compress", "with_images", "image_format",
+                            "layout", "channels", "modality", "group_by", "dataset_name", "description"}
+    assert options["layout"]["enum"] == ["redbrick", "nnunet", "msd"]
     assert all(option.get("description") for option in options.values())

@@ -96,6 +96,10 @@ GLIOMA_FILE = OVERLAP_INSTANCE_3  # category 1: values 3 and 5
 EDEMA_FILE = OVERLAP_INSTANCE_1  # category 2: value 1
 ABSCESS_FILE = OVERLAP_INSTANCE_2  # category 3: values 2 and 5
 
+# The training-layout options (SPEC 6) of a RedBrick export.
+NO_DATASET = {"layout": "redbrick", "channels": None, "modality": None, "group_by": None,
+              "dataset_name": None, "description": None}
+
 
 def assert_voxels(result, path: str, expected: np.ndarray, dtype=np.uint8) -> None:
     image = result.image(path)
@@ -817,7 +821,8 @@ def test_report_lists_counts_files_with_sha256_options_and_time(tmp_path):
     assert report["skipped"] == [] and report["failed"] == [] and report["failures"] == []
     assert report["warnings"] == []
     assert report["options"] == {"semantic_mask": False, "binary_mask": None, "no_consensus": False, "compress": True,
-                                 "with_images": False, "image_format": "original"}
+                                 "with_images": False, "image_format": "original",
+                                 **NO_DATASET}
     assert isinstance(report["seconds"], (int, float)) and report["seconds"] >= 0
     written = result.all_files()
     del written["export-report.json"]
