@@ -72,7 +72,7 @@ def small_project(tasks: int) -> Path:
 
 def export_once(source: Path, structure: str, workers: int = 1) -> Path:
     from rbexport.options import ExportOptions
-    from rbexport.run import run_export
+    from rbexport.engine import run_export
 
     out = Path(tempfile.mkdtemp(prefix="rbexport-bench-"))
     [report] = run_export(str(source), str(out), ExportOptions(), variants=[structure], incremental=False, workers=workers)
@@ -240,7 +240,7 @@ def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[lis
 
 def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
     from rbexport.options import ExportOptions
-    from rbexport.run import run_export
+    from rbexport.engine import run_export
     from rbexport.seaweed import SeaweedServer
     from rbexport.storage import S3Storage
 

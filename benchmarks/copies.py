@@ -152,7 +152,7 @@ def upload_source(endpoint_url: str) -> str:
 
 def rbexport_once(source_url: str, destination: str, endpoint_url: str) -> tuple[float, dict[str, int]]:
     from rbexport.options import ExportOptions
-    from rbexport.run import run_export
+    from rbexport.engine import run_export
 
     with counting() as counted:
         started = time.perf_counter()

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import re
-import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.states import Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from rbexport import progress
 from rbexport.errors import ConfigurationError, ExportIncomplete
 from rbexport.options import ExportOptions
 from rbexport.report import RunReport
-from rbexport.run import RunPlan, failure_of
-from rbexport.task_export import TaskOutcome
+from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
+from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.variants import Preset, Variant
-from tasks.export import export_one_task, publish, read_source, s3_access, wait_for_uploads
+from tasks.export import export_tasks_of_batch, publish, read_source, s3_access, wait_for_uploads
 
-DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 
 
 @flow(name="export-project", validate_parameters=True)
@@ -43,6 +40,7 @@ def export_project(
     workers: int = 0,
     task_runner: Literal["threads", "processes", "dask"] = "threads",
     dask_address: str | None = None,
+    batch_size: int = 0,
 ) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
@@ -78,18 +76,23 @@ def export_project(
             processes, or a Dask cluster (prefect-dask).
         dask_address: The Dask scheduler to use with task_runner dask, such as
             `tcp://10.0.0.5:8786`. None (the default): a local cluster of `workers` processes.
+        batch_size: Source tasks per Prefect task run. 0 (the default): by their size,
+            about 32 MB of masks and images per batch (a large CT task alone, many small
+            ones together). 1: one Prefect task run per source task.
     """
     try:
         refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
         access = s3_access(endpoint_url, credentials_block)
         if quiet_seconds > 0:
             wait_for_uploads(source, quiet_seconds, access, return_state=True).result()
-        chosen = [*variants, *custom_variants]
-        plan = read_source(
-            source, destination, options, chosen, incremental, prune, access, tuple(allowed_buckets or ()),
-            replace_layout, return_state=True,
-        ).result()
-        outcomes = export_tasks(plan, make_task_runner(task_runner, workers or DEFAULT_WORKERS, dask_address))
+        request = ExportRequest(
+            source, destination, options, (*variants, *custom_variants), incremental, prune, replace_layout,
+            access, tuple(allowed_buckets or ()),
+        )
+        plan = read_source(request, return_state=True).result()
+        workers = workers or DEFAULT_WORKERS
+        runner = make_task_runner(task_runner, workers, dask_address)
+        outcomes = export_all(plan, prefect_batches(runner, plan.settings), workers, batch_size, get_run_logger())
         reports = publish(plan, outcomes, return_state=True).result()
     except ConfigurationError as error:
         # An answer, not a crash: one line in the run's log and its state, no traceback.
@@ -150,44 +153,19 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
     raise ConfigurationError(f"unknown task runner {kind!r}: threads, processes or dask")
 
 
-def export_tasks(plan: RunPlan, task_runner: TaskRunner) -> list[TaskOutcome]:
-    """Fan out one retryable task per changed source task; a failure never stops the others."""
-    logger = get_run_logger()
-    observer = progress.current()
-    jobs = plan.jobs
-    exporting = {job.task_id for job in jobs}
-    # Tasks a dataset variant cannot make cases of, and that no other variant exports.
-    unplanned = {
-        failure.taskId: failure for target_plan in plan.targets for failure in target_plan.failures
-        if failure.taskId not in exporting
-    }
-    observer.started(len(jobs) + len(plan.failures) + len(unplanned), len(plan.tasks) - len(jobs) - len(unplanned))
-    for target_plan in plan.targets:
-        for failure in target_plan.failures:
-            logger.warning("[%s] %s", target_plan.target.name, failure.line())
-    for failure in [*plan.failures, *unplanned.values()]:
-        if failure in plan.failures:
-            logger.warning(failure.line())
-        observer.task_done(failure.taskId or "(no taskId)", failure.detail)
+def prefect_batches(task_runner: TaskRunner, settings: ExportSettings) -> Callable[[list[list[TaskJob]]], BatchResults]:
+    """Run each batch as one Prefect task run (`export-<its tasks>`) on `task_runner`."""
 
-    started = time.perf_counter()
-    outcomes: list[TaskOutcome] = []
-    configuration_error: ConfigurationError | None = None
-    with task_runner as runner:
-        futures = {runner.submit(export_one_task, {"job": job, "settings": plan.settings}): job for job in jobs}
-        for future in as_completed(list(futures)):
-            job = futures[future]
-            outcome = future.result(raise_on_failure=False)
-            if not isinstance(outcome, TaskOutcome):
-                if isinstance(outcome, ConfigurationError):
-                    configuration_error = configuration_error or outcome
-                outcome = TaskOutcome(job.task_id, failures=failure_of(job, outcome))
-            outcomes.append(outcome)
-            first_failure = next(iter(outcome.failures.values()), None)
-            if first_failure:
-                logger.warning(first_failure.line())
-            observer.task_done(job.task_id, first_failure.detail if first_failure else None)
-    if configuration_error is not None:
-        raise configuration_error
-    plan.timings["export_tasks"] = time.perf_counter() - started
-    return outcomes
+    def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
+        with task_runner as runner:
+            futures: dict[PrefectFuture, list[TaskJob]] = {
+                runner.submit(export_tasks_of_batch, {"jobs": batch, "settings": settings, "label": batch_label(batch)}): batch
+                for batch in batches
+            }
+            for future in as_completed(list(futures)):
+                result = future.result(raise_on_failure=False)
+                if not isinstance(result, (list, BaseException)):
+                    result = RuntimeError(f"the batch's task run returned {type(result).__name__}")
+                yield futures[future], result
+
+    return run

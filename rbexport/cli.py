@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)")
     run.add_argument("--allow-bucket", action="append", default=[], metavar="BUCKET",
                      help="also read masks from this bucket when tasks name it by s3:// URL (repeatable)")
+    run.add_argument("--engine", choices=["prefect", "local"], default="prefect",
+                     help="prefect (default): run the export flow, on Prefect's ephemeral API or the server "
+                     "PREFECT_API_URL names, with its logs, artifacts and UI; local: the same export in this "
+                     "process without Prefect (no server, starts at once): for CI jobs and quick runs")
+    run.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                     help="source tasks per batch (a Prefect task run); default: by size, about 32 MB each")
     run.add_argument("--workers", type=_positive, default=None, metavar="N",
                      help="tasks exported at once (threads, or processes/Dask workers)")
     run.add_argument("--task-runner", choices=["threads", "processes", "dask"], default="threads",
@@ -153,6 +159,20 @@ def _run(arguments: argparse.Namespace) -> int:
         with_images=arguments.with_images or arguments.images_as_nifti,
         image_format="nifti" if arguments.images_as_nifti else "original",
     )
+    if arguments.engine == "local":
+        if arguments.credentials_block:
+            raise ConfigurationError("--credentials-block reads a Prefect Secret block: it needs --engine prefect")
+        if arguments.task_runner == "dask":
+            raise ConfigurationError("--task-runner dask needs --engine prefect (prefect-dask)")
+        from .model import ExportRequest
+        from .storage import S3Access
+
+        request = ExportRequest(
+            arguments.source, arguments.dest, options, tuple(variants), not arguments.full, arguments.prune,
+            arguments.replace_layout, S3Access(_endpoint(arguments.endpoint_url)), tuple(arguments.allow_bucket),
+        )
+        reports = run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
+        return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
     reports = run_flow(
         arguments.source,
         arguments.dest,
@@ -168,8 +188,23 @@ def _run(arguments: argparse.Namespace) -> int:
         workers=arguments.workers,
         task_runner=arguments.task_runner,
         dask_address=arguments.dask_address,
+        batch_size=arguments.batch_size or 0,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
+
+
+def run_local(request, workers: int | None = None, task_runner: str = "threads", batch_size: int | None = None):
+    """The local engine with a progress display; print and return the reports. Never imports Prefect."""
+    from . import engine, progress
+
+    workers = workers or engine.DEFAULT_WORKERS
+    with progress.observing(_progress_display(f"{request.source} → {request.destination}")) as display:
+        try:
+            reports = engine.run_local(request, workers, task_runner, batch_size or 0)
+        finally:
+            display.close()
+    _print_reports(reports)
+    return reports
 
 
 def run_flow(source, destination, options, title=None, workers=None, **parameters):
@@ -193,9 +228,13 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
             reports = incomplete.report
         finally:
             display.close()
+    _print_reports(reports)
+    return reports
+
+
+def _print_reports(reports) -> None:
     for report in reports:
         _print_report(report, prefix=f"{report.variant}: " if len(reports) > 1 else "")
-    return reports
 
 
 def _print_report(report, prefix: str = "") -> None:

@@ -3,8 +3,7 @@
 `prepare_run` decides everything once: locations, variants, the tasks to export for each
 variant (the unchanged ones are skipped) and the folder each task gets. `publish_export`
 writes, for every variant, tasks.json (after every mask), the state and the report. The
-fan-out in between is the caller's: threads, processes or Dask in the Prefect flow, or a
-plain loop (`run_export`).
+fan-out in between is rbexport.engine's, under the Prefect flow or the local engine.
 """
 
 from __future__ import annotations
@@ -12,106 +11,66 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from .annotations import mask_references
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .images.export import image_references
 from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
 from .naming import deduplicate, task_folder_name
-from .options import ExportOptions
 from .dataset_run import plan_cases, publish_dataset
 from .layouts.labels import training_labels
-from .report import REPORT_NAME, Failure, FileRecord, Notice, RunReport
+from .report import REPORT_NAME, Failure, FileRecord, RunReport
 from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
 from .storage import Location, S3Access, Storage
-from .task_export import (
-    SEGMENTATIONS_FOLDER,
+from .model import (
+    ExportRequest,
     ExportSettings,
+    RunPlan,
     Target,
+    TargetPlan,
     TaskFailed,
     TaskJob,
     TaskOutcome,
     TaskResult,
-    export_task,
-    storage_for,
 )
-from .variants import Preset, Variant, resolve_variants
+from .task_export import SEGMENTATIONS_FOLDER, storage_for
+from .variants import resolve_variants
 
 TASKS_JSON = "tasks.json"
 
 
-@dataclass
-class TargetPlan:
-    """One variant's view of the run: what it had before, what it skips."""
-
-    target: Target
-    state: ExportState
-    previous_tasks_json: bytes | None
-    previous_entries: dict[str, dict]
-    fingerprints: dict[str, str] = field(default_factory=dict)
-    skipped: set[str] = field(default_factory=set)
-    failures: list[Failure] = field(default_factory=list)  # tasks refused for this variant when planned
-    warnings: list[Notice] = field(default_factory=list)
-
-
-@dataclass
-class RunPlan:
-    settings: ExportSettings
-    tasks: list[TaskJob]  # every valid task of the source, in order
-    failures: list[Failure]  # tasks refused before export (no taskId, duplicates)
-    targets: list[TargetPlan]
-    source_task_ids: set[str]
-    prune: bool = False
-    started: float = field(default_factory=time.perf_counter)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def jobs(self) -> list[TaskJob]:
-        """The tasks with at least one variant to export."""
-        return [job for job in self.tasks if job.targets]
-
-
-def prepare_run(
-    source: str,
-    destination: str,
-    options: ExportOptions,
-    access: S3Access | str | None = None,
-    allowed_buckets: Sequence[str] = (),
-    variants: Sequence[Preset | Variant | str] | None = None,
-    incremental: bool = True,
-    prune: bool = False,
-    replace_layout: bool = False,
-) -> RunPlan:
+def prepare_run(request: ExportRequest) -> RunPlan:
     """Check the locations, read the source, decide what each variant exports.
 
     ConfigurationError for anything that stops the run before a file is written.
     """
     started = time.perf_counter()
-    source_location, destination_location = check_locations(source, destination)
-    resolved = resolve_variants(options, variants)
+    source_location, destination_location = check_locations(request.source, request.destination)
+    resolved = resolve_variants(request.options, request.variants)
     roots = [destination_location] if len(resolved) == 1 else [destination_location.child(v.name) for v in resolved]
     targets = tuple(Target(variant.name, root.url, variant.options) for variant, root in zip(resolved, roots))
 
-    access = S3Access.of(access)
+    access = request.access
     source_storage = storage_for(source_location.url, access)
     source_storage.check_reachable()
     storage_for(destination_location.url, access).check_reachable()
     tasks = read_tasks(source_storage)
-    check_layout(destination_location, access, [v.name for v in resolved] if len(resolved) > 1 else None, replace_layout)
+    variant_folders = [v.name for v in resolved] if len(resolved) > 1 else None
+    check_layout(destination_location, access, variant_folders, request.replace_layout)
     category_numbers = _category_numbers(source_storage, targets)
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
         category_numbers=category_numbers,
         access=access,
-        allowed_buckets=tuple(allowed_buckets),
+        allowed_buckets=request.allowed_buckets,
     )
     jobs, failures = plan_jobs(tasks)
     source_task_ids = {item.task.get("taskId") for item in tasks if isinstance(item.task, dict)}
     target_plans = [_load_target(target, access) for target in targets]
-    jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, incremental)
+    jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, request.incremental)
+    prune = request.prune
     plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
     plan.timings["read_source"] = time.perf_counter() - started
     return plan
@@ -235,7 +194,9 @@ def _decide_exports(
     wants_images = any(plan.target.options.images for plan in target_plans)
     image_versions: dict[str, str | None] = {}
     for job in jobs:
-        versions = {reference: reader.version(reference, source_versions) for reference in mask_references(job.task)}
+        masks = mask_references(job.task)
+        versions = {reference: reader.version(reference, source_versions) for reference in masks}
+        weight = sum(known_sizes(reader, masks, source_sizes).values())
         item_sizes: dict[str, int] = {}
         if wants_images:
             references = image_references(job.task)
@@ -261,7 +222,8 @@ def _decide_exports(
                 plan.skipped.add(job.task_id)
             else:
                 targets.append(name)
-        decided.append(replace(job, targets=tuple(targets), item_sizes=item_sizes, cases=job_cases))
+        weight += sum(item_sizes.values())
+        decided.append(replace(job, targets=tuple(targets), item_sizes=item_sizes, cases=job_cases, weight=weight))
     return decided
 
 
@@ -407,36 +369,6 @@ def _prune(destination: Storage, state: ExportState, source_task_ids: set[str]) 
         else:
             record.orphans = []
     return deleted
-
-
-def run_export(
-    source: str,
-    destination: str,
-    options: ExportOptions,
-    endpoint_url: S3Access | str | None = None,
-    variants: Sequence[Preset | Variant | str] | None = None,
-    incremental: bool = True,
-    prune: bool = False,
-    workers: int = 1,
-    replace_layout: bool = False,
-) -> list[RunReport]:
-    """The whole run without Prefect: tasks one after another, or on `workers` threads.
-
-    `endpoint_url` may also be an S3Access (an endpoint and explicit credentials).
-    """
-    plan = prepare_run(source, destination, options, endpoint_url, (), variants, incremental, prune, replace_layout)
-    started = time.perf_counter()
-
-    def export(job: TaskJob) -> TaskOutcome:
-        try:
-            return export_task(job, plan.settings)
-        except (TaskDataError, TransientStorageError) as error:
-            return TaskOutcome(job.task_id, failures=failure_of(job, error))
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(pool.map(export, plan.jobs))
-    plan.timings["export_tasks"] = time.perf_counter() - started
-    return publish_export(plan, outcomes)
 
 
 def check_locations(source_url: str, destination_url: str) -> tuple[Location, Location]:

@@ -1,7 +1,7 @@
 """Exporting one task: read its masks once, then build and write every variant asked for.
 
-Everything a worker needs travels in `ExportSettings` and `TaskJob`, plain picklable
-values (no clients, no credentials), so this runs the same in a thread, a process or a
+Everything a worker needs travels in `ExportSettings` and `TaskJob` (rbexport.model),
+plain picklable values (no clients, no credentials), so this runs the same in a thread, a process or a
 Dask worker. Each variant of a task is checked whole before its first file is written: a
 variant that fails for the task's data writes nothing.
 """
@@ -9,20 +9,17 @@ variant that fails for the task's data writes nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from .annotations import annotations_of, assemble_task
 from .dataset_export import case_annotation, export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
-from .incremental import CaseRecord
-from .layouts.cases import Case
 from .memory import process_budget
 from .nifti import LabelMap, encode_fill, mask_header
-from .options import ExportOptions
+from .model import ExportSettings, Target, TaskFailed, TaskJob, TaskOutcome, TaskResult
 from .report import Failure, FileRecord, Notice
 from .source import MaskReader
 from .storage import Location, S3Access, Storage, open_storage
@@ -33,71 +30,6 @@ SEGMENTATIONS_FOLDER = "segmentations"
 FILE_THREADS = max(2, os.cpu_count() or 1)
 # Image objects looked up, read or copied at once in a process (waiting on the store).
 IMAGE_IO_THREADS = 16
-
-
-@dataclass(frozen=True)
-class Target:
-    """One structure variant of a run and the root it is written to."""
-
-    name: str
-    root: str
-    options: ExportOptions
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """What every task of a run shares: where from, which variants, where to."""
-
-    source: str
-    targets: tuple[Target, ...]
-    category_numbers: Mapping[str, int] | None = None
-    access: S3Access = S3Access()
-    allowed_buckets: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TaskJob:
-    position: int  # in the source's order
-    task_id: str
-    folder: str  # the task's folder name under segmentations/, unique in the run
-    task: dict
-    origin: str  # where the task was read, for messages
-    targets: tuple[str, ...] = ()  # the variants to export it for (the others are unchanged)
-    item_sizes: Mapping[str, int] = field(default_factory=dict)  # image items' sizes, from the source's listing
-    cases: Mapping[str, tuple[Case, ...]] = field(default_factory=dict)  # a dataset variant's cases of this task
-
-
-@dataclass
-class TaskResult:
-    """One task exported for one variant."""
-
-    position: int
-    task_id: str
-    entry: dict  # the task's entry in tasks.json
-    files: list[FileRecord] = field(default_factory=list)
-    warnings: list[Notice] = field(default_factory=list)
-    cases: list[CaseRecord] = field(default_factory=list)  # a dataset layout's cases (SPEC 6)
-
-
-@dataclass
-class TaskOutcome:
-    """One task across the variants it was exported for: a result or a failure for each."""
-
-    task_id: str
-    results: dict[str, TaskResult] = field(default_factory=dict)
-    failures: dict[str, Failure] = field(default_factory=dict)
-
-
-class TaskFailed(TaskDataError):
-    """The task failed for every variant asked for; `failures` says why, per variant."""
-
-    def __init__(self, failures: dict[str, Failure]) -> None:
-        first = next(iter(failures.values()))
-        super().__init__(first.reason, first.file)
-        self.failures = failures
-
-    def __reduce__(self):
-        return (type(self), (self.failures,))
 
 
 @dataclass(frozen=True)

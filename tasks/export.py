@@ -1,14 +1,15 @@
 """The retryable steps of an export run.
 
 Retries are for transient storage errors only (5xx, throttling, resets, timeouts), with
-exponential back-off; a task whose data is bad fails at once and is recorded by the flow.
+exponential back-off: the steps' own, and inside a batch each source task's
+(rbexport.engine); a task whose data is bad fails at once and is recorded by the flow.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -16,17 +17,13 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
+from rbexport.engine import BACKOFF_SECONDS, STORAGE_RETRIES, export_batch
 from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
-from rbexport.options import ExportOptions
+from rbexport.model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from rbexport.report import RunReport
-from rbexport.run import RunPlan, prepare_run, publish_export
+from rbexport.run import prepare_run, publish_export
 from rbexport.source import wait_until_quiet
 from rbexport.storage import S3Access, S3Credentials, open_storage
-from rbexport.task_export import ExportSettings, TaskJob, TaskOutcome, export_task
-from rbexport.variants import Preset, Variant
-
-STORAGE_RETRIES = 3
-BACKOFF_SECONDS = 2  # then 4, 8
 
 
 def only_transient_errors(task, task_run, state) -> bool:
@@ -94,20 +91,8 @@ def wait_for_uploads(source: str, quiet_seconds: float, access: S3Access) -> Non
 
 @task(name="read-source", **_retrying)
 @expected_failures_as_states
-def read_source(
-    source: str,
-    destination: str,
-    options: ExportOptions,
-    variants: Sequence[Preset | Variant] | None,
-    incremental: bool,
-    prune: bool,
-    access: S3Access,
-    allowed_buckets: tuple[str, ...],
-    replace_layout: bool = False,
-) -> RunPlan:
-    plan = prepare_run(
-        source, destination, options, access, allowed_buckets, variants, incremental, prune, replace_layout
-    )
+def read_source(request: ExportRequest) -> RunPlan:
+    plan = prepare_run(request)
     skipped = {target.target.name: len(target.skipped) for target in plan.targets}
     get_run_logger().info(
         "%d tasks in %s; to export: %d; skipped as unchanged: %s",
@@ -116,20 +101,23 @@ def read_source(
     return plan
 
 
-@task(name="export-task", task_run_name="export-{job.task_id}", **_retrying)
+@task(name="export-batch", task_run_name="export-{label}", cache_policy=NO_CACHE, persist_result=False)
 @expected_failures_as_states
-def export_one_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
-    outcome = export_task(job, settings)
+def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: str) -> list[TaskOutcome]:
+    """The batch's source tasks, one after another (rbexport.engine.export_batch retries a
+    task whose storage failed, and only that task); one outcome per source task."""
+    outcomes = export_batch(jobs, settings)
     logger = get_run_logger()
-    for name, result in outcome.results.items():
-        logger.info(
-            "%s [%s]: %d files, %d bytes%s", job.task_id, name, len(result.files),
-            sum(record.bytes for record in result.files),
-            f", {len(result.warnings)} warnings" if result.warnings else "",
-        )
-    for name, failure in outcome.failures.items():
-        logger.warning("%s [%s] failed: %s", job.task_id, name, failure.detail)
-    return outcome
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        for name, result in outcome.results.items():
+            logger.info(
+                "%s [%s]: %d files, %d bytes%s", job.task_id, name, len(result.files),
+                sum(record.bytes for record in result.files),
+                f", {len(result.warnings)} warnings" if result.warnings else "",
+            )
+        for name, failure in outcome.failures.items():
+            logger.warning("%s [%s] failed: %s", job.task_id, name, failure.detail)
+    return outcomes
 
 
 @task(name="publish-export", **_retrying)

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 
 # An oblique affine with anisotropic voxels, so "preserved exactly" means something.
 AFFINE = np.array(

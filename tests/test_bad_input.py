@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 from rbexport.sample import TAXONOMY, nifti_bytes
 
 GOOD_MAP = np.zeros((6, 5, 4), dtype=np.uint8)

@@ -20,7 +20,7 @@ import rbexport.source
 from conftest import bucket_tree, copy_tree
 from rbexport.errors import ConfigurationError
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 from rbexport.sample import AFFINE, nifti_bytes, write_training_project
 from rbexport.sample_images import dicom_series_on_grid
 from rbexport.storage import LocalStorage

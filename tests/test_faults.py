@@ -14,7 +14,7 @@ from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree, t
 from fault_proxy import FAULTS, FaultProxy
 from prefect_helpers import wait_for
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 from rbexport.seaweed import SeaweedServer
 from rbexport.storage import S3Storage
 from benchmarks.data import write_small_project

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-import flows.export
-import tasks.export
+import rbexport.engine
 from flows.export import export_project
 from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
 from rbexport.options import ExportOptions
@@ -87,13 +86,13 @@ def test_without_an_endpoint_the_message_says_aws(monkeypatch):
 
 @pytest.fixture
 def no_retry_delay(monkeypatch):
-    monkeypatch.setattr(flows.export, "export_one_task", tasks.export.export_one_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(rbexport.engine, "BACKOFF_SECONDS", 0)
 
 
 def failing_first(monkeypatch, task_id: str, error: Exception, times: int) -> list[str]:
     """Make exporting `task_id` raise `error` the first `times` attempts; returns the attempt log."""
     attempts: list[str] = []
-    real_export = tasks.export.export_task
+    real_export = rbexport.engine.export_task
 
     def flaky_export(job, settings):
         if job.task_id == task_id:
@@ -102,7 +101,7 @@ def failing_first(monkeypatch, task_id: str, error: Exception, times: int) -> li
                 raise error
         return real_export(job, settings)
 
-    monkeypatch.setattr(tasks.export, "export_task", flaky_export)
+    monkeypatch.setattr(rbexport.engine, "export_task", flaky_export)
     return attempts
 
 
@@ -119,7 +118,7 @@ def test_storage_errors_that_outlast_the_retries_fail_only_that_task(
     attempts = failing_first(monkeypatch, "task-003", TransientStorageError("s3://x: the store answered 503"), times=99)
     state = export_project(str(sample_source), str(tmp_path / "export"), return_state=True)
     assert state.is_failed()
-    assert len(attempts) == 1 + tasks.export.STORAGE_RETRIES
+    assert len(attempts) == 1 + rbexport.engine.STORAGE_RETRIES
     report = json.loads((tmp_path / "export/export-report.json").read_text())
     assert report["failed"] == ["task-003"]
     assert "storage kept failing after retries" in report["failures"][0]["reason"]

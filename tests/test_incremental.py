@@ -11,7 +11,7 @@ import numpy as np
 from conftest import bucket_tree, tree
 from rbexport.incremental import STATE_KEY
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 from rbexport.sample import box, nifti_bytes, write_sample_project
 from rbexport.storage import LocalStorage
 

@@ -124,7 +124,7 @@ def test_wrong_credentials_are_access_denied(seaweed, make_bucket, monkeypatch):
 
 def test_s3_source_with_a_local_destination_and_the_sample_project_api(seaweed, make_bucket, tmp_path):
     from rbexport.options import ExportOptions
-    from rbexport.run import run_export
+    from rbexport.engine import run_export
 
     source = make_bucket("p")
     write_sample_project(source)

@@ -73,7 +73,7 @@ def test_the_memory_budget_holds_tasks_back_but_never_a_lone_one():
 def test_a_small_memory_budget_still_exports_everything(sample_source, tmp_path, monkeypatch):
     from rbexport import memory
     from rbexport.options import ExportOptions
-    from rbexport.run import run_export
+    from rbexport.engine import run_export
 
     budget = MemoryBudget(limit=1)  # every task waits for the one before
     monkeypatch.setattr(memory, "process_budget", lambda: budget)

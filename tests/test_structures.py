@@ -15,7 +15,7 @@ import pytest
 
 from rbexport.errors import ConfigurationError
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 from spec_helpers import (
     AFFINE,
     OVERLAP_MAP,

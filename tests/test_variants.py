@@ -10,7 +10,7 @@ import rbexport.source
 from conftest import tree
 from rbexport.errors import ConfigurationError
 from rbexport.options import ExportOptions
-from rbexport.run import run_export
+from rbexport.engine import run_export
 from rbexport.variants import Preset, Variant, parse_variant_argument, resolve_variants
 
 CUSTOM = Variant(name="raw-single", options=ExportOptions(binary_mask=False, compress=False, no_consensus=True))

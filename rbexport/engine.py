@@ -1,0 +1,221 @@
+"""The one fan-out of a run: batches of source tasks, retried, one outcome per task.
+
+Both engines use it: the Prefect flow (flows/export.py) submits each batch as a Prefect
+task; the local engine (`run_local`, `rbexport run --engine local`) runs batches on a
+thread or process pool of its own, without Prefect. Either way:
+
+- the jobs are cut into batches by their work (mask and image bytes): a large CT task
+  alone, many small ones together, never fewer batches than workers while there are
+  enough tasks (`make_batches`);
+- a batch exports its tasks one after another (`export_batch`); a transient storage error
+  retries only that task, with exponential back-off; bad data fails only that task; an
+  unexpected error becomes that task's failure (the run goes on);
+- a ConfigurationError (the run itself is wrong) stops the run once every batch is back;
+- progress is reported per source task as its batch comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+
+from . import progress
+from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .report import Failure, RunReport
+from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
+from .options import ExportOptions
+from .run import failure_of, prepare_run, publish_export
+from .storage import S3Access
+from .task_export import export_task
+from .variants import Preset, Variant
+
+STORAGE_RETRIES = 3
+BACKOFF_SECONDS = 2.0  # then 4, 8
+# A batch holds about this much mask and image data (compressed, as stored) ...
+BATCH_BYTES = 32 * 1024 * 1024
+# ... and at most this many tasks.
+BATCH_TASKS = 200
+UNKNOWN_TASK_BYTES = 1024 * 1024  # a task whose objects the listing does not show
+# Source tasks exported at once: twice the cores (they also wait on the store), at most 8.
+DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
+
+logger = logging.getLogger("rbexport")
+
+# (batch, its outcomes or the exception that ended it), in the order batches finish.
+BatchResults = Iterable[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]
+
+
+def export_batch(
+    jobs: Sequence[TaskJob],
+    settings: ExportSettings,
+    retries: int | None = None,
+    backoff_seconds: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[TaskOutcome]:
+    """Export each job; one outcome per job, in order. Raises only ConfigurationError.
+
+    `retries` and `backoff_seconds` default to STORAGE_RETRIES and BACKOFF_SECONDS.
+    """
+    retries = STORAGE_RETRIES if retries is None else retries
+    backoff = BACKOFF_SECONDS if backoff_seconds is None else backoff_seconds
+    return [_export_with_retries(job, settings, retries, backoff, sleep) for job in jobs]
+
+
+def _export_with_retries(
+    job: TaskJob, settings: ExportSettings, retries: int, backoff_seconds: float, sleep: Callable[[float], None]
+) -> TaskOutcome:
+    for attempt in range(retries + 1):
+        try:
+            return export_task(job, settings)
+        except TransientStorageError as error:
+            if attempt == retries:
+                return TaskOutcome(job.task_id, failures=failure_of(job, error))
+            delay = backoff_seconds * 2**attempt
+            logger.warning("%s: %s; retrying in %.0f s", job.task_id, error, delay)
+            sleep(delay)
+        except ConfigurationError:
+            raise
+        except Exception as error:  # noqa: BLE001 - bad data, or a bug: this task's failure, not the run's
+            if not isinstance(error, TaskDataError):
+                logger.exception("%s: unexpected error", job.task_id)
+            return TaskOutcome(job.task_id, failures=failure_of(job, error))
+    raise AssertionError("unreachable")
+
+
+def job_bytes(job: TaskJob) -> int:
+    return job.weight if job.weight > 0 else UNKNOWN_TASK_BYTES
+
+
+def make_batches(jobs: Sequence[TaskJob], workers: int, batch_size: int = 0) -> list[list[TaskJob]]:
+    """Cut the jobs (in source order) into batches.
+
+    `batch_size` > 0: that many tasks per batch. 0 (auto): up to BATCH_BYTES of work and
+    BATCH_TASKS tasks per batch, and no more tasks per batch than spreads them over every
+    worker; a task of BATCH_BYTES or more is a batch alone.
+    """
+    if not jobs:
+        return []
+    if batch_size > 0:
+        return [list(jobs[start:start + batch_size]) for start in range(0, len(jobs), batch_size)]
+    most = min(BATCH_TASKS, max(1, math.ceil(len(jobs) / max(workers, 1))))
+    batches: list[list[TaskJob]] = []
+    current: list[TaskJob] = []
+    weight = 0
+    for job in jobs:
+        size = job_bytes(job)
+        if current and (weight + size > BATCH_BYTES or len(current) >= most):
+            batches.append(current)
+            current, weight = [], 0
+        current.append(job)
+        weight += size
+    batches.append(current)
+    return batches
+
+
+def batch_label(batch: Sequence[TaskJob]) -> str:
+    """What a batch holds, for its name: `task-001` or `task-001..task-200 (200 tasks)`."""
+    if len(batch) == 1:
+        return batch[0].task_id
+    return f"{batch[0].task_id}..{batch[-1].task_id} ({len(batch)} tasks)"
+
+
+def export_all(
+    plan: RunPlan,
+    run_batches: Callable[[list[list[TaskJob]]], BatchResults],
+    workers: int,
+    batch_size: int = 0,
+    log: logging.Logger | logging.LoggerAdapter = logger,
+) -> list[TaskOutcome]:
+    """Export every job of the plan through `run_batches`; one outcome per job.
+
+    `run_batches` runs the batches it is given (anywhere) and yields each with its
+    outcomes, or with the exception that ended it, as they finish.
+    """
+    observer = progress.current()
+    jobs = plan.jobs
+    exporting = {job.task_id for job in jobs}
+    # Tasks a dataset variant cannot make cases of, and that no other variant exports.
+    unplanned = {
+        failure.taskId: failure for target_plan in plan.targets for failure in target_plan.failures
+        if failure.taskId not in exporting
+    }
+    observer.started(len(jobs) + len(plan.failures) + len(unplanned), len(plan.tasks) - len(jobs) - len(unplanned))
+    for target_plan in plan.targets:
+        for failure in target_plan.failures:
+            log.warning("[%s] %s", target_plan.target.name, failure.line())
+    for failure in plan.failures:
+        log.warning(failure.line())
+    for failure in [*plan.failures, *unplanned.values()]:
+        observer.task_done(failure.taskId or "(no taskId)", failure.detail)
+
+    started = time.perf_counter()
+    outcomes: list[TaskOutcome] = []
+    configuration_error: ConfigurationError | None = None
+    for batch, result in run_batches(make_batches(jobs, workers, batch_size)):
+        if isinstance(result, BaseException):
+            if isinstance(result, ConfigurationError):
+                configuration_error = configuration_error or result
+            result = [TaskOutcome(job.task_id, failures=failure_of(job, result)) for job in batch]
+        for job, outcome in zip(batch, result, strict=True):
+            outcomes.append(outcome)
+            first: Failure | None = next(iter(outcome.failures.values()), None)
+            if first:
+                log.warning(first.line())
+            observer.task_done(job.task_id, first.detail if first else None)
+    if configuration_error is not None:
+        raise configuration_error
+    plan.timings["export_tasks"] = time.perf_counter() - started
+    return outcomes
+
+
+def pool_batches(pool: Executor, settings: ExportSettings) -> Callable[[list[list[TaskJob]]], BatchResults]:
+    """Run batches on a concurrent.futures pool (the local engine)."""
+
+    def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
+        futures = {pool.submit(export_batch, batch, settings): batch for batch in batches}
+        for future in as_completed(futures):
+            error = future.exception()
+            yield futures[future], error if error is not None else future.result()
+
+    return run
+
+
+def run_local(
+    request: ExportRequest, workers: int = 1, task_runner: str = "threads", batch_size: int = 0
+) -> list[RunReport]:
+    """A whole run in this process, without Prefect: plan, fan-out, publish."""
+    plan = prepare_run(request)
+    if task_runner == "threads":
+        pool: Executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rbexport-task")
+    elif task_runner == "processes":
+        pool = ProcessPoolExecutor(max_workers=workers)
+    else:
+        raise ConfigurationError(f"the local engine runs tasks on threads or processes, not {task_runner!r}")
+    with pool:
+        outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size)
+    return publish_export(plan, outcomes)
+
+
+def run_export(
+    source: str,
+    destination: str,
+    options: ExportOptions | None = None,
+    endpoint_url: S3Access | str | None = None,
+    variants: Sequence[Preset | Variant | str] | None = None,
+    incremental: bool = True,
+    prune: bool = False,
+    workers: int = 1,
+    replace_layout: bool = False,
+    allowed_buckets: Sequence[str] = (),
+    batch_size: int = 0,
+) -> list[RunReport]:
+    """`run_local` with the request spelled out; `endpoint_url` may also be an S3Access."""
+    request = ExportRequest(
+        source, destination, options or ExportOptions(), tuple(variants or ()), incremental, prune, replace_layout,
+        S3Access.of(endpoint_url), tuple(allowed_buckets),
+    )
+    return run_local(request, workers=workers, batch_size=batch_size)
