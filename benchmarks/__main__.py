@@ -241,7 +241,7 @@ def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[lis
 def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
     from rbexport.options import ExportOptions
     from rbexport.engine import run_export
-    from rbexport.seaweed import SeaweedServer
+    from app.seaweed import SeaweedServer
     from rbexport.storage import S3Storage
 
     count = 1000

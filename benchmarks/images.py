@@ -30,7 +30,7 @@ from isal import igzip
 
 from rbexport.images.read import read_image_series
 from rbexport.images.volume import encode_nifti
-from rbexport.sample_images import dicom_series
+from app.sample_images import dicom_series
 
 HERE = Path(__file__).resolve().parent
 SERIES = HERE / ".data" / "ct-dicom-512x512x300"

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from rbexport.cli import main
+from app.cli import main
 
 
 def peak_rss() -> int:

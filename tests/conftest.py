@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from prefect_server import PrefectServer
-from rbexport.sample import write_sample_project
-from rbexport.seaweed import SeaweedServer
+from app.sample import write_sample_project
+from app.seaweed import SeaweedServer
 from rbexport.storage import LocalStorage, S3Storage
 
 # No telemetry from the test API server (its heartbeat races the harness on SQLite).

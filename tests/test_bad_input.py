@@ -13,7 +13,7 @@ import pytest
 
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.sample import TAXONOMY, nifti_bytes
+from app.sample import TAXONOMY, nifti_bytes
 
 GOOD_MAP = np.zeros((6, 5, 4), dtype=np.uint8)
 GOOD_MAP[1:3, 1:3, 1:3] = 1

@@ -1,6 +1,6 @@
 """Training layouts (SPEC 6): nnU-Net v2 and Medical Segmentation Decathlon datasets.
 
-The training project (rbexport.sample.write_training_project) gives every study T1 and
+The training project (app.sample.write_training_project) gives every study T1 and
 FLAIR DICOM series of known voxels (200 + 40 * channel + 25 * label + (i + j + k) % 9)
 on the label's grid, every other study with its label's slices stored the other way
 round, and two studies per patient: so an image that is not on its label's grid, a label
@@ -21,8 +21,8 @@ from conftest import bucket_tree, copy_tree
 from rbexport.errors import ConfigurationError
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.sample import AFFINE, nifti_bytes, write_training_project
-from rbexport.sample_images import dicom_series_on_grid
+from app.sample import AFFINE, nifti_bytes, write_training_project
+from app.sample_images import dicom_series_on_grid
 from rbexport.storage import LocalStorage
 from rbexport.variants import Preset, Variant, parse_variant_argument
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import copy_tree
 from prefect_helpers import PROJECT, flow_runs_of, served, wait_for
 from rbexport.notifications import NotificationError, Watermark, created_objects, objects_since
-from rbexport.sample import box, nifti_bytes
+from app.sample import box, nifti_bytes
 from rbexport.storage import LocalStorage
 
 SECRET = "receiver-secret-8c1f"
@@ -63,7 +63,7 @@ def live(prefect_api, seaweed, tmp_path_factory):
     for storage in (source, destination):
         S3Storage(storage.bucket, "", seaweed.endpoint_url).create_bucket()
     sample = tmp_path_factory.mktemp("sample")
-    from rbexport.sample import write_sample_project
+    from app.sample import write_sample_project
 
     write_sample_project(LocalStorage(sample))
     copy_tree(sample, source)

@@ -15,7 +15,7 @@ from fault_proxy import FAULTS, FaultProxy
 from prefect_helpers import wait_for
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.seaweed import SeaweedServer
+from app.seaweed import SeaweedServer
 from rbexport.storage import S3Storage
 from benchmarks.data import write_small_project
 

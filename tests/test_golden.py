@@ -21,7 +21,7 @@ from isal import igzip
 from rbexport.nifti import GZIP_LEVEL
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.sample import TAXONOMY, nifti_bytes, write_sample_project
+from app.sample import TAXONOMY, nifti_bytes, write_sample_project
 from rbexport.storage import LocalStorage
 from rbexport.variants import Preset, Variant
 

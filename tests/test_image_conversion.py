@@ -34,7 +34,7 @@ from rbexport.images.dicom import read_dicom_series
 from rbexport.images.geometry import onto_label_grid
 from rbexport.images.read import item_kind, read_image_series
 from rbexport.images.volume import ImageVolume, encode_nifti
-from rbexport.sample_images import dicom_series, expected_affine, xray_image
+from app.sample_images import dicom_series, expected_affine, xray_image
 
 SHAPE = (16, 12, 8)
 COS20, SIN20 = math.cos(math.radians(20)), math.sin(math.radians(20))

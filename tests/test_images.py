@@ -18,8 +18,8 @@ import rbexport.task_export
 from conftest import bucket_tree, copy_tree, tree
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.sample import write_sample_project
-from rbexport.sample_images import dicom_series_on_grid
+from app.sample import write_sample_project
+from app.sample_images import dicom_series_on_grid
 from rbexport.storage import LocalStorage, S3Storage
 
 NIFTI = ExportOptions(image_format="nifti")

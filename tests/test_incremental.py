@@ -12,7 +12,7 @@ from conftest import bucket_tree, tree
 from rbexport.incremental import STATE_KEY
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.sample import box, nifti_bytes, write_sample_project
+from app.sample import box, nifti_bytes, write_sample_project
 from rbexport.storage import LocalStorage
 
 ALL = ["task-001", "task-002", "task-003", "task-004", "task-005", "task-006"]

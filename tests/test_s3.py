@@ -10,7 +10,7 @@ import pytest
 from conftest import bucket_tree, copy_tree, tree
 from rbexport.errors import AccessDeniedError, ObjectNotFoundError
 from rbexport.nifti import read_label_map
-from rbexport.sample import write_sample_project
+from app.sample import write_sample_project
 from rbexport.storage import MULTIPART_THRESHOLD, LocalStorage, S3Storage
 
 

@@ -11,7 +11,7 @@ from conftest import ACCESS_KEY, SECRET_KEY, copy_tree
 from rbexport.errors import AccessDeniedError
 from rbexport.options import ExportOptions
 from rbexport.engine import run_export
-from rbexport.seaweed import SeaweedServer
+from app.seaweed import SeaweedServer
 from rbexport.storage import S3Storage
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .options import ExportOptions
-from .report import human_bytes
-from .sample import write_sample_project
-from .seaweed import SeaweedServer
-from .storage import LocalStorage, S3Storage, Storage
+from rbexport.options import ExportOptions
+from rbexport.report import human_bytes
+from app.sample import write_sample_project
+from app.seaweed import SeaweedServer
+from rbexport.storage import LocalStorage, S3Storage, Storage
 
 # Credentials of the throwaway server the demo starts on loopback, nothing else.
 DEMO_ACCESS_KEY = "rbexport-demo"
@@ -24,7 +24,7 @@ VARIANTS = {
 
 
 def run_demo(output_dir: str | None = None) -> int:
-    from .cli import run_flow
+    from app.runner import run_flow
 
     with SeaweedServer(access_key=DEMO_ACCESS_KEY, secret_key=DEMO_SECRET_KEY) as server:
         print(f"SeaweedFS (S3) running on {server.endpoint_url}")

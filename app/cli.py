@@ -16,10 +16,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
-EPHEMERAL_START_SECONDS = 120
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if arguments.command == "demo":
-            from .demo import run_demo
+            from app.demo import run_demo
 
             return run_demo(arguments.output)
         return _run(arguments)
@@ -126,10 +124,12 @@ def entry() -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from .errors import ConfigurationError
-    from .options import ExportOptions
-    from .run import check_locations
-    from .variants import Variant, parse_variant_argument
+    from rbexport.errors import ConfigurationError
+    from rbexport.options import ExportOptions
+    from rbexport.run import check_locations
+    from rbexport.variants import Variant, parse_variant_argument
+
+    from app import runner
 
     check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
     if arguments.dask_address and arguments.task_runner != "dask":
@@ -164,16 +164,16 @@ def _run(arguments: argparse.Namespace) -> int:
             raise ConfigurationError("--credentials-block reads a Prefect Secret block: it needs --engine prefect")
         if arguments.task_runner == "dask":
             raise ConfigurationError("--task-runner dask needs --engine prefect (prefect-dask)")
-        from .model import ExportRequest
-        from .storage import S3Access
+        from rbexport.model import ExportRequest
+        from rbexport.storage import S3Access
 
         request = ExportRequest(
             arguments.source, arguments.dest, options, tuple(variants), not arguments.full, arguments.prune,
             arguments.replace_layout, S3Access(_endpoint(arguments.endpoint_url)), tuple(arguments.allow_bucket),
         )
-        reports = run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
+        reports = runner.run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
         return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
-    reports = run_flow(
+    reports = runner.run_flow(
         arguments.source,
         arguments.dest,
         options,
@@ -193,65 +193,10 @@ def _run(arguments: argparse.Namespace) -> int:
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
 
 
-def run_local(request, workers: int | None = None, task_runner: str = "threads", batch_size: int | None = None):
-    """The local engine with a progress display; print and return the reports. Never imports Prefect."""
-    from . import engine, progress
-
-    workers = workers or engine.DEFAULT_WORKERS
-    with progress.observing(_progress_display(f"{request.source} → {request.destination}")) as display:
-        try:
-            reports = engine.run_local(request, workers, task_runner, batch_size or 0)
-        finally:
-            display.close()
-    _print_reports(reports)
-    return reports
-
-
-def run_flow(source, destination, options, title=None, workers=None, **parameters):
-    """Run the export flow with a progress display; print and return the reports.
-
-    Raises what the flow raises, except that a run with failed tasks returns its reports.
-    """
-    from flows.export import export_project
-
-    from . import progress
-    from .errors import ExportIncomplete
-
-    if workers:
-        parameters["workers"] = workers
-    parameters["allowed_buckets"] = list(parameters.get("allowed_buckets") or [])
-    start_ephemeral_api()
-    with progress.observing(_progress_display(title or f"{source} → {destination}")) as display:
-        try:
-            reports = export_project(source=source, destination=destination, options=options, **parameters)
-        except ExportIncomplete as incomplete:
-            reports = incomplete.report
-        finally:
-            display.close()
-    _print_reports(reports)
-    return reports
-
-
-def _print_reports(reports) -> None:
-    for report in reports:
-        _print_report(report, prefix=f"{report.variant}: " if len(reports) > 1 else "")
-
-
-def _print_report(report, prefix: str = "") -> None:
-    from .report import REPORT_NAME
-
-    print(f"{prefix}{report.summary()}")
-    if report.warnings:
-        print(f"{prefix}{len(report.warnings)} warning{'s' * (len(report.warnings) != 1)} (see the report)")
-    for failure in report.failures:
-        print(f"  failed {failure.line()}")
-    print(f"{prefix}report: {report.destination.rstrip('/')}/{REPORT_NAME}")
-
-
 def _exit_code_for(error: Exception, verbose: bool) -> int:
     from pydantic import ValidationError
 
-    from .errors import ConfigurationError, TransientStorageError
+    from rbexport.errors import ConfigurationError, TransientStorageError
 
     if isinstance(error, ConfigurationError):
         _say(f"error: {error}")
@@ -272,7 +217,7 @@ def _exit_code_for(error: Exception, verbose: bool) -> int:
 
 
 def _endpoint(url: str | None) -> str | None:
-    from .errors import ConfigurationError
+    from rbexport.errors import ConfigurationError
 
     url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     if url and not url.startswith(("http://", "https://")):
@@ -295,37 +240,6 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def start_ephemeral_api() -> None:
-    """Start Prefect's ephemeral API now, with its output in a log file, not on our terminal.
-
-    Without PREFECT_API_URL, Prefect starts a temporary API server as a child process that
-    shares our stdout and stderr; its shutdown can print CancelledError tracebacks. Started
-    here with both streams pointed at PREFECT_HOME/rbexport-api.log, the child keeps that
-    file, and the flow finds this server already running.
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
-
-    if PREFECT_API_URL.value():
-        return
-    log_path = Path(PREFECT_HOME.value()) / "rbexport-api.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            # Prefect's default of 20 s is too short on a busy 2-core machine (seen: 30 s).
-            SubprocessASGIServer().start(timeout=max(EPHEMERAL_START_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
 def _silence_shutdown_noise() -> None:
     """Prefect's ephemeral API can print CancelledError tracebacks at interpreter exit.
 
@@ -341,75 +255,6 @@ def _silence_shutdown_noise() -> None:
 
 def _say(message: str) -> None:
     print(f"rbexport: {message}", file=sys.stderr)
-
-
-class _PlainProgress:
-    """Lines for logs and pipes: failures as they happen, and a line every 10%."""
-
-    def __init__(self, title: str) -> None:
-        self.title = title
-        self.total = 0
-        self.done = 0
-        self.failed = 0
-        self.next_line = 0
-
-    def started(self, total: int, skipped: int) -> None:
-        self.total = total
-        unchanged = f" ({skipped} unchanged, skipped)" if skipped else ""
-        _say(f"exporting {total} tasks{unchanged}: {self.title}")
-
-    def task_done(self, task_id: str, error: str | None) -> None:
-        self.done += 1
-        if error:
-            self.failed += 1
-            _say(f"[{self.done}/{self.total}] {task_id} failed: {error}")
-        if self.done * 10 >= self.next_line * self.total and self.done:
-            _say(f"[{self.done}/{self.total}] {self.done - self.failed} exported, {self.failed} failed")
-            self.next_line = self.done * 10 // max(self.total, 1) + 1
-
-    def close(self) -> None:
-        pass
-
-
-class _BarProgress(_PlainProgress):
-    """A progress bar on a terminal; failures printed above it."""
-
-    def __init__(self, title: str) -> None:
-        super().__init__(title)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]exporting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tasks"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.task = None
-
-    def started(self, total: int, skipped: int) -> None:
-        self.total = total
-        unchanged = f" ({skipped} unchanged, skipped)" if skipped else ""
-        self.bar.console.print(f"exporting {total} tasks{unchanged}: {self.title}", highlight=False)
-        self.task = self.bar.add_task("export", total=total)
-        self.bar.start()
-
-    def task_done(self, task_id: str, error: str | None) -> None:
-        if error:
-            from rich.text import Text
-
-            self.bar.console.print(Text.assemble(("failed ", "red"), f"{task_id}: {error}"))
-        self.bar.advance(self.task)
-
-    def close(self) -> None:
-        self.bar.stop()
-
-
-def _progress_display(title: str) -> _PlainProgress:
-    return _BarProgress(title) if sys.stderr.isatty() else _PlainProgress(title)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ConfigurationError
+from rbexport.errors import ConfigurationError
 
 # weed mini's HTTP ports, as offsets from the S3 port; each also listens on port + 10000 for gRPC.
 _PORT_FLAGS = {
