@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean check-datasets check-datasets-venv
+.PHONY: demo test lint bench setup clean check-datasets check-datasets-venv
 
 setup: $(READY)
 
@@ -15,7 +15,7 @@ $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("rbexport needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dask]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dask,lint]"
 	touch $(READY)
 
 demo: $(READY)
@@ -24,6 +24,12 @@ demo: $(READY)
 # Two workers, a test file each at a time: most tests wait on servers, so this halves the time.
 test: $(READY)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# ruff (F, I, B, UP), ruff's formatter and mypy, as configured in pyproject.toml; CI runs it first.
+lint: $(READY)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

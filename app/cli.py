@@ -1,12 +1,15 @@
-"""`rbexport run | demo`: the export flow from the command line.
+"""`rbexport run | demo`: an export from the command line.
 
 Exit codes: 0 every task exported; 1 some tasks failed (the rest exported and
 published); 2 usage or configuration error (bad URL, unreachable endpoint, denied
-access, invalid tasks.json), with one line saying what is wrong and no traceback.
+access, invalid tasks.json, a Secret block that is not there), with one line saying
+what is wrong and no traceback; 3 an internal error (a bug: --verbose shows it).
 
-Runs the Prefect flow in this process: on Prefect's ephemeral API, or on a server when
-PREFECT_API_URL is set. Prefect's own console logging is off unless --verbose; the
-progress bar and the summary say what happened.
+`--engine prefect` (the default) runs the Prefect flow in this process: on Prefect's
+ephemeral API, or on a server when PREFECT_API_URL is set; `--engine local` runs the
+same export without Prefect (app.runner). S3 keys come from boto3's chain, or from a
+Prefect Secret block (--credentials-block). Prefect's own console logging is off unless
+--verbose; the progress bar and the summary say what happened.
 """
 
 from __future__ import annotations
@@ -33,65 +36,142 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dest", required=True, metavar="DST", help="s3://bucket/prefix or a local folder")
     run.add_argument("--semantic", action="store_true", help="write category numbers (needs taxonomy.json)")
     masks = run.add_mutually_exclusive_group()
-    masks.add_argument("--binary-mask", dest="binary_mask", action="store_const", const=True,
-                       help="one 0/1 file per instance (or category) for every series")
-    masks.add_argument("--single-mask", dest="binary_mask", action="store_const", const=False,
-                       help="one label map per series; overlaps stay as overlappingGroups")
+    masks.add_argument(
+        "--binary-mask",
+        dest="binary_mask",
+        action="store_const",
+        const=True,
+        help="one 0/1 file per instance (or category) for every series",
+    )
+    masks.add_argument(
+        "--single-mask",
+        dest="binary_mask",
+        action="store_const",
+        const=False,
+        help="one label map per series; overlaps stay as overlappingGroups",
+    )
     run.set_defaults(binary_mask=None)
-    run.add_argument("--no-consensus", action="store_true",
-                     help="export consensus tasks as plain tasks (super truth, else first annotator)")
+    run.add_argument(
+        "--no-consensus",
+        action="store_true",
+        help="export consensus tasks as plain tasks (super truth, else first annotator)",
+    )
     run.add_argument("--uncompressed", action="store_true", help="write .nii instead of .nii.gz")
-    run.add_argument("--with-images", action="store_true",
-                     help="also copy every series' image files (its items) into DST/images/<Task>/<Series>/")
-    run.add_argument("--images-as-nifti", action="store_true",
-                     help="put one NIfTI image per series in the export (DICOM converted), on its label map's "
-                     "voxel grid: DST/images/<Task>/<Series>.nii.gz (implies --with-images)")
+    run.add_argument(
+        "--with-images",
+        action="store_true",
+        help="also copy every series' image files (its items) into DST/images/<Task>/<Series>/",
+    )
+    run.add_argument(
+        "--images-as-nifti",
+        action="store_true",
+        help="put one NIfTI image per series in the export (DICOM converted), on its label map's "
+        "voxel grid: DST/images/<Task>/<Series>.nii.gz (implies --with-images)",
+    )
     dataset = run.add_argument_group("training layouts (SPEC 6)")
-    dataset.add_argument("--layout", choices=["redbrick", "nnunet", "msd"], default="redbrick",
-                         help="redbrick: the RedBrick export (default); nnunet: an nnU-Net v2 raw dataset, DST "
-                         "being the dataset folder (nnUNet_raw/Dataset501_Name); msd: a Medical Segmentation "
-                         "Decathlon dataset (MONAI). Both need taxonomy.json and write NIfTI on the label's grid")
-    dataset.add_argument("--channels", metavar="NAME,NAME,...",
-                         help="the series of each task that are a case's channels, in order (e.g. T1,T2,FLAIR); "
-                         "default: every annotated series is a one-channel case")
-    dataset.add_argument("--modality", metavar="NAME",
-                         help="channel name (CT, MR, ...) for series with no DICOM Modality")
-    dataset.add_argument("--group-by", metavar="FIELD",
-                         help="task field whose equal values keep cases in one fold, e.g. metaData.patientId")
+    dataset.add_argument(
+        "--layout",
+        choices=["redbrick", "nnunet", "msd"],
+        default="redbrick",
+        help="redbrick: the RedBrick export (default); nnunet: an nnU-Net v2 raw dataset, DST "
+        "being the dataset folder (nnUNet_raw/Dataset501_Name); msd: a Medical Segmentation "
+        "Decathlon dataset (MONAI). Both need taxonomy.json and write NIfTI on the label's grid",
+    )
+    dataset.add_argument(
+        "--channels",
+        metavar="NAME,NAME,...",
+        help="the series of each task that are a case's channels, in order (e.g. T1,T2,FLAIR); "
+        "default: every annotated series is a one-channel case",
+    )
+    dataset.add_argument(
+        "--modality", metavar="NAME", help="channel name (CT, MR, ...) for series with no DICOM Modality"
+    )
+    dataset.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="task field whose equal values keep cases in one fold, e.g. metaData.patientId",
+    )
     dataset.add_argument("--dataset-name", metavar="TEXT", help="name in dataset.json")
     dataset.add_argument("--description", metavar="TEXT", help="description in dataset.json")
-    run.add_argument("--variant", action="append", default=[], metavar="NAME",
-                     help="write this structure too, under DST/NAME/ when there are several (repeatable): "
-                     "standard, binary, single, semantic, semantic-binary, or NAME:option=value,...")
-    run.add_argument("--full", action="store_true",
-                     help="export every task again, even those unchanged since the last export")
-    run.add_argument("--prune", action="store_true",
-                     help="delete the files of tasks removed from the source, and files no longer written")
-    run.add_argument("--replace-layout", action="store_true",
-                     help="DST holds an export laid out the other way (one at its root, or variant folders): "
-                     "delete it and write this one")
-    run.add_argument("--endpoint-url", metavar="URL",
-                     help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)")
-    run.add_argument("--credentials-block", metavar="NAME",
-                     help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)")
-    run.add_argument("--allow-bucket", action="append", default=[], metavar="BUCKET",
-                     help="also read masks from this bucket when tasks name it by s3:// URL (repeatable)")
-    run.add_argument("--engine", choices=["prefect", "local"], default="prefect",
-                     help="prefect (default): run the export flow, on Prefect's ephemeral API or the server "
-                     "PREFECT_API_URL names, with its logs, artifacts and UI; local: the same export in this "
-                     "process without Prefect (no server, starts at once): for CI jobs and quick runs")
-    run.add_argument("--batch-size", type=_positive, default=None, metavar="N",
-                     help="source tasks per batch (a Prefect task run); default: by size, about 32 MB each")
-    run.add_argument("--workers", type=_positive, default=None, metavar="N",
-                     help="tasks exported at once (threads, or processes/Dask workers)")
-    run.add_argument("--task-runner", choices=["threads", "processes", "dask"], default="threads",
-                     help="run tasks on threads of this process (default), local processes, or Dask")
-    run.add_argument("--dask-address", metavar="tcp://HOST:PORT",
-                     help="Dask scheduler for --task-runner dask (default: a local cluster)")
+    run.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="write this structure too, under DST/NAME/ when there are several (repeatable): "
+        "standard, binary, single, semantic, semantic-binary, or NAME:option=value,...",
+    )
+    run.add_argument(
+        "--full", action="store_true", help="export every task again, even those unchanged since the last export"
+    )
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete the files of tasks removed from the source, and files no longer written",
+    )
+    run.add_argument(
+        "--replace-layout",
+        action="store_true",
+        help="DST holds an export laid out the other way (one at its root, or variant folders): "
+        "delete it and write this one",
+    )
+    run.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)",
+    )
+    run.add_argument(
+        "--credentials-block",
+        metavar="NAME",
+        help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)",
+    )
+    run.add_argument(
+        "--allow-bucket",
+        action="append",
+        default=[],
+        metavar="BUCKET",
+        help="also read masks from this bucket when tasks name it by s3:// URL (repeatable)",
+    )
+    run.add_argument(
+        "--engine",
+        choices=["prefect", "local"],
+        default="prefect",
+        help="prefect (default): run the export flow, on Prefect's ephemeral API or the server "
+        "PREFECT_API_URL names, with its logs, artifacts and UI; local: the same export in this "
+        "process without Prefect (no server, starts at once): for CI jobs and quick runs",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="source tasks per batch (a Prefect task run); default: by size, about 32 MB each",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="tasks exported at once (threads, or processes/Dask workers)",
+    )
+    run.add_argument(
+        "--task-runner",
+        choices=["threads", "processes", "dask"],
+        default="threads",
+        help="run tasks on threads of this process (default), local processes, or Dask",
+    )
+    run.add_argument(
+        "--dask-address",
+        metavar="tcp://HOST:PORT",
+        help="Dask scheduler for --task-runner dask (default: a local cluster)",
+    )
 
-    demo = commands.add_parser("demo", help="export a generated sample project on a local SeaweedFS",
-                               description="Start SeaweedFS on loopback, upload a sample project, export it "
-                               "in the standard and the semantic structure, print the trees, stop the server.")
+    demo = commands.add_parser(
+        "demo",
+        help="export a generated sample project on a local SeaweedFS",
+        description="Start SeaweedFS on loopback, upload a sample project, export it "
+        "in the standard and the semantic structure, print the trees, stop the server.",
+    )
     demo.add_argument("--output", metavar="DIR", help="also copy the exports into this local folder")
     return parser
 
@@ -124,12 +204,11 @@ def entry() -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    from app import runner
     from rbexport.errors import ConfigurationError
     from rbexport.options import ExportOptions
     from rbexport.run import check_locations
     from rbexport.variants import Variant, parse_variant_argument
-
-    from app import runner
 
     check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
     if arguments.dask_address and arguments.task_runner != "dask":
@@ -168,8 +247,15 @@ def _run(arguments: argparse.Namespace) -> int:
         from rbexport.storage import S3Access
 
         request = ExportRequest(
-            arguments.source, arguments.dest, options, tuple(variants), not arguments.full, arguments.prune,
-            arguments.replace_layout, S3Access(_endpoint(arguments.endpoint_url)), tuple(arguments.allow_bucket),
+            arguments.source,
+            arguments.dest,
+            options,
+            tuple(variants),
+            not arguments.full,
+            arguments.prune,
+            arguments.replace_layout,
+            S3Access(_endpoint(arguments.endpoint_url)),
+            tuple(arguments.allow_bucket),
         )
         reports = runner.run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
         return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rbexport.options import ExportOptions
-from rbexport.report import human_bytes
 from app.sample import write_sample_project
 from app.seaweed import SeaweedServer
+from rbexport.options import ExportOptions
+from rbexport.report import human_bytes
 from rbexport.storage import LocalStorage, S3Storage, Storage
 
 # Credentials of the throwaway server the demo starts on loopback, nothing else.

@@ -32,7 +32,6 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
     Raises what the flow raises, except that a run with failed tasks returns its reports.
     """
     from flows.export import export_project
-
     from rbexport import progress
     from rbexport.errors import ExportIncomplete
 
@@ -90,7 +89,9 @@ def start_ephemeral_api() -> None:
         os.dup2(log.fileno(), 2)
         try:
             # Prefect's default of 20 s is too short on a busy 2-core machine (seen: 30 s).
-            SubprocessASGIServer().start(timeout=max(EPHEMERAL_START_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+            SubprocessASGIServer().start(
+                timeout=max(EPHEMERAL_START_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+            )
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
@@ -132,7 +133,7 @@ class _BarProgress(_PlainProgress):
     def __init__(self, title: str) -> None:
         super().__init__(title)
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
             TextColumn("[bold]exporting"),
@@ -143,7 +144,7 @@ class _BarProgress(_PlainProgress):
             console=Console(stderr=True),
             transient=True,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def started(self, total: int, skipped: int) -> None:
         self.total = total
@@ -157,7 +158,8 @@ class _BarProgress(_PlainProgress):
             from rich.text import Text
 
             self.bar.console.print(Text.assemble(("failed ", "red"), f"{task_id}: {error}"))
-        self.bar.advance(self.task)
+        if self.task is not None:
+            self.bar.advance(self.task)
 
     def close(self) -> None:
         self.bar.stop()

@@ -24,9 +24,7 @@ TAXONOMY = {
     ],
 }
 
-AFFINE = np.array(
-    [[-0.9, 0.0, 0.0, 90.0], [0.0, 0.9, 0.0, -126.0], [0.0, 0.0, 2.5, -72.0], [0.0, 0.0, 0.0, 1.0]]
-)
+AFFINE = np.array([[-0.9, 0.0, 0.0, 90.0], [0.0, 0.9, 0.0, -126.0], [0.0, 0.0, 2.5, -72.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def nifti_bytes(voxels: np.ndarray, affine: np.ndarray = AFFINE, compress: bool = True) -> bytes:
@@ -40,7 +38,7 @@ def nifti_bytes(voxels: np.ndarray, affine: np.ndarray = AFFINE, compress: bool 
 def box(shape: tuple[int, ...], value: int, corner: tuple[int, ...], size: tuple[int, ...], out=None, dtype=np.uint16):
     """Fill a box with `value` (in `out`, or a new zero array)."""
     out = np.zeros(shape, dtype=dtype) if out is None else out
-    out[tuple(slice(c, c + s) for c, s in zip(corner, size))] = value
+    out[tuple(slice(c, c + s) for c, s in zip(corner, size, strict=False))] = value
     return out
 
 
@@ -101,7 +99,11 @@ def sample_project(shape: tuple[int, int, int] = (48, 48, 16)) -> tuple[list[dic
         {
             "taskId": "task-003",
             "series": [
-                {"items": ["brain-003/a.dcm"], "segmentations": "masks/brain-003.nii.gz", "segmentMap": {"1": {"category": "Abscess"}}},
+                {
+                    "items": ["brain-003/a.dcm"],
+                    "segmentations": "masks/brain-003.nii.gz",
+                    "segmentMap": {"1": {"category": "Abscess"}},
+                },
                 {"items": ["brain-003/b.dcm"]},
             ],
         }
@@ -219,15 +221,19 @@ def sample_images(tasks: list[dict], files: dict[str, bytes]) -> dict[str, bytes
             pixels = (1064 + 30 * values.astype(np.int32) + (np.indices(values.shape).sum(axis=0) % 7)).astype(np.int16)
             folder = f"images/{task['taskId']}/{series.get('name') or position}"
             modality = "DX" if values.ndim == 2 else "CT"
-            slices = dicom_series_on_grid(pixels, affine, rescale=(1.0, -1024.0), modality=modality,
-                                          patient_id=task["taskId"])
+            slices = dicom_series_on_grid(
+                pixels, affine, rescale=(1.0, -1024.0), modality=modality, patient_id=task["taskId"]
+            )
             series["items"] = [f"{folder}/{name}" for name, _ in slices]
             images.update((f"{folder}/{name}", data) for name, data in slices)
     return images
 
 
 def write_training_project(
-    storage: Storage, tasks: int = 10, channels: tuple[str, ...] = ("T1", "FLAIR"), modality: str = "MR",
+    storage: Storage,
+    tasks: int = 10,
+    channels: tuple[str, ...] = ("T1", "FLAIR"),
+    modality: str = "MR",
     shape: tuple[int, int, int] = (40, 36, 12),
 ) -> list[dict]:
     """A project made for training layouts (SPEC 6): every task is a study of `channels`
@@ -246,13 +252,17 @@ def write_training_project(
             label[10:14, 10:13, 4:6] = 3
         mask = f"masks/study-{number:03d}.nii.gz"
         storage.write(mask, nifti_bytes(label, affine))
-        segment_map = {"1": {"category": "Glioma"}, "2": {"category": "Edema"}}
+        segment_map: dict[str, dict[str, object]] = {"1": {"category": "Glioma"}, "2": {"category": "Edema"}}
         if number % 3 == 0:
-            segment_map = {"1": {"category": "Glioma", "overlappingGroups": [3]},
-                           "2": {"category": "Edema", "overlappingGroups": [3]}}
+            segment_map = {
+                "1": {"category": "Glioma", "overlappingGroups": [3]},
+                "2": {"category": "Edema", "overlappingGroups": [3]},
+            }
         series = []
         for position, channel in enumerate(channels):
-            pixels = (200 + 40 * position + 25 * label.astype(np.int32) + np.indices(shape).sum(axis=0) % 9).astype(np.int16)
+            pixels = (200 + 40 * position + 25 * label.astype(np.int32) + np.indices(shape).sum(axis=0) % 9).astype(
+                np.int16
+            )
             folder = f"images/study-{number:03d}/{channel}"
             slices = dicom_series_on_grid(pixels, affine, modality=modality, patient_id=f"patient-{(number + 1) // 2}")
             for name, data in slices:
@@ -261,12 +271,14 @@ def write_training_project(
             if position == 0:
                 entry.update(segmentations=mask, segmentMap=segment_map)
             series.append(entry)
-        written.append({
-            "taskId": f"study-{number:03d}",
-            "name": f"Study_{number:03d}",
-            "metaData": {"patientId": f"patient-{(number + 1) // 2}"},
-            "series": series,
-        })
+        written.append(
+            {
+                "taskId": f"study-{number:03d}",
+                "name": f"Study_{number:03d}",
+                "metaData": {"patientId": f"patient-{(number + 1) // 2}"},
+                "series": series,
+            }
+        )
     storage.write("taxonomy.json", json.dumps(TAXONOMY, indent=2).encode())
     storage.write("tasks.json", json.dumps(written, indent=2).encode())
     return written

@@ -313,6 +313,10 @@ def dicom_series_on_grid(volume: np.ndarray, affine: np.ndarray, **options) -> l
         stack = stack[:, :, ::-1]
         origin = origin + (stack.shape[2] - 1) * lps[:3, 2]
     return dicom_series(
-        np.ascontiguousarray(stack), spacing=tuple(spacing), origin=tuple(origin),
-        row_direction=tuple(row), column_direction=tuple(column), **options,
+        np.ascontiguousarray(stack),
+        spacing=tuple(spacing),
+        origin=tuple(origin),
+        row_direction=tuple(row),
+        column_direction=tuple(column),
+        **options,
     )

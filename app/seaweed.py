@@ -108,6 +108,7 @@ class SeaweedServer:
 
     def restart(self) -> None:
         """Start again on the same ports and data after `kill` or `stop(remove_data=False)`."""
+        assert self.port is not None, "restart() after start()"
         self.process = self._launch(self.port)
         error = self._wait_ready()
         if error:
@@ -138,6 +139,7 @@ class SeaweedServer:
 
     def _wait_ready(self) -> str:
         """'' once the S3 API answers, else why not."""
+        assert self.process is not None and self.port is not None
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -71,11 +71,13 @@ def small_project(tasks: int) -> Path:
 
 
 def export_once(source: Path, structure: str, workers: int = 1) -> Path:
-    from rbexport.options import ExportOptions
     from rbexport.engine import run_export
+    from rbexport.options import ExportOptions
 
     out = Path(tempfile.mkdtemp(prefix="rbexport-bench-"))
-    [report] = run_export(str(source), str(out), ExportOptions(), variants=[structure], incremental=False, workers=workers)
+    [report] = run_export(
+        str(source), str(out), ExportOptions(), variants=[structure], incremental=False, workers=workers
+    )
     assert report.succeeded, report.failures
     return out
 
@@ -103,7 +105,7 @@ def single_task(runs: int, sdk: SdkPeer | None) -> list[list[str]]:
     for structure in STRUCTURES:
         exports = []
 
-        def measure() -> float:
+        def measure(structure: str = structure, exports: list = exports) -> float:
             started = time.perf_counter()
             exports.append(export_once(source, structure))
             return time.perf_counter() - started
@@ -135,9 +137,15 @@ class SdkPeer:
     @classmethod
     def install(cls) -> SdkPeer | str:
         peer = cls()
-        if not peer.python.exists() or subprocess.run([str(peer.python), "-c", "import redbrick"], capture_output=True).returncode:
+        if (
+            not peer.python.exists()
+            or subprocess.run([str(peer.python), "-c", "import redbrick"], capture_output=True).returncode
+        ):
             shutil.rmtree(SDK_VENV, ignore_errors=True)
-            for command in ([PYTHON, "-m", "venv", str(SDK_VENV)], [str(peer.python), "-m", "pip", "install", "-q", "redbrick-sdk"]):
+            for command in (
+                [PYTHON, "-m", "venv", str(SDK_VENV)],
+                [str(peer.python), "-m", "pip", "install", "-q", "redbrick-sdk"],
+            ):
                 result = subprocess.run(command, capture_output=True, text=True)
                 if result.returncode:
                     return f"redbrick-sdk could not be installed ({(result.stderr or result.stdout).strip().splitlines()[-1:]})"
@@ -145,11 +153,17 @@ class SdkPeer:
 
     def convert(self, source: Path, structure: str, runs: int) -> float:
         tasks = json.loads((source / "tasks.json").read_text())
-        taxonomy = {item["category"]: item["classId"] for item in json.loads((source / "taxonomy.json").read_text())["objectTypes"]}
+        taxonomy = {
+            item["category"]: item["classId"]
+            for item in json.loads((source / "taxonomy.json").read_text())["objectTypes"]
+        }
         segment_map = tasks[0]["series"][0]["segmentMap"]
         labels = [
-            {"dicom": {"instanceid": int(key), "groupids": entry.get("overlappingGroups") or []},
-             "classid": taxonomy[entry["category"]], "category": entry["category"]}
+            {
+                "dicom": {"instanceid": int(key), "groupids": entry.get("overlappingGroups") or []},
+                "classid": taxonomy[entry["category"]],
+                "category": entry["category"],
+            }
             for key, entry in segment_map.items()
         ]
         job = {
@@ -161,7 +175,9 @@ class SdkPeer:
         }
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(job, handle)
-        result = subprocess.run([str(self.python), str(HERE / "sdk_peer.py"), handle.name], capture_output=True, text=True)
+        result = subprocess.run(
+            [str(self.python), str(HERE / "sdk_peer.py"), handle.name], capture_output=True, text=True
+        )
         os.unlink(handle.name)
         if result.returncode:
             raise RuntimeError(f"the SDK peer failed: {result.stderr[-2000:]}")
@@ -185,8 +201,18 @@ class PrefectServer:
         self.url = f"http://127.0.0.1:{self.port}/api"
         environment = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         self.process = subprocess.Popen(
-            [str(Path(PYTHON).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(Path(PYTHON).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         import urllib.request
 
@@ -213,8 +239,12 @@ def cli_seconds(source: str, arguments: list[str], api_url: str | None, environm
     if api_url:
         env["PREFECT_API_URL"] = api_url
     started = time.perf_counter()
-    result = subprocess.run([RBEXPORT, "run", "--source", source, "--dest", destination, "--full", *arguments],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [RBEXPORT, "run", "--source", source, "--dest", destination, "--full", *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     elapsed = time.perf_counter() - started
     shutil.rmtree(out, ignore_errors=True)
     if result.returncode:
@@ -226,7 +256,9 @@ def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[lis
     source = ct_project(6)
     rows = []
     for structure in ("binary", "semantic-binary"):
-        ours = median_of(runs, lambda: cli_seconds(str(source), ["--variant", structure], server.url))
+        ours = median_of(
+            runs, lambda structure=structure: cli_seconds(str(source), ["--variant", structure], server.url)
+        )
         ephemeral = cli_seconds(str(source), ["--variant", structure], None)
         row = [structure, f"{ours:.1f}", f"{ephemeral:.1f}"]
         if sdk:
@@ -239,9 +271,9 @@ def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[lis
 
 
 def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
-    from rbexport.options import ExportOptions
-    from rbexport.engine import run_export
     from app.seaweed import SeaweedServer
+    from rbexport.engine import run_export
+    from rbexport.options import ExportOptions
     from rbexport.storage import S3Storage
 
     count = 1000
@@ -258,7 +290,9 @@ def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
     core = median_of(runs, without_prefect)
     ephemeral = cli_seconds(str(source), [], None)
     rows.append(["local folders, PREFECT_API_URL", f"{local:.1f}", f"{count / local:.0f}", f"{1 - core / local:.0%}"])
-    rows.append(["local folders, ephemeral API", f"{ephemeral:.1f}", f"{count / ephemeral:.0f}", f"{1 - core / ephemeral:.0%}"])
+    rows.append(
+        ["local folders, ephemeral API", f"{ephemeral:.1f}", f"{count / ephemeral:.0f}", f"{1 - core / ephemeral:.0%}"]
+    )
 
     keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
     with SeaweedServer(access_key=keys["AWS_ACCESS_KEY_ID"], secret_key=keys["AWS_SECRET_ACCESS_KEY"]) as seaweed:
@@ -269,11 +303,33 @@ def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
             for path in sorted(source.rglob("*")):
                 if path.is_file():
                     bucket.write(path.relative_to(source).as_posix(), path.read_bytes())
-            on_s3 = median_of(runs, lambda: cli_seconds(
-                bucket.url, ["s3://bench-export/small", "--endpoint-url", seaweed.endpoint_url], server.url, keys))
-            core_s3 = median_of(runs, lambda: timed(lambda: run_export(
-                bucket.url, "s3://bench-export/core", ExportOptions(), seaweed.endpoint_url, incremental=False, workers=8)))
-    rows.append(["SeaweedFS to SeaweedFS, PREFECT_API_URL", f"{on_s3:.1f}", f"{count / on_s3:.0f}", f"{1 - core_s3 / on_s3:.0%}"])
+            on_s3 = median_of(
+                runs,
+                lambda: cli_seconds(
+                    bucket.url, ["s3://bench-export/small", "--endpoint-url", seaweed.endpoint_url], server.url, keys
+                ),
+            )
+            core_s3 = median_of(
+                runs,
+                lambda: timed(
+                    lambda: run_export(
+                        bucket.url,
+                        "s3://bench-export/core",
+                        ExportOptions(),
+                        seaweed.endpoint_url,
+                        incremental=False,
+                        workers=8,
+                    )
+                ),
+            )
+    rows.append(
+        [
+            "SeaweedFS to SeaweedFS, PREFECT_API_URL",
+            f"{on_s3:.1f}",
+            f"{count / on_s3:.0f}",
+            f"{1 - core_s3 / on_s3:.0%}",
+        ]
+    )
     return rows
 
 
@@ -299,9 +355,27 @@ def peak_rss(server: PrefectServer) -> list[list[str]]:
         if limit:
             env["RBEXPORT_MEMORY_LIMIT"] = limit
         result = subprocess.run(
-            [PYTHON, "-m", "benchmarks.rss", "run", "--source", str(project), "--dest", out + "/x",
-             "--variant", "semantic-binary", "--variant", "binary", "--full", "--workers", str(workers)],
-            capture_output=True, text=True, env=env, cwd=HERE.parent,
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.rss",
+                "run",
+                "--source",
+                str(project),
+                "--dest",
+                out + "/x",
+                "--variant",
+                "semantic-binary",
+                "--variant",
+                "binary",
+                "--full",
+                "--workers",
+                str(workers),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=HERE.parent,
         )
         shutil.rmtree(out, ignore_errors=True)
         if result.returncode:
@@ -330,9 +404,11 @@ def print_image_tables(runs: int) -> None:
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(cell).rjust(width) if index else str(cell).ljust(width)
-                                   for index, (cell, width) in enumerate(zip(cells, widths)))
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    line = lambda cells: "  ".join(
+        str(cell).rjust(width) if index else str(cell).ljust(width)
+        for index, (cell, width) in enumerate(zip(cells, widths, strict=False))
+    )
     return "\n".join([title, line(header), line(["-" * width for width in widths]), *map(line, rows), ""])
 
 
@@ -353,24 +429,45 @@ def main() -> int:
             notes.append(f"SDK columns skipped: {installed}")
     print(f"rbexport benchmarks: {os.cpu_count()} cores, medians of {arguments.runs} runs\n")
     if "single" in parts:
-        print(table("One CT task, 512x512x300 uint16, 20 instances (5 overlapping), seconds",
-                    ["structure", "files", "rbexport", "floor", "vs floor", "SDK", "SDK/rbexport"],
-                    single_task(arguments.runs, sdk)), flush=True)
+        print(
+            table(
+                "One CT task, 512x512x300 uint16, 20 instances (5 overlapping), seconds",
+                ["structure", "files", "rbexport", "floor", "vs floor", "SDK", "SDK/rbexport"],
+                single_task(arguments.runs, sdk),
+            ),
+            flush=True,
+        )
     if "images" in parts:
         print_image_tables(arguments.runs)
     server = PrefectServer() if parts & {"six", "small", "memory"} else None
     try:
         if "six" in parts:
-            print(table("6 CT tasks through the CLI, seconds end to end (SDK: its converter on the 6 maps)",
-                        ["structure", "CLI, server", "CLI, ephemeral", "SDK", "SDK/CLI", "SDK/CLI ephemeral"],
-                        six_tasks(min(arguments.runs, 3), server, sdk)), flush=True)
+            print(
+                table(
+                    "6 CT tasks through the CLI, seconds end to end (SDK: its converter on the 6 maps)",
+                    ["structure", "CLI, server", "CLI, ephemeral", "SDK", "SDK/CLI", "SDK/CLI ephemeral"],
+                    six_tasks(min(arguments.runs, 3), server, sdk),
+                ),
+                flush=True,
+            )
         if "small" in parts:
-            print(table("1,000 small tasks (256x256, 3 instances) through the CLI",
-                        ["where", "seconds", "tasks/s", "Prefect's share"],
-                        many_small_tasks(min(arguments.runs, 3), server)), flush=True)
+            print(
+                table(
+                    "1,000 small tasks (256x256, 3 instances) through the CLI",
+                    ["where", "seconds", "tasks/s", "Prefect's share"],
+                    many_small_tasks(min(arguments.runs, 3), server),
+                ),
+                flush=True,
+            )
         if "memory" in parts:
-            print(table("Peak memory (RSS) of the CLI process, binary and semantic-binary variants",
-                        ["export", "peak MB", "one volume MB", "peak / volume"], peak_rss(server)), flush=True)
+            print(
+                table(
+                    "Peak memory (RSS) of the CLI process, binary and semantic-binary variants",
+                    ["export", "peak MB", "one volume MB", "peak / volume"],
+                    peak_rss(server),
+                ),
+                flush=True,
+            )
     finally:
         if server:
             server.stop()

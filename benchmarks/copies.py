@@ -110,7 +110,9 @@ def counting() -> Iterator[dict[str, int]]:
     before = COUNTERS.snapshot()
     yield counted
     after = COUNTERS.snapshot()
-    counted.update(zip(("socket", "content_length", "rchar"), (b - a for a, b in zip(before, after))))
+    counted.update(
+        zip(("socket", "content_length", "rchar"), (b - a for a, b in zip(before, after, strict=False)), strict=False)
+    )
 
 
 # --- the source ---------------------------------------------------------------------------
@@ -151,13 +153,19 @@ def upload_source(endpoint_url: str) -> str:
 
 
 def rbexport_once(source_url: str, destination: str, endpoint_url: str) -> tuple[float, dict[str, int]]:
-    from rbexport.options import ExportOptions
     from rbexport.engine import run_export
+    from rbexport.options import ExportOptions
 
     with counting() as counted:
         started = time.perf_counter()
-        [report] = run_export(source_url, destination, ExportOptions(with_images=True),
-                              endpoint_url=endpoint_url, incremental=False, workers=8)
+        [report] = run_export(
+            source_url,
+            destination,
+            ExportOptions(with_images=True),
+            endpoint_url=endpoint_url,
+            incremental=False,
+            workers=8,
+        )
         elapsed = time.perf_counter() - started
     assert report.succeeded, report.failures
     images = [record for record in report.files if record.path.startswith("images/")]
@@ -176,7 +184,9 @@ def boto3_loop_once(endpoint_url: str, prefix: str) -> tuple[float, dict[str, in
     with counting() as counted:
         started = time.perf_counter()
         for key in keys:
-            client.copy_object(Bucket=EXPORT_BUCKET, Key=f"{prefix}/{key}", CopySource={"Bucket": SOURCE_BUCKET, "Key": key})
+            client.copy_object(
+                Bucket=EXPORT_BUCKET, Key=f"{prefix}/{key}", CopySource={"Bucket": SOURCE_BUCKET, "Key": key}
+            )
         elapsed = time.perf_counter() - started
     return elapsed, counted
 
@@ -186,7 +196,10 @@ def bench_copies(runs: int = 3) -> dict[str, dict[str, float]]:
     from app.seaweed import SeaweedServer
 
     measured: dict[str, list[tuple[float, dict[str, int]]]] = {"rbexport": [], "boto3 loop": [], "streamed": []}
-    with environment(KEYS), SeaweedServer(access_key=KEYS["AWS_ACCESS_KEY_ID"], secret_key=KEYS["AWS_SECRET_ACCESS_KEY"]) as server:
+    with (
+        environment(KEYS),
+        SeaweedServer(access_key=KEYS["AWS_ACCESS_KEY_ID"], secret_key=KEYS["AWS_SECRET_ACCESS_KEY"]) as server,
+    ):
         COUNTERS.install()
         source_url = upload_source(server.endpoint_url)
         folder = tempfile.mkdtemp(prefix="rbexport-copies-bench-")
@@ -194,14 +207,20 @@ def bench_copies(runs: int = 3) -> dict[str, dict[str, float]]:
             for run in range(runs):
                 measured["boto3 loop"].append(boto3_loop_once(server.endpoint_url, f"boto3-{run}"))
                 measured["rbexport"].append(
-                    rbexport_once(source_url, f"s3://{EXPORT_BUCKET}/rbexport-{run}", server.endpoint_url))
+                    rbexport_once(source_url, f"s3://{EXPORT_BUCKET}/rbexport-{run}", server.endpoint_url)
+                )
                 measured["streamed"].append(rbexport_once(source_url, f"{folder}/run-{run}", server.endpoint_url))
                 shutil.rmtree(f"{folder}/run-{run}")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return {
-        name: {"seconds": statistics.median(seconds for seconds, _ in results),
-               **{what: statistics.median(counted[what] for _, counted in results) for what in ("socket", "content_length", "rchar")}}
+        name: {
+            "seconds": statistics.median(seconds for seconds, _ in results),
+            **{
+                what: statistics.median(counted[what] for _, counted in results)
+                for what in ("socket", "content_length", "rchar")
+            },
+        }
         for name, results in measured.items()
     }
 
@@ -211,10 +230,16 @@ def tables(results: dict[str, dict[str, float]]) -> list[tuple[str, list[str], l
     baseline = results["boto3 loop"]["seconds"]
     speed = [
         ["boto3 copy_object loop, 1 client, sequential (baseline)", baseline, "1.00x"],
-        ["rbexport run_export S3 to S3, workers=8 (CopyObject)", results["rbexport"]["seconds"],
-         f"{baseline / results['rbexport']['seconds']:.2f}x"],
-        ["rbexport run_export S3 to a local folder (streamed)", results["streamed"]["seconds"],
-         f"{baseline / results['streamed']['seconds']:.2f}x"],
+        [
+            "rbexport run_export S3 to S3, workers=8 (CopyObject)",
+            results["rbexport"]["seconds"],
+            f"{baseline / results['rbexport']['seconds']:.2f}x",
+        ],
+        [
+            "rbexport run_export S3 to a local folder (streamed)",
+            results["streamed"]["seconds"],
+            f"{baseline / results['streamed']['seconds']:.2f}x",
+        ],
     ]
     speed_rows = [[label, f"{seconds:.2f}", f"{ITEMS / seconds:.0f}", ratio] for label, seconds, ratio in speed]
     volume = [
@@ -223,16 +248,28 @@ def tables(results: dict[str, dict[str, float]]) -> list[tuple[str, list[str], l
         ("boto3 copy_object loop", results["boto3 loop"]),
     ]
     bytes_rows = [
-        [label, f"{counted['socket']:,.0f}", f"{counted['socket'] / IMAGE_BYTES:.2%}",
-         f"{counted['content_length']:,.0f}", f"{counted['content_length'] / IMAGE_BYTES:.2%}", f"{counted['rchar']:,.0f}"]
+        [
+            label,
+            f"{counted['socket']:,.0f}",
+            f"{counted['socket'] / IMAGE_BYTES:.2%}",
+            f"{counted['content_length']:,.0f}",
+            f"{counted['content_length'] / IMAGE_BYTES:.2%}",
+            f"{counted['rchar']:,.0f}",
+        ]
         for label, counted in volume
     ]
     return [
-        (f"Image copies, one SeaweedFS: 1 task, {ITEMS} objects of {ITEM_BYTES:,} bytes ({IMAGE_BYTES / 1e6:.0f} MB), "
-         "whole run_export timed",
-         ["copier", "seconds", "objects/s", "vs boto3 loop"], speed_rows),
-        (f"Bytes received by this process during the copies (image bytes copied: {IMAGE_BYTES:,})",
-         ["export", "socket recv bytes", "of image bytes", "S3 response bodies", "of image bytes", "rchar"], bytes_rows),
+        (
+            f"Image copies, one SeaweedFS: 1 task, {ITEMS} objects of {ITEM_BYTES:,} bytes ({IMAGE_BYTES / 1e6:.0f} MB), "
+            "whole run_export timed",
+            ["copier", "seconds", "objects/s", "vs boto3 loop"],
+            speed_rows,
+        ),
+        (
+            f"Bytes received by this process during the copies (image bytes copied: {IMAGE_BYTES:,})",
+            ["export", "socket recv bytes", "of image bytes", "S3 response bodies", "of image bytes", "rchar"],
+            bytes_rows,
+        ),
     ]
 
 

@@ -33,9 +33,9 @@ def ct_label_map(seed: int = 0, instances: int = 20, shape=CT_SHAPE) -> tuple[np
         centres.append(centre)
         low = np.maximum(centre - radius, 0)
         high = np.minimum(centre + radius, shape)
-        grid = np.ogrid[tuple(slice(int(a), int(b)) for a, b in zip(low, high))]
-        inside = sum(((axis - c) / r) ** 2 for axis, c, r in zip(grid, centre, radius)) <= 1
-        region = volume[tuple(slice(int(a), int(b)) for a, b in zip(low, high))]
+        grid = np.ogrid[tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=False))]
+        inside = sum(((axis - c) / r) ** 2 for axis, c, r in zip(grid, centre, radius, strict=False)) <= 1
+        region = volume[tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=False))]
         entry = {"category": CATEGORIES[instance % 3], "attributes": {"index": instance}}
         if instance % 4 == 0:
             group = 1000 + instance
@@ -63,8 +63,13 @@ def write_ct_project(root: Path, tasks: int = 1) -> Path:
     for number in range(tasks):
         volume, segment_map = ct_label_map(seed=number)
         (root / f"masks/ct-{number:03d}.nii.gz").write_bytes(nifti_gz(volume))
-        entries.append({"taskId": f"ct-{number:03d}", "name": f"CT_{number:03d}", "series": [
-            {"name": "AX", "segmentations": f"masks/ct-{number:03d}.nii.gz", "segmentMap": segment_map}]})
+        entries.append(
+            {
+                "taskId": f"ct-{number:03d}",
+                "name": f"CT_{number:03d}",
+                "series": [{"name": "AX", "segmentations": f"masks/ct-{number:03d}.nii.gz", "segmentMap": segment_map}],
+            }
+        )
     (root / "tasks.json").write_text(json.dumps(entries))
     (root / "taxonomy.json").write_text(json.dumps(TAXONOMY))
     return root
@@ -81,9 +86,19 @@ def write_small_project(root: Path, tasks: int = 1000, shape=(256, 256)) -> Path
             x, y = rng.integers(0, 200, size=2)
             image[x : x + 40, y : y + 40] = instance
         (root / f"masks/x-{number:04d}.nii.gz").write_bytes(nifti_gz(image))
-        entries.append({"taskId": f"x-{number:04d}", "name": f"XR_{number:04d}", "series": [
-            {"name": "PA", "segmentations": f"masks/x-{number:04d}.nii.gz",
-             "segmentMap": {str(i): {"category": CATEGORIES[i - 1]} for i in (1, 2, 3)}}]})
+        entries.append(
+            {
+                "taskId": f"x-{number:04d}",
+                "name": f"XR_{number:04d}",
+                "series": [
+                    {
+                        "name": "PA",
+                        "segmentations": f"masks/x-{number:04d}.nii.gz",
+                        "segmentMap": {str(i): {"category": CATEGORIES[i - 1]} for i in (1, 2, 3)},
+                    }
+                ],
+            }
+        )
     (root / "tasks.json").write_text(json.dumps(entries))
     (root / "taxonomy.json").write_text(json.dumps(TAXONOMY))
     return root

@@ -28,9 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 from isal import igzip
 
+from app.sample_images import dicom_series
 from rbexport.images.read import read_image_series
 from rbexport.images.volume import encode_nifti
-from app.sample_images import dicom_series
 
 HERE = Path(__file__).resolve().parent
 SERIES = HERE / ".data" / "ct-dicom-512x512x300"

@@ -30,8 +30,15 @@ def main() -> None:
             started = time.perf_counter()
             for copy in copies:
                 process_download(
-                    [dict(label) for label in job["labels"]], copy, False, {},
-                    job["semantic"], job["binary"], False, None, True,
+                    [dict(label) for label in job["labels"]],
+                    copy,
+                    False,
+                    {},
+                    job["semantic"],
+                    job["binary"],
+                    False,
+                    None,
+                    True,
                 )
             seconds.append(time.perf_counter() - started)
             written = sum(1 for path in Path(folder).rglob("*.nii.gz") if path.parent != Path(folder))

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import yaml
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-from prefect.flows import load_flow_from_entrypoint
+from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 from prefect.utilities.templating import apply_values
 
@@ -33,11 +34,11 @@ def deployment_specs(prefect_yaml: Path = PROJECT / "prefect.yaml") -> list[dict
     for name, value in template_values().items():
         os.environ.setdefault(name, value)  # `{{ $NAME }}` placeholders read the environment
     spec = yaml.safe_load(prefect_yaml.read_text())
-    return apply_values(spec["deployments"], {}, remove_notset=False)
+    return cast(list[dict], apply_values(spec["deployments"], {}, remove_notset=False))
 
 
 def runner_deployment(spec: dict):
-    flow = load_flow_from_entrypoint(str(PROJECT / spec["entrypoint"]))
+    flow: Flow = load_flow_from_entrypoint(str(PROJECT / spec["entrypoint"]))
     return flow.to_deployment(
         name=spec["name"],
         description=spec.get("description"),
@@ -94,7 +95,7 @@ def main(names: list[str]) -> int:
         return 2
     runners = [runner_deployment(spec) for spec in specs if not names or spec["name"] in names]
     forget_deployed_versions(runners)
-    serving_since = datetime.now(timezone.utc)
+    serving_since = datetime.now(UTC)
     serve(*runners)  # until Ctrl+C
     mark_interrupted_runs_crashed(runners, serving_since)
     return 0

@@ -10,24 +10,25 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
-from prefect.states import Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
 from rbexport.errors import ConfigurationError, ExportIncomplete
+from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
 from rbexport.report import RunReport
-from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
-from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.variants import Preset, Variant
-from tasks.export import export_tasks_of_batch, publish, read_source, s3_access, wait_for_uploads
+from tasks.export import export_tasks_of_batch, failed, publish, read_source, s3_access, wait_for_uploads
 
+# The form's default: every option at its default (ExportOptions is frozen).
+DEFAULT_OPTIONS = ExportOptions()
 
 
 @flow(name="export-project", validate_parameters=True)
 def export_project(
     source: str,
     destination: str,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions = DEFAULT_OPTIONS,
     variants: tuple[Preset, ...] = (),
     custom_variants: tuple[Variant, ...] = (),
     incremental: bool = True,
@@ -86,8 +87,15 @@ def export_project(
         if quiet_seconds > 0:
             wait_for_uploads(source, quiet_seconds, access, return_state=True).result()
         request = ExportRequest(
-            source, destination, options, (*variants, *custom_variants), incremental, prune, replace_layout,
-            access, tuple(allowed_buckets or ()),
+            source,
+            destination,
+            options,
+            (*variants, *custom_variants),
+            incremental,
+            prune,
+            replace_layout,
+            access,
+            tuple(allowed_buckets or ()),
         )
         plan = read_source(request, return_state=True).result()
         workers = workers or DEFAULT_WORKERS
@@ -97,7 +105,7 @@ def export_project(
     except ConfigurationError as error:
         # An answer, not a crash: one line in the run's log and its state, no traceback.
         get_run_logger().error("cannot export: %s", error)
-        return Failed(message=str(error), data=error)
+        return failed(error)
     create_markdown_artifact(
         key="export-report",
         markdown="\n".join(report.to_markdown() for report in reports),
@@ -112,13 +120,13 @@ def export_project(
                 + ", ".join(f"{fold}: {count}" for fold, count in report.dataset["cases_per_fold"].items()),
             )
         get_run_logger().info("%s: %s", report.variant, report.summary())
-    failed = {failure.taskId for report in reports for failure in report.failures}
-    if failed:
+    failed_tasks = {failure.taskId for report in reports for failure in report.failures}
+    if failed_tasks:
         message = (
-            f"{len(failed)} of {len(plan.tasks) + len(plan.failures)} tasks failed; "
+            f"{len(failed_tasks)} of {len(plan.tasks) + len(plan.failures)} tasks failed; "
             f"see {', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports)}"
         )
-        return Failed(message=message, data=ExportIncomplete(message, reports))
+        return failed(ExportIncomplete(message, reports), message)
     return reports
 
 
@@ -159,7 +167,9 @@ def prefect_batches(task_runner: TaskRunner, settings: ExportSettings) -> Callab
     def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
         with task_runner as runner:
             futures: dict[PrefectFuture, list[TaskJob]] = {
-                runner.submit(export_tasks_of_batch, {"jobs": batch, "settings": settings, "label": batch_label(batch)}): batch
+                runner.submit(
+                    export_tasks_of_batch, {"jobs": batch, "settings": settings, "label": batch_label(batch)}
+                ): batch
                 for batch in batches
             }
             for future in as_completed(list(futures)):

@@ -6,14 +6,13 @@ import hashlib
 
 from prefect import flow
 from prefect.logging import get_run_logger
-from prefect.states import Failed
 from prefect.variables import Variable
 
 from rbexport.errors import ConfigurationError, TransientStorageError
 from rbexport.notifications import Watermark, objects_since
 from rbexport.storage import open_storage
 from tasks.events import emit_created
-from tasks.export import s3_access
+from tasks.export import failed, s3_access
 
 
 def watermark_variable(source: str) -> str:
@@ -38,7 +37,7 @@ def watch_source(source: str, endpoint_url: str | None = None, credentials_block
     except (ConfigurationError, TransientStorageError) as error:
         # An answer, not a crash: one line in the run's log and its state; the next watch tries again.
         get_run_logger().error("cannot watch %s: %s", source, error)
-        return Failed(message=str(error), data=error)
+        return failed(error)
     emit_created(created)
     Variable.set(name, next_watermark.to_json(), overwrite=True)
     get_run_logger().info("%d new objects in %s", len(created), storage.url)

@@ -38,7 +38,8 @@ def case_annotation(task: dict, options: ExportOptions) -> Annotation:
 def case_series(annotation: Annotation) -> list[tuple[str, bool]]:
     """Each series' name and whether it has a segmentation (a label)."""
     return [
-        (name, isinstance(series.get("segmentations"), str)) for series, name in zip(annotation.series, annotation.names)
+        (name, isinstance(series.get("segmentations"), str))
+        for series, name in zip(annotation.series, annotation.names, strict=True)
     ]
 
 
@@ -91,9 +92,7 @@ def _encode_case(
     except TaskDataError as error:
         raise TaskDataError(f"case {case.case_id}: {error.reason}", error.file or reference) from None
     names = list(options.channels) if options.channels else [label_name]
-    volumes = [
-        images.volume(position, annotation.names[position], label_map) for position in case.series_positions
-    ]
+    volumes = [images.volume(position, annotation.names[position], label_map) for position in case.series_positions]
     modalities, modality_notes = channel_modalities(volumes, names, options.modality)
     if layout.stacks_channels:
         volumes = [stack_channels(volumes, names)]

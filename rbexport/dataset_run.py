@@ -37,7 +37,9 @@ def plan_cases(
     failures: list[Failure] = []
     for job in jobs:
         try:
-            proposed[job.task_id] = task_cases(job.folder, case_series(case_annotation(job.task, options)), options.channels)
+            proposed[job.task_id] = task_cases(
+                job.folder, case_series(case_annotation(job.task, options)), options.channels
+            )
         except TaskDataError as error:
             failures.append(Failure(job.task_id, error.file, error.reason))
     # Ids of cases the dataset keeps for tasks not planned now (removed, or failing now).
@@ -46,7 +48,7 @@ def plan_cases(
     for task_id, cases in proposed.items():
         recorded = [case.id for case in state.tasks[task_id].cases] if task_id in state.tasks else []
         if _same_cases(recorded, cases) and not taken.intersection(recorded):
-            kept[task_id] = [replace(case, case_id=case_id) for case, case_id in zip(cases, recorded)]
+            kept[task_id] = [replace(case, case_id=case_id) for case, case_id in zip(cases, recorded, strict=True)]
             taken.update(recorded)
     planned: dict[str, tuple[Case, ...]] = {}
     warnings: list[Notice] = []
@@ -57,7 +59,7 @@ def plan_cases(
             cases = deduplicate_cases(proposed[job.task_id], taken)
             warnings += [
                 Notice(job.task_id, None, f"case id {wanted.case_id} is another case's; this case is {case.case_id}")
-                for wanted, case in zip(proposed[job.task_id], cases)
+                for wanted, case in zip(proposed[job.task_id], cases, strict=True)
                 if wanted.case_id != case.case_id
             ]
             planned[job.task_id] = tuple(cases)
@@ -67,8 +69,9 @@ def plan_cases(
 def _same_cases(recorded: list[str], cases: list[Case]) -> bool:
     """Whether recorded ids are these cases' ids, or their de-duplicated forms (`<id>_<n>`)."""
     return len(recorded) == len(cases) and all(
-        case_id == case.case_id or (case_id.startswith(case.case_id + "_") and case_id[len(case.case_id) + 1:].isdigit())
-        for case_id, case in zip(recorded, cases)
+        case_id == case.case_id
+        or (case_id.startswith(case.case_id + "_") and case_id[len(case.case_id) + 1 :].isdigit())
+        for case_id, case in zip(recorded, cases, strict=True)
     )
 
 
@@ -95,7 +98,9 @@ def publish_dataset(
             if task_id in tasks:  # the group may follow a field of the task (group_by)
                 case.group = group_key(tasks[task_id], options.group_by)
             records.append(case)
-    folds = assign_folds({case.id: case.fold for case in records if case.fold is not None}, [(case.id, case.group) for case in records])
+    folds = assign_folds(
+        {case.id: case.fold for case in records if case.fold is not None}, [(case.id, case.group) for case in records]
+    )
     for case in records:
         case.fold = folds[case.id]
 

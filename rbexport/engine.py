@@ -25,9 +25,9 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from . import progress
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
-from .report import Failure, RunReport
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
+from .report import Failure, RunReport
 from .run import failure_of, prepare_run, publish_export
 from .storage import S3Access
 from .task_export import export_task
@@ -100,7 +100,7 @@ def make_batches(jobs: Sequence[TaskJob], workers: int, batch_size: int = 0) -> 
     if not jobs:
         return []
     if batch_size > 0:
-        return [list(jobs[start:start + batch_size]) for start in range(0, len(jobs), batch_size)]
+        return [list(jobs[start : start + batch_size]) for start in range(0, len(jobs), batch_size)]
     most = min(BATCH_TASKS, max(1, math.ceil(len(jobs) / max(workers, 1))))
     batches: list[list[TaskJob]] = []
     current: list[TaskJob] = []
@@ -140,7 +140,9 @@ def export_all(
     exporting = {job.task_id for job in jobs}
     # Tasks a dataset variant cannot make cases of, and that no other variant exports.
     unplanned = {
-        failure.taskId: failure for target_plan in plan.targets for failure in target_plan.failures
+        failure.taskId: failure
+        for target_plan in plan.targets
+        for failure in target_plan.failures
         if failure.taskId not in exporting
     }
     observer.started(len(jobs) + len(plan.failures) + len(unplanned), len(plan.tasks) - len(jobs) - len(unplanned))
@@ -215,7 +217,14 @@ def run_export(
 ) -> list[RunReport]:
     """`run_local` with the request spelled out; `endpoint_url` may also be an S3Access."""
     request = ExportRequest(
-        source, destination, options or ExportOptions(), tuple(variants or ()), incremental, prune, replace_layout,
-        S3Access.of(endpoint_url), tuple(allowed_buckets),
+        source,
+        destination,
+        options or ExportOptions(),
+        tuple(variants or ()),
+        incremental,
+        prune,
+        replace_layout,
+        S3Access.of(endpoint_url),
+        tuple(allowed_buckets),
     )
     return run_local(request, workers=workers, batch_size=batch_size)

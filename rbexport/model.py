@@ -1,6 +1,6 @@
 """The values a run passes around, plain and picklable: what was asked, the plan, the jobs
-and what came back. No clients and no credentials beyond the request's S3Access (which
-workers rebuild their clients from).
+and what came back. No clients: workers make theirs from the S3Access, whose keys (when a
+Secret block gave them) are secret values that never print.
 """
 
 from __future__ import annotations
@@ -129,5 +129,3 @@ class RunPlan:
     def jobs(self) -> list[TaskJob]:
         """The tasks with at least one variant to export."""
         return [job for job in self.tasks if job.targets]
-
-

@@ -19,6 +19,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -38,13 +39,16 @@ _NIFTI2_HEADER_BYTES = 540
 _MAX_HEADER_BYTES = 1024**2  # header and extensions
 UINT16_MAX = np.iinfo(np.uint16).max
 
+# What a corrupt gzip stream raises (isal has no type hints: mypy sees Any).
+GZIP_ERRORS: tuple[type[BaseException], ...] = (cast(type[BaseException], isal_zlib.error),)
+
 
 @dataclass(frozen=True)
 class Fill:
     """How to write a mask's voxels into a zeroed flat array (file order) of type `dtype`."""
 
     write: Callable[[np.ndarray], None]
-    dtype: type
+    dtype: type | np.dtype
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,14 @@ def read_stored_volume(raw: bytes) -> tuple[nib.Nifti1Header, np.ndarray]:
 def peek_volume(raw: bytes) -> tuple[int, int] | None:
     """(voxels, bytes per voxel) a label map announces, from its header alone; None if unreadable."""
     try:
-        head = isal_zlib.decompressobj(31).decompress(raw, _NIFTI2_HEADER_BYTES) if raw[:2] == GZIP_MAGIC else raw[:_NIFTI2_HEADER_BYTES]
+        head = (
+            isal_zlib.decompressobj(31).decompress(raw, _NIFTI2_HEADER_BYTES)
+            if raw[:2] == GZIP_MAGIC
+            else raw[:_NIFTI2_HEADER_BYTES]
+        )
         _, header = _parse_header(head if _NIFTI2_HEADER_BYTES in _header_sizes(head) else head[:_NIFTI1_HEADER_BYTES])
         return _voxel_count(header), header.get_data_dtype().itemsize
-    except (TaskDataError, isal_zlib.error):
+    except (TaskDataError, GZIP_ERRORS[0]):
         return None
 
 
@@ -114,7 +122,7 @@ def smallest_unsigned(high: int) -> type[np.unsignedinteger]:
     return np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
 
 
-def mask_header(like: nib.Nifti1Header, dtype: type) -> bytes:
+def mask_header(like: nib.Nifti1Header, dtype: type | np.dtype) -> bytes:
     """The bytes before the voxels of a mask with `like`'s geometry and type `dtype`.
 
     The same bytes nibabel writes: the header with its extensions, unscaled (slope 1,
@@ -193,7 +201,7 @@ def _gunzip_checked(raw: bytes) -> tuple[nib.Nifti1Header, bytes]:
             )
         _check_size(header, produced)
         _drain_to_end(decompressor, pending)
-    except isal_zlib.error as error:
+    except GZIP_ERRORS as error:
         raise TaskDataError(f"corrupt gzip data ({_one_line(error)})") from None
     return header, voxel_bytes
 
@@ -255,7 +263,9 @@ def _parse_header(data: bytes) -> tuple[type, nib.Nifti1Header]:
         raise TaskDataError(f"unreadable NIfTI header ({_one_line(error)})") from None
     found_magic = bytes(header["magic"])[:4]
     if found_magic != magic:
-        detail = "a .hdr/.img pair; export needs single-file .nii or .nii.gz" if found_magic[:2] == b"ni" else "bad magic"
+        detail = (
+            "a .hdr/.img pair; export needs single-file .nii or .nii.gz" if found_magic[:2] == b"ni" else "bad magic"
+        )
         raise TaskDataError(f"not a single-file NIfTI image ({detail})")
     ndim = int(header["dim"][0])
     if not 1 <= ndim <= 7:

@@ -57,7 +57,9 @@ def created_objects(body: bytes) -> list[CreatedObject]:
         if not all(isinstance(value, str) and value for value in (event_name, bucket, key)):
             raise NotificationError(f"Records[{position}] has an empty or non-text name")
         if "ObjectCreated" in event_name:
-            created.append(CreatedObject(f"s3://{bucket}/{key}", s3_object.get("size"), s3_object.get("eTag"), event_name))
+            created.append(
+                CreatedObject(f"s3://{bucket}/{key}", s3_object.get("size"), s3_object.get("eTag"), event_name)
+            )
     return created
 
 
@@ -78,12 +80,18 @@ class Watermark:
         return cls()
 
 
-def objects_since(source: Storage, listing: Iterable[ObjectInfo], watermark: Watermark) -> tuple[list[CreatedObject], Watermark]:
+def objects_since(
+    source: Storage, listing: Iterable[ObjectInfo], watermark: Watermark
+) -> tuple[list[CreatedObject], Watermark]:
     """Objects newer than the watermark, oldest first, and the watermark after them."""
     seen_at_mark = set(watermark.keys)
     new = sorted(
-        (info for info in listing if info.modified > watermark.modified or
-         (info.modified == watermark.modified and info.key not in seen_at_mark)),
+        (
+            info
+            for info in listing
+            if info.modified > watermark.modified
+            or (info.modified == watermark.modified and info.key not in seen_at_mark)
+        ),
         key=lambda info: (info.modified, info.key),
     )
     if not new:

@@ -6,9 +6,9 @@ Deployments run with the silent default and rely on Prefect's logs and artifacts
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 
 class ProgressObserver(Protocol):
@@ -34,8 +34,11 @@ def current() -> ProgressObserver:
     return _current
 
 
+Observer = TypeVar("Observer", bound=ProgressObserver)
+
+
 @contextmanager
-def observing(observer: ProgressObserver) -> Iterator[ProgressObserver]:
+def observing(observer: Observer) -> Iterator[Observer]:
     global _current
     previous, _current = _current, observer
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ class FileRecord:
     sha256: str | None  # None for an image the store copied itself (never read here)
 
     @classmethod
-    def of(cls, path: str, data: bytes) -> FileRecord:
+    def of(cls, path: str, data: builtins.bytes) -> FileRecord:
         return cls(path, len(data), hashlib.sha256(data).hexdigest())
 
 
@@ -103,9 +104,10 @@ class RunReport:
         ]
         lines += self.dataset_markdown()
         lines += _table("Failures", "reason", [(item.taskId, item.file, item.reason) for item in self.failures], limit)
-        lines += _table("Warnings", "warning", [(item.taskId, item.file, item.message) for item in self.warnings], limit)
+        lines += _table(
+            "Warnings", "warning", [(item.taskId, item.file, item.message) for item in self.warnings], limit
+        )
         return "\n".join(lines) + "\n"
-
 
     def dataset_rows(self) -> list[dict]:
         """The class balance of a dataset layout, a row per label: its voxels and share."""
@@ -134,7 +136,10 @@ class RunReport:
             "| label | name | voxels | share |",
             "|---:|---|---:|---:|",
         ]
-        lines += [f"| {row['label']} | {_cell(row['name'])} | {row['voxels']} | {row['share']} |" for row in self.dataset_rows()]
+        lines += [
+            f"| {row['label']} | {_cell(row['name'])} | {row['voxels']} | {row['share']} |"
+            for row in self.dataset_rows()
+        ]
         return lines
 
 

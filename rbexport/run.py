@@ -14,15 +14,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from .annotations import mask_references
+from .dataset_run import plan_cases, publish_dataset
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .images.export import image_references
 from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
-from .naming import deduplicate, task_folder_name
-from .dataset_run import plan_cases, publish_dataset
 from .layouts.labels import training_labels
-from .report import REPORT_NAME, Failure, FileRecord, RunReport
-from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
-from .storage import Location, S3Access, Storage
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -34,6 +30,10 @@ from .model import (
     TaskOutcome,
     TaskResult,
 )
+from .naming import deduplicate, task_folder_name
+from .report import REPORT_NAME, Failure, FileRecord, RunReport
+from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
+from .storage import Location, S3Access, Storage
 from .task_export import SEGMENTATIONS_FOLDER, storage_for
 from .variants import resolve_variants
 
@@ -49,7 +49,9 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     source_location, destination_location = check_locations(request.source, request.destination)
     resolved = resolve_variants(request.options, request.variants)
     roots = [destination_location] if len(resolved) == 1 else [destination_location.child(v.name) for v in resolved]
-    targets = tuple(Target(variant.name, root.url, variant.options) for variant, root in zip(resolved, roots))
+    targets = tuple(
+        Target(variant.name, root.url, variant.options) for variant, root in zip(resolved, roots, strict=True)
+    )
 
     access = request.access
     source_storage = storage_for(source_location.url, access)
@@ -67,7 +69,11 @@ def prepare_run(request: ExportRequest) -> RunPlan:
         allowed_buckets=request.allowed_buckets,
     )
     jobs, failures = plan_jobs(tasks)
-    source_task_ids = {item.task.get("taskId") for item in tasks if isinstance(item.task, dict)}
+    source_task_ids = {
+        item.task["taskId"]
+        for item in tasks
+        if isinstance(item.task, dict) and isinstance(item.task.get("taskId"), str)
+    }
     target_plans = [_load_target(target, access) for target in targets]
     jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, request.incremental)
     prune = request.prune
@@ -148,7 +154,7 @@ def plan_jobs(tasks: list[SourceTask]) -> tuple[list[TaskJob], list[Failure]]:
     folders = deduplicate(task_folder_name(task) for _, _, task, _ in accepted)
     jobs = [
         TaskJob(position=position, task_id=task_id, folder=folder, task=task, origin=origin)
-        for (position, task_id, task, origin), folder in zip(accepted, folders)
+        for (position, task_id, task, origin), folder in zip(accepted, folders, strict=True)
     ]
     return jobs, failures
 
@@ -161,7 +167,11 @@ def _load_target(target: Target, access: S3Access) -> TargetPlan:
         entries = json.loads(previous) if previous else []
     except ValueError:
         entries = []
-    by_id = {entry["taskId"]: entry for entry in entries if isinstance(entry, dict) and "taskId" in entry} if isinstance(entries, list) else {}
+    by_id = (
+        {entry["taskId"]: entry for entry in entries if isinstance(entry, dict) and "taskId" in entry}
+        if isinstance(entries, list)
+        else {}
+    )
     return TargetPlan(target, ExportState.load(storage), previous, by_id)
 
 
@@ -178,12 +188,17 @@ def _decide_exports(
     listing = list(source.list())
     source_versions = {info.key: info.etag for info in listing}
     source_sizes = {info.key: info.size for info in listing}
-    present = {
-        plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.access).list()}
-        for plan in target_plans
-    } if incremental else {}
+    present = (
+        {
+            plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.access).list()}
+            for plan in target_plans
+        }
+        if incremental
+        else {}
+    )
     cases = {
-        plan.target.name: plan_cases(jobs, plan.state, plan.target.options) for plan in target_plans
+        plan.target.name: plan_cases(jobs, plan.state, plan.target.options)
+        for plan in target_plans
         if plan.target.options.dataset
     }
     for plan in target_plans:
@@ -263,7 +278,9 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
     target = target_plan.target
     destination = storage_for(target.root, plan.settings.access)
     results = {o.task_id: o.results[target.name] for o in outcomes if target.name in o.results}
-    failures = plan.failures + target_plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]
+    failures = (
+        plan.failures + target_plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]
+    )
     report = RunReport(
         source=plan.settings.source,
         destination=target.root,
@@ -273,9 +290,8 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
         skipped=[job.task_id for job in plan.tasks if job.task_id in target_plan.skipped],
         failed=[failure.taskId for failure in failures],
         failures=failures,
-        warnings=target_plan.warnings + [
-            notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings
-        ],
+        warnings=target_plan.warnings
+        + [notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings],
         files=[record for job in plan.tasks if job.task_id in results for record in results[job.task_id].files],
     )
     if not target.options.dataset:

@@ -55,7 +55,9 @@ def parse_segment_map(segment_map: object) -> list[Instance]:
                 id=instance_id,
                 key=key,
                 entry=dict(entry),
-                groups=tuple(_label_value(group, f"overlappingGroups value {group!r} of instance {key}") for group in groups),
+                groups=tuple(
+                    _label_value(group, f"overlappingGroups value {group!r} of instance {key}") for group in groups
+                ),
             )
         )
     ids = [instance.id for instance in instances]

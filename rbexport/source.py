@@ -54,7 +54,9 @@ def read_tasks(source: Storage) -> list[SourceTask]:
         elif isinstance(content, list):
             found += [SourceTask(task, f"{key}[{position}]") for position, task in enumerate(content)]
         else:
-            raise ConfigurationError(f"{source.url_of(key)} holds a JSON {_json_type(content)}, not a task or a list of tasks")
+            raise ConfigurationError(
+                f"{source.url_of(key)} holds a JSON {_json_type(content)}, not a task or a list of tasks"
+            )
     if not has_tasks_file and not task_files:
         raise ConfigurationError(f"no {TASKS_FILE} or {TASKS_FOLDER}*.json in {source.url}")
     return found

@@ -14,16 +14,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import posixpath
 import re
+import shutil
 import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from pydantic import SecretStr
 
@@ -75,7 +75,7 @@ class Storage(ABC):
         """The object as a stream to read in chunks (close it when done)."""
 
     @abstractmethod
-    def write_stream(self, key: str, stream: BinaryIO) -> None:
+    def write_stream(self, key: str, stream: BinaryIO | io.RawIOBase) -> None:
         """Store what `stream` yields at `key`, never holding all of it in memory."""
 
     def copy_from(self, source: Storage, source_key: str, key: str, size: int | None = None) -> Copied:
@@ -184,7 +184,9 @@ class S3Credentials:
     @classmethod
     def from_mapping(cls, value: object, origin: str) -> S3Credentials:
         keys = value if isinstance(value, dict) else {}
-        access, secret, token = (keys.get(name) for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"))
+        access, secret, token = (
+            keys.get(name) for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+        )
         if not (isinstance(access, str) and access and isinstance(secret, str) and secret):
             raise ConfigurationError(
                 f"{origin} must hold a JSON object with aws_access_key_id and aws_secret_access_key"
@@ -263,7 +265,7 @@ class LocalStorage(Storage):
         except PermissionError:
             raise AccessDeniedError(f"permission denied reading {path}") from None
 
-    def write_stream(self, key: str, stream: BinaryIO) -> None:
+    def write_stream(self, key: str, stream: BinaryIO | io.RawIOBase) -> None:
         self._replace(key, lambda target: shutil.copyfileobj(stream, target, STREAM_CHUNK))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -274,7 +276,10 @@ class LocalStorage(Storage):
             if path.is_file() and not path.name.startswith(".rbexport-"):
                 info = path.stat()
                 yield ObjectInfo(
-                    path.relative_to(self.root).as_posix(), info.st_size, f"{info.st_mtime_ns}-{info.st_size}", info.st_mtime
+                    path.relative_to(self.root).as_posix(),
+                    info.st_size,
+                    f"{info.st_mtime_ns}-{info.st_size}",
+                    info.st_mtime,
                 )
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -337,7 +342,7 @@ class S3Storage(Storage):
         with _s3_errors(self.url_of(key)):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
 
-    def write_stream(self, key: str, stream: BinaryIO) -> None:
+    def write_stream(self, key: str, stream: BinaryIO | io.RawIOBase) -> None:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4)
@@ -470,12 +475,16 @@ def _new_s3_client(access: S3Access):
         if _session is None:
             _session = boto3.session.Session()
         keys = access.credentials
-        explicit = {} if keys is None else {
-            "aws_access_key_id": keys.access_key_id,
-            "aws_secret_access_key": keys.secret_access_key.get_secret_value(),
-            "aws_session_token": keys.session_token.get_secret_value() if keys.session_token else None,
-        }
-        return _session.client("s3", endpoint_url=access.endpoint_url, config=config, **explicit)
+        explicit = (
+            {}
+            if keys is None
+            else {
+                "aws_access_key_id": keys.access_key_id,
+                "aws_secret_access_key": keys.secret_access_key.get_secret_value(),
+                "aws_session_token": keys.session_token.get_secret_value() if keys.session_token else None,
+            }
+        )
+        return _session.client("s3", endpoint_url=access.endpoint_url, config=config, **cast(Any, explicit))
 
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
@@ -501,9 +510,9 @@ class _s3_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind, error, traceback) -> None:
         if error is None:
-            return False
+            return None
         from botocore import exceptions as boto
 
         if isinstance(error, boto.ClientError):
@@ -512,8 +521,16 @@ class _s3_errors:
             if code in _NOT_FOUND:
                 raise ObjectNotFoundError(self.url) from None
             if code in _DENIED:
-                raise AccessDeniedError(f"access denied to {self.url} ({code}): check the credentials and their permissions") from None
-            if status >= 500 or code in {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}:
+                raise AccessDeniedError(
+                    f"access denied to {self.url} ({code}): check the credentials and their permissions"
+                ) from None
+            if status >= 500 or code in {
+                "SlowDown",
+                "RequestTimeout",
+                "InternalError",
+                "ServiceUnavailable",
+                "Throttling",
+            }:
                 raise TransientStorageError(f"{self.url}: the store answered {code or status}") from None
             raise ConfigurationError(f"{self.url}: the store refused the request ({code or status})") from None
         if isinstance(error, boto.NoCredentialsError | boto.PartialCredentialsError):
@@ -528,8 +545,10 @@ class _s3_errors:
 
         if isinstance(error, S3UploadFailedError):  # a multipart upload wraps the ClientError in text
             if any(code in str(error) for code in _DENIED):
-                raise AccessDeniedError(f"access denied to {self.url}: check the credentials and their permissions") from None
+                raise AccessDeniedError(
+                    f"access denied to {self.url}: check the credentials and their permissions"
+                ) from None
             raise TransientStorageError(f"{self.url}: the multipart upload failed") from None
         if isinstance(error, ValueError) and "endpoint" in str(error).lower():
             raise ConfigurationError(f"invalid S3 endpoint URL: {error}") from None
-        return False
+        return None

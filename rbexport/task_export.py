@@ -1,7 +1,8 @@
 """Exporting one task: read its masks once, then build and write every variant asked for.
 
 Everything a worker needs travels in `ExportSettings` and `TaskJob` (rbexport.model),
-plain picklable values (no clients, no credentials), so this runs the same in a thread, a process or a
+plain picklable values (no clients; S3 keys only when a Secret block gave them, held as
+secret values that never print), so this runs the same in a thread, a process or a
 Dask worker. Each variant of a task is checked whole before its first file is written: a
 variant that fails for the task's data writes nothing.
 """
@@ -13,13 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from .annotations import annotations_of, assemble_task
 from .dataset_export import case_annotation, export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
 from .memory import process_budget
-from .nifti import LabelMap, encode_fill, mask_header
 from .model import ExportSettings, Target, TaskFailed, TaskJob, TaskOutcome, TaskResult
+from .nifti import LabelMap, encode_fill, mask_header
 from .report import Failure, FileRecord, Notice
 from .source import MaskReader
 from .storage import Location, S3Access, Storage, open_storage
@@ -92,7 +95,8 @@ def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
             continue
         try:
             annotations = (
-                [case_annotation(job.task, target.options)] if target.options.dataset
+                [case_annotation(job.task, target.options)]
+                if target.options.dataset
                 else annotations_of(job.task, target.options)
             )
         except TaskDataError:
@@ -115,7 +119,9 @@ def _export_variant(
     labels: dict[int, LabelMap] = {}  # the first label map of each series position: its image's grid
     for annotation in annotations_of(job.task, options):
         exported_series = []
-        for position, (series, name, stem) in enumerate(zip(annotation.series, annotation.names, annotation.stems)):
+        for position, (series, name, stem) in enumerate(
+            zip(annotation.series, annotation.names, annotation.stems, strict=True)
+        ):
             reference = series.get("segmentations")
             if reference is None:
                 exported_series.append(series)
@@ -149,15 +155,21 @@ def _export_dataset(
     job: TaskJob, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
 ) -> TaskResult:
     files, cases, warnings = export_dataset_task(
-        job.task, job.task_id, job.cases.get(target.name, ()), target.options, settings.category_numbers or {},
-        reader, images, storage_for(target.root, settings.access),
+        job.task,
+        job.task_id,
+        job.cases.get(target.name, ()),
+        target.options,
+        settings.category_numbers or {},
+        reader,
+        images,
+        storage_for(target.root, settings.access),
     )
     return TaskResult(job.position, job.task_id, {}, files, warnings, cases)
 
 
 def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: bool) -> list[FileRecord]:
     """Encode, compress and store every file, several at once (the codecs release the GIL)."""
-    heads: dict[tuple[int, type], bytes] = {}
+    heads: dict[tuple[int, type | np.dtype], bytes] = {}
     work = []
     for item in planned:
         for mask_file in item.export.files:
@@ -166,7 +178,9 @@ def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: 
                 heads[key] = mask_header(item.label_map.header, mask_file.fill.dtype)
             work.append((mask_file, item.label_map.header, heads[key]))
     pool = _file_pool()
-    futures = [pool.submit(_write_file, destination, mask_file, header, head, compress) for mask_file, header, head in work]
+    futures = [
+        pool.submit(_write_file, destination, mask_file, header, head, compress) for mask_file, header, head in work
+    ]
     return [future.result() for future in futures]
 
 
@@ -193,9 +207,7 @@ def _refuse_colliding_paths(planned: list[_PlannedSeries]) -> None:
     for item in planned:
         for mask_file in item.export.files:
             if mask_file.path in seen:
-                raise TaskDataError(
-                    f"two series would both write {mask_file.path}; rename one of them", item.reference
-                )
+                raise TaskDataError(f"two series would both write {mask_file.path}; rename one of them", item.reference)
             seen.add(mask_file.path)
 
 

@@ -7,7 +7,8 @@ each a complete export with its own tasks.json, report and state (SPEC 2).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,7 +17,7 @@ from .naming import safe_name
 from .options import ExportOptions
 
 
-class Preset(str, Enum):
+class Preset(StrEnum):
     """Named structures; with them, `no_consensus` and `compress` come from the run's options."""
 
     standard = "standard"
@@ -87,12 +88,12 @@ def parse_variant_argument(text: str) -> Preset | Variant:
     if not colon:
         return Preset(name) if name in {preset.value for preset in Preset} else _unknown_preset(name)
     values: dict[str, object] = {}
-    key = None
+    key: str | None = None
     for setting in filter(None, settings.split(",")):
         option, equals, value = setting.partition("=")
         if not equals:
-            if key in LIST_OPTIONS:  # channels=T1,T2,FLAIR: the list goes on
-                values[key] = [*values[key], setting.strip()]
+            if key is not None and key in LIST_OPTIONS:  # channels=T1,T2,FLAIR: the list goes on
+                values[key] = [*cast(list, values[key]), setting.strip()]
                 continue
             raise ConfigurationError(f"--variant {text!r}: expected option=value, got {setting!r}")
         key = option.strip()
@@ -101,7 +102,9 @@ def parse_variant_argument(text: str) -> Preset | Variant:
         return Variant(name=name, options=ExportOptions(**values))
     except ValidationError as error:
         problem = error.errors()[0]
-        raise ConfigurationError(f"--variant {text!r}: {'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+        raise ConfigurationError(
+            f"--variant {text!r}: {'.'.join(map(str, problem['loc']))}: {problem['msg']}"
+        ) from None
 
 
 # Options whose value is a list: in `--variant`, the names after `channels=` up to the next

@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.states import Failed
+from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from rbexport.engine import BACKOFF_SECONDS, STORAGE_RETRIES, export_batch
@@ -35,7 +36,10 @@ def only_transient_errors(task, task_run, state) -> bool:
     return isinstance(error, TransientStorageError)
 
 
-_retrying = dict(
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_retrying: dict[str, Any] = dict(
     retries=STORAGE_RETRIES,
     retry_delay_seconds=exponential_backoff(backoff_factor=BACKOFF_SECONDS),
     retry_jitter_factor=0.2,
@@ -45,19 +49,28 @@ _retrying = dict(
 )
 
 
-def expected_failures_as_states(step: Callable) -> Callable:
+def expected_failures_as_states(step: Callable[P, R]) -> Callable[P, R]:
     """Bad data and bad configuration are answers, not crashes: the step ends Failed with
     the error's one-line message and no traceback in the log. The flow calls such a step
     with `return_state=True` and gets the error back from the state's `.result()`."""
 
     @functools.wraps(step)
-    def run(*args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> R | State[Any]:
         try:
             return step(*args, **kwargs)
         except (ConfigurationError, TaskDataError) as error:
-            return Failed(message=str(error), data=error)
+            return failed(error)
 
-    return run
+    # Typed as the step: Prefect makes a returned state the task run's state, whose
+    # result is the step's value (or raises the error).
+    return cast(Callable[P, R], run)
+
+
+def failed(error: BaseException, message: str | None = None) -> Any:
+    """A Failed state carrying `error`: a flow or task that returns it ends Failed with the
+    message, without a traceback in its log, and calling it raises `error`. (Typed Any: the
+    caller gets its declared result type or the error, never the state.)"""
+    return Failed(message=message or str(error), data=error)
 
 
 def s3_access(endpoint_url: str | None, credentials_block: str | None) -> S3Access:
@@ -71,7 +84,7 @@ def s3_access(endpoint_url: str | None, credentials_block: str | None) -> S3Acce
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(credentials_block).get()
+        value = cast(Secret, Secret.load(credentials_block)).get()
     except ValueError:
         raise ConfigurationError(f"no Prefect Secret block named {credentials_block!r}") from None
     if isinstance(value, str):
@@ -96,7 +109,10 @@ def read_source(request: ExportRequest) -> RunPlan:
     skipped = {target.target.name: len(target.skipped) for target in plan.targets}
     get_run_logger().info(
         "%d tasks in %s; to export: %d; skipped as unchanged: %s",
-        len(plan.tasks), plan.settings.source, len(plan.jobs), skipped,
+        len(plan.tasks),
+        plan.settings.source,
+        len(plan.jobs),
+        skipped,
     )
     return plan
 
@@ -111,7 +127,10 @@ def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: 
     for job, outcome in zip(jobs, outcomes, strict=True):
         for name, result in outcome.results.items():
             logger.info(
-                "%s [%s]: %d files, %d bytes%s", job.task_id, name, len(result.files),
+                "%s [%s]: %d files, %d bytes%s",
+                job.task_id,
+                name,
+                len(result.files),
                 sum(record.bytes for record in result.files),
                 f", {len(result.warnings)} warnings" if result.warnings else "",
             )

@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from prefect_server import PrefectServer
+
 from app.sample import write_sample_project
 from app.seaweed import SeaweedServer
 from rbexport.storage import LocalStorage, S3Storage
@@ -144,4 +144,3 @@ def bucket_tree(storage: S3Storage) -> dict[str, bytes]:
 def copy_tree(source: Path, target) -> None:
     for key, data in tree(source).items():
         target.write(key, data)
-

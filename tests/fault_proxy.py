@@ -78,8 +78,10 @@ def _handler(proxy: FaultProxy) -> type:
                 return
             if fault in _ERRORS:
                 status, code, message = _ERRORS[fault]
-                payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                           f"<Message>{message}</Message></Error>").encode()
+                payload = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message></Error>"
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))

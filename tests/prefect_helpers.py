@@ -73,14 +73,21 @@ def served(prefect_api: str, *names: str, env: dict | None = None) -> Iterator[s
     """`python -m deployments.serve NAMES`, until its deployments are registered."""
     environment = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", *names], cwd=PROJECT, env=environment,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "deployments.serve", *names],
+        cwd=PROJECT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         for name in names:
             wait_for(
-                lambda: process.poll() is None and read_deployment(f"{_flow_of(name)}/{name}").work_pool_name is None,
-                120, f"deployment {name} to be served",
+                lambda name=name: (
+                    process.poll() is None and read_deployment(f"{_flow_of(name)}/{name}").work_pool_name is None
+                ),
+                120,
+                f"deployment {name} to be served",
             )
         yield process
     finally:
@@ -125,8 +132,12 @@ def worker(prefect_api: str, pool: str, env: dict | None = None) -> Iterator[sub
     """`prefect worker start --pool POOL`, polling every second."""
     environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1", **(env or {})}
     process = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", pool], cwd=PROJECT, env=environment,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [PREFECT, "worker", "start", "--pool", pool],
+        cwd=PROJECT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         yield process
@@ -137,7 +148,10 @@ def worker(prefect_api: str, pool: str, env: dict | None = None) -> Iterator[sub
 def log_messages_of(flow_run_id) -> str:
     """Every log line of a flow run and its task runs, as the UI shows them (sent every few seconds)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    logs = _run(lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
+
+    logs = _run(
+        lambda client: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    )
     return "\n".join(log.message for log in logs)
 
 

@@ -58,9 +58,21 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--analytics-off", "--ui" if self.ui else "--no-ui"],
-                env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    PREFECT,
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--analytics-off",
+                    "--ui" if self.ui else "--no-ui",
+                ],
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self._healthy():
@@ -85,7 +97,7 @@ class PrefectServer:
     def new_tracebacks(self) -> str:
         """What the log gained since the last call, when that holds a traceback; else ''."""
         text = self.log()
-        gained, self._checked = text[self._checked:], len(text)
+        gained, self._checked = text[self._checked :], len(text)
         return gained if "Traceback" in gained else ""
 
     def stop(self) -> None:

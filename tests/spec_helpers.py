@@ -14,8 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rbexport.options import ExportOptions
 from rbexport.engine import run_export
+from rbexport.options import ExportOptions
 
 # An oblique affine with anisotropic voxels, so "preserved exactly" means something.
 AFFINE = np.array(
@@ -126,7 +126,9 @@ class Export:
 
     def mask_files(self) -> list[str]:
         """Every file under segmentations/, relative to the root, sorted."""
-        return sorted(p.relative_to(self.root).as_posix() for p in (self.root / "segmentations").rglob("*") if p.is_file())
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in (self.root / "segmentations").rglob("*") if p.is_file()
+        )
 
     def all_files(self) -> dict[str, bytes]:
         return {p.relative_to(self.root).as_posix(): p.read_bytes() for p in self.root.rglob("*") if p.is_file()}

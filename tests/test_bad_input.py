@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rbexport.options import ExportOptions
-from rbexport.engine import run_export
 from app.sample import TAXONOMY, nifti_bytes
+from rbexport.engine import run_export
+from rbexport.options import ExportOptions
 
 GOOD_MAP = np.zeros((6, 5, 4), dtype=np.uint8)
 GOOD_MAP[1:3, 1:3, 1:3] = 1
@@ -39,15 +39,33 @@ BAD_MASKS = [
     ("not-nifti", b"\x89PNG\r\n\x1a\n" + bytes(600), {"1": {"category": "Glioma"}}, "not a NIfTI file"),
     ("gigabytes", huge_header((4096, 4096, 4096)), {}, "header announces 128.0 GiB of voxels (4096x4096x4096)"),
     ("complex", nifti_bytes(np.zeros((3, 3, 3), np.complex64)), {}, "voxel type complex64 is not a label map type"),
-    ("rgb", nifti_bytes(np.zeros((3, 3, 3), [("R", "u1"), ("G", "u1"), ("B", "u1")])), {}, "voxel type RGB is not a label map type"),
+    (
+        "rgb",
+        nifti_bytes(np.zeros((3, 3, 3), [("R", "u1"), ("G", "u1"), ("B", "u1")])),
+        {},
+        "voxel type RGB is not a label map type",
+    ),
     ("five-d", nifti_bytes(np.zeros((2, 2, 2, 2, 2), np.uint8)), {}, "5-dimensional image (2x2x2x2x2)"),
     ("nan", nifti_bytes(np.full((3, 3, 3), np.nan, np.float32)), {}, "the label map holds NaN or infinite values"),
     ("negative", nifti_bytes(np.full((3, 3, 3), -4, np.int16)), {}, "negative value -4"),
-    ("key", nifti_bytes(GOOD_MAP), {"one": {"category": "Glioma"}}, "segmentMap key 'one' is not an integer label value"),
-    ("group", nifti_bytes(overlapping_map()), {"1": {"category": "Glioma", "overlappingGroups": [9]},
-                                              "2": {"category": "Edema", "overlappingGroups": [9]}},
-     "overlappingGroups of instance 1 name value 9, which the mask does not hold"),
-    ("category", nifti_bytes(GOOD_MAP), {"1": {"category": "Tumour"}}, "category 'Tumour' of instance 1 is not in taxonomy.json"),
+    (
+        "key",
+        nifti_bytes(GOOD_MAP),
+        {"one": {"category": "Glioma"}},
+        "segmentMap key 'one' is not an integer label value",
+    ),
+    (
+        "group",
+        nifti_bytes(overlapping_map()),
+        {"1": {"category": "Glioma", "overlappingGroups": [9]}, "2": {"category": "Edema", "overlappingGroups": [9]}},
+        "overlappingGroups of instance 1 name value 9, which the mask does not hold",
+    ),
+    (
+        "category",
+        nifti_bytes(GOOD_MAP),
+        {"1": {"category": "Tumour"}},
+        "category 'Tumour' of instance 1 is not in taxonomy.json",
+    ),
 ]
 
 
@@ -57,12 +75,17 @@ def bad_source(root: Path) -> Path:
     masks.mkdir(parents=True)
     (masks / "good.nii.gz").write_bytes(nifti_bytes(GOOD_MAP))
     (root.parent / "outside.nii.gz").write_bytes(nifti_bytes(GOOD_MAP))
-    good = {"taskId": "good-1", "series": [{"segmentations": "masks/good.nii.gz", "segmentMap": {"1": {"category": "Glioma"}}}]}
+    good = {
+        "taskId": "good-1",
+        "series": [{"segmentations": "masks/good.nii.gz", "segmentMap": {"1": {"category": "Glioma"}}}],
+    }
     tasks = [good]
     for name, data, segment_map, _ in BAD_MASKS:
         if data is not None:
             (masks / f"{name}.nii.gz").write_bytes(data)
-        tasks.append({"taskId": f"bad-{name}", "series": [{"segmentations": f"masks/{name}.nii.gz", "segmentMap": segment_map}]})
+        tasks.append(
+            {"taskId": f"bad-{name}", "series": [{"segmentations": f"masks/{name}.nii.gz", "segmentMap": segment_map}]}
+        )
     tasks.append({"taskId": "bad-escape", "series": [{"segmentations": "../outside.nii.gz"}]})
     tasks.append({"taskId": "bad-absolute", "series": [{"segmentations": str(root.parent / "outside.nii.gz")}]})
     tasks.append({**good, "name": "a duplicate"})
@@ -99,10 +122,16 @@ def test_a_bad_input_fails_only_its_task_with_a_reason_naming_the_file(tmp_path,
     assert reason in failure.reason and "\n" not in failure.reason
     stored = json.loads((tmp_path / "export/export-report.json").read_text())
     assert stored["failures"] == [{"taskId": task_id, "file": failure.file, "reason": failure.reason}]
-    written = sorted(path.relative_to(tmp_path / "export").as_posix()
-                     for path in (tmp_path / "export").rglob("*") if path.is_file())
-    assert written == [".rbexport/state.json", "export-report.json", "segmentations/good-1/A.nii.gz",
-                       "segmentations/good-2/A.nii.gz", "tasks.json"]
+    written = sorted(
+        path.relative_to(tmp_path / "export").as_posix() for path in (tmp_path / "export").rglob("*") if path.is_file()
+    )
+    assert written == [
+        ".rbexport/state.json",
+        "export-report.json",
+        "segmentations/good-1/A.nii.gz",
+        "segmentations/good-2/A.nii.gz",
+        "tasks.json",
+    ]
 
 
 def test_the_cli_reports_every_bad_input_and_exits_1(run_cli, tmp_path):
@@ -131,8 +160,11 @@ def test_task_and_series_names_are_made_safe_and_stay_inside(tmp_path, name, fol
     source = tmp_path / "source"
     (source / "masks").mkdir(parents=True)
     (source / "masks/m.nii.gz").write_bytes(nifti_bytes(GOOD_MAP))
-    task = {"taskId": "t-dots", "name": name,
-            "series": [{"name": name, "segmentations": "masks/m.nii.gz", "segmentMap": {"1": {"category": "Glioma"}}}]}
+    task = {
+        "taskId": "t-dots",
+        "name": name,
+        "series": [{"name": name, "segmentations": "masks/m.nii.gz", "segmentMap": {"1": {"category": "Glioma"}}}],
+    }
     (source / "tasks.json").write_text(json.dumps([task]))
     destination = tmp_path / "deep" / "export"
     [report] = run_export(str(source), str(destination), ExportOptions())

@@ -8,8 +8,14 @@ from pathlib import Path
 from conftest import ACCESS_KEY, tree
 
 # The training-layout options (SPEC 6) of a RedBrick export.
-NO_DATASET = {"layout": "redbrick", "channels": None, "modality": None, "group_by": None,
-              "dataset_name": None, "description": None}
+NO_DATASET = {
+    "layout": "redbrick",
+    "channels": None,
+    "modality": None,
+    "group_by": None,
+    "dataset_name": None,
+    "description": None,
+}
 
 
 def assert_clean(stderr: str) -> None:
@@ -55,17 +61,45 @@ def test_usage_errors_exit_2_with_one_line(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
     cases = {
         ("run", "--source", str(sample_source)): "the following arguments are required: --dest",
-        ("run", "--source", str(sample_source), "--dest", str(destination), "--binary-mask", "--single-mask"):
-            "not allowed with argument",
+        (
+            "run",
+            "--source",
+            str(sample_source),
+            "--dest",
+            str(destination),
+            "--binary-mask",
+            "--single-mask",
+        ): "not allowed with argument",
         ("run", "--source", "s3://A/x", "--dest", str(destination)): "'A' is not a valid bucket name",
         ("run", "--source", "ftp://host/x", "--dest", str(destination)): "unsupported scheme 'ftp'",
         ("run", "--source", str(sample_source), "--dest", str(sample_source / "out")): "lies inside the source",
-        ("run", "--source", str(sample_source), "--dest", str(destination), "--endpoint-url", "localhost:9"):
-            "must start with http:// or https://",
-        ("run", "--source", str(sample_source), "--dest", str(destination), "--dask-address", "tcp://h:1"):
-            "--dask-address goes with --task-runner dask",
-        ("run", "--source", str(sample_source), "--dest", str(destination), "--task-runner", "gpu"):
-            "invalid choice: 'gpu'",
+        (
+            "run",
+            "--source",
+            str(sample_source),
+            "--dest",
+            str(destination),
+            "--endpoint-url",
+            "localhost:9",
+        ): "must start with http:// or https://",
+        (
+            "run",
+            "--source",
+            str(sample_source),
+            "--dest",
+            str(destination),
+            "--dask-address",
+            "tcp://h:1",
+        ): "--dask-address goes with --task-runner dask",
+        (
+            "run",
+            "--source",
+            str(sample_source),
+            "--dest",
+            str(destination),
+            "--task-runner",
+            "gpu",
+        ): "invalid choice: 'gpu'",
     }
     for arguments, message in cases.items():
         result = run_cli(*arguments)
@@ -91,8 +125,13 @@ def test_invalid_tasks_json_exits_2_before_anything_is_written(run_cli, sample_s
 
 def test_unreachable_endpoint_exits_2(run_cli, tmp_path):
     result = run_cli(
-        "run", "--source", "s3://nowhere/project", "--dest", str(tmp_path / "export"),
-        "--endpoint-url", "http://127.0.0.1:9",
+        "run",
+        "--source",
+        "s3://nowhere/project",
+        "--dest",
+        str(tmp_path / "export"),
+        "--endpoint-url",
+        "http://127.0.0.1:9",
     )
     assert result.returncode == 2
     assert "rbexport: error: cannot reach s3://nowhere at http://127.0.0.1:9" in result.stderr
@@ -103,7 +142,13 @@ def test_denied_access_exits_2_without_leaking_the_secret(run_cli, seaweed, make
     source = make_bucket("project")
     wrong_secret = "definitely-not-the-secret-4242"
     result = run_cli(
-        "run", "--source", source.url, "--dest", str(tmp_path / "export"), "--endpoint-url", seaweed.endpoint_url,
+        "run",
+        "--source",
+        source.url,
+        "--dest",
+        str(tmp_path / "export"),
+        "--endpoint-url",
+        seaweed.endpoint_url,
         env={"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": wrong_secret},
     )
     assert result.returncode == 2
@@ -114,8 +159,7 @@ def test_denied_access_exits_2_without_leaking_the_secret(run_cli, seaweed, make
 
 def test_uses_the_ephemeral_api_by_default_quietly(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--single-mask",
-                     ephemeral=True)
+    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--single-mask", ephemeral=True)
     assert result.returncode == 0, result.stderr
     assert_clean(result.stderr)
     assert "temporary server" not in result.stderr  # Prefect's console logs are off without --verbose
@@ -125,14 +169,29 @@ def test_uses_the_ephemeral_api_by_default_quietly(run_cli, sample_source, tmp_p
 def test_options_reach_the_export(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
     result = run_cli(
-        "run", "--source", str(sample_source), "--dest", str(destination),
-        "--semantic", "--binary-mask", "--no-consensus", "--uncompressed", "--workers", "2",
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination),
+        "--semantic",
+        "--binary-mask",
+        "--no-consensus",
+        "--uncompressed",
+        "--workers",
+        "2",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((destination / "export-report.json").read_text())
-    assert report["options"] == {"semantic_mask": True, "binary_mask": True, "no_consensus": True, "compress": False,
-                                 "with_images": False, "image_format": "original",
-                                 **NO_DATASET}
+    assert report["options"] == {
+        "semantic_mask": True,
+        "binary_mask": True,
+        "no_consensus": True,
+        "compress": False,
+        "with_images": False,
+        "image_format": "original",
+        **NO_DATASET,
+    }
     written = tree(destination)
     assert "segmentations/Brain_001/T1/category-1.nii" in written
     assert not any(path.endswith(".gz") for path in written)
@@ -145,8 +204,14 @@ def test_demo_exports_the_sample_project_on_seaweedfs(run_cli, tmp_path):
     result = run_cli("demo", "--output", str(output), timeout=600)
     assert result.returncode == 0, result.stderr
     assert_clean(result.stderr)
-    for line in ("SeaweedFS (S3) running on http://127.0.0.1:", "s3://rbexport-export:", "instance-2.nii.gz",
-                 "category-3.nii.gz", "T1_2.nii.gz", "SeaweedFS stopped"):
+    for line in (
+        "SeaweedFS (S3) running on http://127.0.0.1:",
+        "s3://rbexport-export:",
+        "instance-2.nii.gz",
+        "category-3.nii.gz",
+        "T1_2.nii.gz",
+        "SeaweedFS stopped",
+    ):
         assert line in result.stdout
     written = tree(output)
     assert {"standard/tasks.json", "semantic/tasks.json", "standard/export-report.json"} <= set(written)
@@ -161,11 +226,18 @@ def test_progress_bar_on_a_terminal(prefect_api, sample_source, tmp_path):
     from conftest import RBEXPORT
 
     leader, follower = pty.openpty()
-    environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home"),
-                   "COLUMNS": "100", "TERM": "xterm"}
+    environment = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "COLUMNS": "100",
+        "TERM": "xterm",
+    }
     process = subprocess.Popen(
         [RBEXPORT, "run", "--source", str(sample_source), "--dest", str(tmp_path / "export")],
-        stdout=follower, stderr=follower, env=environment,
+        stdout=follower,
+        stderr=follower,
+        env=environment,
     )
     os.close(follower)
     output = b""

@@ -15,14 +15,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import bucket_tree, copy_tree
 
 import rbexport.source
-from conftest import bucket_tree, copy_tree
-from rbexport.errors import ConfigurationError
-from rbexport.options import ExportOptions
-from rbexport.engine import run_export
 from app.sample import AFFINE, nifti_bytes, write_training_project
 from app.sample_images import dicom_series_on_grid
+from rbexport.engine import run_export
+from rbexport.errors import ConfigurationError
+from rbexport.options import ExportOptions
 from rbexport.storage import LocalStorage
 from rbexport.variants import Preset, Variant, parse_variant_argument
 
@@ -80,7 +80,10 @@ def test_an_nnunet_dataset_pairs_every_channel_with_its_label_on_one_grid(source
             assert np.allclose(image_affine, affine, atol=1e-3)
             assert np.array_equal(image, expected_channel(source_label, channel))
     assert sorted(path.name for path in (destination / "imagesTr").iterdir())[:3] == [
-        "Study_001_0000.nii.gz", "Study_001_0001.nii.gz", "Study_002_0000.nii.gz"]
+        "Study_001_0000.nii.gz",
+        "Study_001_0001.nii.gz",
+        "Study_002_0000.nii.gz",
+    ]
     assert not (destination / "tasks.json").exists() and not (destination / "segmentations").exists()
 
     splits = json.loads((destination / "splits_final.json").read_text())
@@ -89,7 +92,12 @@ def test_an_nnunet_dataset_pairs_every_channel_with_its_label_on_one_grid(source
         assert sorted(split["train"] + split["val"]) == [f"Study_{n:03d}" for n in range(1, 7)]
     # Two studies per patient (group_by metaData.patientId): a patient's studies share a fold.
     assert [split["val"] for split in splits] == [
-        ["Study_001", "Study_002"], ["Study_003", "Study_004"], ["Study_005", "Study_006"], [], []]
+        ["Study_001", "Study_002"],
+        ["Study_003", "Study_004"],
+        ["Study_005", "Study_006"],
+        [],
+        [],
+    ]
     assert report.dataset["cases_per_fold"] == {"0": 2, "1": 2, "2": 2, "3": 0, "4": 0}
 
 
@@ -103,7 +111,10 @@ def test_an_msd_dataset_stacks_channels_and_lists_cases_with_folds(source, tmp_p
     assert dataset["labels"] == {"0": "background", "1": "Glioma", "2": "Edema", "3": "Abscess"}
     assert dataset["numTraining"] == 6 and dataset["test"] == []
     assert dataset["training"][0] == {
-        "image": "./imagesTr/Study_001.nii.gz", "label": "./labelsTr/Study_001.nii.gz", "fold": 0}
+        "image": "./imagesTr/Study_001.nii.gz",
+        "label": "./labelsTr/Study_001.nii.gz",
+        "fold": 0,
+    }
     assert [entry["fold"] for entry in dataset["training"]] == [0, 1, 2, 3, 4, 0]  # no groups: one per fold
     source_label, _ = load(source / "masks/study-002.nii.gz")
     image, _ = load(destination / "imagesTr/Study_002.nii.gz")
@@ -114,11 +125,13 @@ def test_an_msd_dataset_stacks_channels_and_lists_cases_with_folds(source, tmp_p
 
 
 def test_labels_are_consecutive_in_category_order_and_unclaimed_values_are_zero(source, tmp_path):
-    taxonomy = {"objectTypes": [
-        {"category": "Edema", "classId": 7},
-        {"category": "Glioma", "classId": 2},
-        {"category": "Tumour", "classId": 4, "children": []},
-    ]}
+    taxonomy = {
+        "objectTypes": [
+            {"category": "Edema", "classId": 7},
+            {"category": "Glioma", "classId": 2},
+            {"category": "Tumour", "classId": 4, "children": []},
+        ]
+    }
     (source / "taxonomy.json").write_text(json.dumps(taxonomy))
     tasks = tasks_of(source)
     tasks[0]["series"][0]["segmentMap"] = {"1": {"category": "Glioma"}}  # value 2 no longer claimed
@@ -176,8 +189,12 @@ def test_folds_stay_across_runs_and_new_cases_fill_the_smallest_fold(source, tmp
     for fold in range(5):  # the first six keep their folds; 7, 8, 9 join folds 1, 2, 3 (one case each)
         assert set(first[fold]["val"]) <= set(splits[fold]["val"])
     assert [split["val"] for split in splits] == [
-        ["Study_001", "Study_006"], ["Study_002", "Study_007"], ["Study_003", "Study_008"],
-        ["Study_004", "Study_009"], ["Study_005"]]
+        ["Study_001", "Study_006"],
+        ["Study_002", "Study_007"],
+        ["Study_003", "Study_008"],
+        ["Study_004", "Study_009"],
+        ["Study_005"],
+    ]
     assert json.loads((destination / "dataset.json").read_text())["numTraining"] == 9
 
     [again] = run_export(str(source), str(destination), options, incremental=False)  # a full run: same folds
@@ -212,8 +229,11 @@ def test_a_case_the_task_no_longer_has_leaves_the_dataset_at_once(source, tmp_pa
     save_tasks(source, tasks)
     [report] = run_export(str(source), str(destination), ExportOptions(layout="nnunet"))
     assert sorted(report.pruned) == [
-        "imagesTr/Study_001_FLAIR_0000.nii.gz", "imagesTr/Study_001_T1_0000.nii.gz",
-        "labelsTr/Study_001_FLAIR.nii.gz", "labelsTr/Study_001_T1.nii.gz"]
+        "imagesTr/Study_001_FLAIR_0000.nii.gz",
+        "imagesTr/Study_001_T1_0000.nii.gz",
+        "labelsTr/Study_001_FLAIR.nii.gz",
+        "labelsTr/Study_001_T1.nii.gz",
+    ]
     assert sorted(path.name for path in (destination / "labelsTr").iterdir())[0] == "Study_001.nii.gz"
     assert json.loads((destination / "dataset.json").read_text())["numTraining"] == 6
 
@@ -240,7 +260,10 @@ def test_bad_tasks_fail_with_one_line_each_and_the_others_export(source, tmp_pat
     assert "not in taxonomy.json" in reasons["study-004"] and reasons["study-004"].startswith("case Study_004: ")
     assert all("\n" not in reason for reason in reasons.values())
     assert report.exported == ["study-005", "study-006"]
-    assert sorted(path.name for path in (destination / "labelsTr").iterdir()) == ["Study_005.nii.gz", "Study_006.nii.gz"]
+    assert sorted(path.name for path in (destination / "labelsTr").iterdir()) == [
+        "Study_005.nii.gz",
+        "Study_006.nii.gz",
+    ]
     assert json.loads((destination / "dataset.json").read_text())["numTraining"] == 2
 
 
@@ -248,7 +271,9 @@ def test_a_channel_without_a_modality_asks_for_the_option(source, tmp_path):
     for number in (1, 2):
         label, affine = load(source / f"masks/study-{number:03d}.nii.gz")
         (source / f"nifti/{number}.nii.gz").parent.mkdir(exist_ok=True)
-        (source / f"nifti/{number}.nii.gz").write_bytes(nifti_bytes(expected_channel(label, 0).astype(np.int16), affine))
+        (source / f"nifti/{number}.nii.gz").write_bytes(
+            nifti_bytes(expected_channel(label, 0).astype(np.int16), affine)
+        )
     tasks = tasks_of(source)[:2]
     for number, task in enumerate(tasks, start=1):
         task["series"][0]["items"] = f"nifti/{number}.nii.gz"
@@ -261,7 +286,9 @@ def test_a_channel_without_a_modality_asks_for_the_option(source, tmp_path):
     assert report.succeeded
     assert json.loads((tmp_path / "out/dataset.json").read_text())["channel_names"] == {"0": "MR"}
     # A series' own DICOM Modality wins over the option, with a warning.
-    [report] = run_export(str(source), str(tmp_path / "ct"), ExportOptions(layout="nnunet", modality="CT", channels=CHANNELS))
+    [report] = run_export(
+        str(source), str(tmp_path / "ct"), ExportOptions(layout="nnunet", modality="CT", channels=CHANNELS)
+    )
     assert report.succeeded
     assert json.loads((tmp_path / "ct/dataset.json").read_text())["channel_names"] == {"0": "CT", "1": "MR"}
     assert any("the series' Modality is MR, the modality option CT" in notice.message for notice in report.warnings)
@@ -276,7 +303,10 @@ def test_two_cases_with_one_id_are_told_apart_and_said_so(source, tmp_path):
     [report] = run_export(str(source), str(tmp_path / "out"), ExportOptions(layout="nnunet"))
     assert report.succeeded
     assert sorted(path.name for path in (tmp_path / "out/labelsTr").iterdir()) == [
-        "Study_001_FLAIR.nii.gz", "Study_001_T1.nii.gz", "Study_001_T1_1.nii.gz"]
+        "Study_001_FLAIR.nii.gz",
+        "Study_001_T1.nii.gz",
+        "Study_001_T1_1.nii.gz",
+    ]
     [notice] = [notice for notice in report.warnings if "another case" in notice.message]
     assert notice.taskId == "study-001"
     assert notice.message == "case id Study_001_T1 is another case's; this case is Study_001_T1_1"
@@ -292,11 +322,15 @@ def test_a_dataset_needs_the_taxonomy(source, tmp_path):
 def test_one_run_writes_the_redbrick_export_and_a_dataset_from_one_decode(source, tmp_path, monkeypatch):
     decoded = []
     original = rbexport.source.MaskReader._decode
-    monkeypatch.setattr(rbexport.source.MaskReader, "_decode",
-                        staticmethod(lambda reference, raw: decoded.append(reference) or original(reference, raw)))
+    monkeypatch.setattr(
+        rbexport.source.MaskReader,
+        "_decode",
+        staticmethod(lambda reference, raw: decoded.append(reference) or original(reference, raw)),
+    )
     variants = [Preset.standard, parse_variant_argument("Dataset501_Brain:layout=nnunet,channels=T1,FLAIR,modality=MR")]
-    assert variants[1] == Variant(name="Dataset501_Brain", options=ExportOptions(
-        layout="nnunet", channels=CHANNELS, modality="MR"))
+    assert variants[1] == Variant(
+        name="Dataset501_Brain", options=ExportOptions(layout="nnunet", channels=CHANNELS, modality="MR")
+    )
     reports = run_export(str(source), str(tmp_path / "out"), ExportOptions(), variants=variants)
     assert all(report.succeeded for report in reports)
     assert sorted(decoded) == [f"masks/study-{n:03d}.nii.gz" for n in range(1, 7)]
@@ -308,8 +342,18 @@ def test_the_cli_writes_both_layouts_on_s3(run_cli, make_bucket, source, seaweed
     origin, destination = make_bucket("studies"), make_bucket("nnUNet_raw")
     copy_tree(source, origin)
     common = ["--source", origin.url, "--endpoint-url", seaweed.endpoint_url, "--channels", "T1,FLAIR"]
-    result = run_cli("run", *common, "--dest", destination.url + "/Dataset501_Brain", "--layout", "nnunet",
-                     "--group-by", "metaData.patientId", "--dataset-name", "Brain")
+    result = run_cli(
+        "run",
+        *common,
+        "--dest",
+        destination.url + "/Dataset501_Brain",
+        "--layout",
+        "nnunet",
+        "--group-by",
+        "metaData.patientId",
+        "--dataset-name",
+        "Brain",
+    )
     assert result.returncode == 0, result.stderr
     assert "6 tasks exported" in result.stdout
     result = run_cli("run", *common, "--dest", destination.url + "/Task01_Brain", "--layout", "msd")
@@ -335,7 +379,9 @@ def test_the_flow_shows_the_class_balance_as_a_table(prefect_api, source, tmp_pa
 
     async def read():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dataset-export"])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dataset-export"]))
+            )
 
     import asyncio
 
@@ -350,17 +396,23 @@ def test_the_flow_shows_the_class_balance_as_a_table(prefect_api, source, tmp_pa
 def test_a_deployment_run_writes_a_dataset(prefect_api, source, tmp_path):
     """export-manual served from prefect.yaml, started with the parameters the UI form sends."""
     from prefect.deployments import run_deployment
-
     from prefect_helpers import served
 
     destination = tmp_path / "nnUNet_raw"
     with served(prefect_api, "export-manual") as server:
         flow_run = run_deployment(
             "export-project/export-manual",
-            parameters={"source": str(source), "destination": str(destination),
-                        "variants": ["standard"],
-                        "custom_variants": [{"name": "Dataset501_Brain", "options": {
-                            "layout": "nnunet", "channels": ["T1", "FLAIR"], "group_by": "metaData.patientId"}}]},
+            parameters={
+                "source": str(source),
+                "destination": str(destination),
+                "variants": ["standard"],
+                "custom_variants": [
+                    {
+                        "name": "Dataset501_Brain",
+                        "options": {"layout": "nnunet", "channels": ["T1", "FLAIR"], "group_by": "metaData.patientId"},
+                    }
+                ],
+            },
             timeout=180,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import yaml
+from prefect_helpers import PROJECT, automations_of, prefect_cli, read_deployment, served
 
 from deployments.serve import deployment_specs, runner_deployment
-from prefect_helpers import PROJECT, automations_of, prefect_cli, read_deployment, served
 
 SETTINGS = {
     "RBEXPORT_SOURCE": "s3://studies/brain",
@@ -30,8 +30,11 @@ def test_prefect_deploy_all_creates_every_deployment(prefect_api, no_schedules_l
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect_cli(prefect_api, "--no-prompt", "deploy", "--all", env=SETTINGS)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    located = {"source": "s3://studies/brain", "destination": "s3://exports/brain",
-               "endpoint_url": "http://127.0.0.1:8333"}
+    located = {
+        "source": "s3://studies/brain",
+        "destination": "s3://exports/brain",
+        "endpoint_url": "http://127.0.0.1:8333",
+    }
 
     nightly = read_deployment("export-project/export-nightly")
     assert nightly.work_pool_name == "rbexport"
@@ -82,7 +85,9 @@ def test_a_placeholder_left_unresolved_is_a_clear_error(prefect_api, tmp_path):
     from flows.export import export_project
     from rbexport.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match=r"parameter source is the unresolved placeholder '\{\{ \$RBEXPORT_SOURCE \}\}'"):
+    with pytest.raises(
+        ConfigurationError, match=r"parameter source is the unresolved placeholder '\{\{ \$RBEXPORT_SOURCE \}\}'"
+    ):
         export_project("{{ $RBEXPORT_SOURCE }}", str(tmp_path / "export"))
 
 
@@ -94,9 +99,12 @@ def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_
         destination = tmp_path / "export"
         flow_run = run_deployment(
             "export-project/export-manual",
-            parameters={"source": str(sample_source), "destination": str(destination),
-                        "variants": ["standard"],
-                        "custom_variants": [{"name": "mine", "options": {"semantic_mask": True}}]},
+            parameters={
+                "source": str(sample_source),
+                "destination": str(destination),
+                "variants": ["standard"],
+                "custom_variants": [{"name": "mine", "options": {"semantic_mask": True}}],
+            },
             timeout=180,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
@@ -112,12 +120,12 @@ def test_serve_stops_on_ctrl_c_with_a_run_in_flight(prefect_api, sample_source, 
     import time
 
     from prefect.deployments import run_deployment
-
     from prefect_helpers import read_flow_run, wait_for
 
     with served(prefect_api, "export-manual", env={"PREFECT_RUNNER_POLL_FREQUENCY": "1"}) as server:
         flow_run = run_deployment(
-            "export-project/export-manual", timeout=0,
+            "export-project/export-manual",
+            timeout=0,
             parameters={"source": str(sample_source), "destination": str(tmp_path / "export"), "quiet_seconds": 120},
         )
         wait_for(lambda: read_flow_run(flow_run.id).state.is_running(), 60, "the run to start")

@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tree
 
 import rbexport.engine
-from conftest import tree
+from app.sample import write_sample_project, write_training_project
 from flows.export import export_project
 from rbexport.engine import BATCH_BYTES, UNKNOWN_TASK_BYTES, batch_label, make_batches, run_export
 from rbexport.errors import TransientStorageError
 from rbexport.model import TaskJob
-from app.sample import write_sample_project, write_training_project
 from rbexport.storage import LocalStorage
 
 
@@ -68,8 +68,16 @@ def test_a_retry_reruns_only_the_task_whose_storage_failed(engine, prefect_api, 
     else:
         [report] = export_project(str(sample_source), destination, batch_size=6)
     assert report.succeeded and len(report.exported) == 6
-    assert sorted(attempts) == ["task-001", "task-002", "task-003", "task-003", "task-003",
-                                "task-004", "task-005", "task-006"]
+    assert sorted(attempts) == [
+        "task-001",
+        "task-002",
+        "task-003",
+        "task-003",
+        "task-003",
+        "task-004",
+        "task-005",
+        "task-006",
+    ]
 
 
 @pytest.mark.parametrize("engine", ["local", "prefect"])
@@ -87,21 +95,25 @@ def test_an_unexpected_error_fails_only_its_task(engine, prefect_api, sample_sou
 
 
 def test_the_flow_names_each_batch_task_run_after_its_tasks(prefect_api, sample_source, tmp_path):
+    import asyncio
+
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    import asyncio
 
     state = export_project(str(sample_source), str(tmp_path / "export"), batch_size=4, return_state=True)
     assert state.is_completed()
 
     async def names():
         async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
             return sorted(run.name for run in runs)
 
     assert [name for name in asyncio.run(names()) if name.startswith("export-task")] == [
-        "export-task-001..task-004 (4 tasks)", "export-task-005..task-006 (2 tasks)"]
+        "export-task-001..task-004 (4 tasks)",
+        "export-task-005..task-006 (2 tasks)",
+    ]
 
 
 def test_both_engines_write_the_same_export(run_cli, tmp_path):
@@ -112,12 +124,36 @@ def test_both_engines_write_the_same_export(run_cli, tmp_path):
     exports = {}
     for engine in ("local", "prefect"):
         destination = tmp_path / engine
-        result = run_cli("run", "--engine", engine, "--source", str(source), "--dest", str(destination),
-                         "--images-as-nifti", "--variant", "standard", "--variant", "semantic-binary",
-                         "--variant", "raw:with_images=true,compress=false")
+        result = run_cli(
+            "run",
+            "--engine",
+            engine,
+            "--source",
+            str(source),
+            "--dest",
+            str(destination),
+            "--images-as-nifti",
+            "--variant",
+            "standard",
+            "--variant",
+            "semantic-binary",
+            "--variant",
+            "raw:with_images=true,compress=false",
+        )
         assert result.returncode == 0, result.stderr
-        result = run_cli("run", "--engine", engine, "--source", str(training), "--dest", str(destination / "ds"),
-                         "--layout", "nnunet", "--channels", "T1,FLAIR")
+        result = run_cli(
+            "run",
+            "--engine",
+            engine,
+            "--source",
+            str(training),
+            "--dest",
+            str(destination / "ds"),
+            "--layout",
+            "nnunet",
+            "--channels",
+            "T1,FLAIR",
+        )
         assert result.returncode == 0, result.stderr
         exports[engine] = tree(destination)
     assert exports["local"].keys() == exports["prefect"].keys()
@@ -144,7 +180,16 @@ def test_the_local_engine_never_imports_prefect(sample_source, tmp_path):
 
 
 def test_the_local_engine_refuses_what_needs_prefect(run_cli, sample_source, tmp_path):
-    result = run_cli("run", "--engine", "local", "--source", str(sample_source), "--dest", str(tmp_path / "x"),
-                     "--credentials-block", "s3-keys")
+    result = run_cli(
+        "run",
+        "--engine",
+        "local",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(tmp_path / "x"),
+        "--credentials-block",
+        "s3-keys",
+    )
     assert result.returncode == 2 and "--credentials-block reads a Prefect Secret block" in result.stderr
     assert not (tmp_path / "x").exists()

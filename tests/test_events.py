@@ -16,11 +16,11 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import copy_tree
 from prefect_helpers import PROJECT, flow_runs_of, served, wait_for
-from rbexport.notifications import NotificationError, Watermark, created_objects, objects_since
+
 from app.sample import box, nifti_bytes
+from rbexport.notifications import NotificationError, Watermark, created_objects, objects_since
 from rbexport.storage import LocalStorage
 
 SECRET = "receiver-secret-8c1f"
@@ -35,10 +35,12 @@ def free_port() -> int:
 
 def notification(bucket: str, *keys: str, event: str = "ObjectCreated:Put") -> bytes:
     return json.dumps(
-        {"Records": [
-            {"eventName": event, "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1, "eTag": "x"}}}
-            for key in keys
-        ]}
+        {
+            "Records": [
+                {"eventName": event, "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1, "eTag": "x"}}}
+                for key in keys
+            ]
+        }
     ).encode()
 
 
@@ -74,10 +76,16 @@ def live(prefect_api, seaweed, tmp_path_factory):
     }
     port = free_port()
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "deployments.receiver"], cwd=PROJECT,
-        env={**os.environ, "PREFECT_API_URL": prefect_api, "RBEXPORT_WEBHOOK_SECRET": SECRET,
-             "RBEXPORT_RECEIVER_PORT": str(port)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "deployments.receiver"],
+        cwd=PROJECT,
+        env={
+            **os.environ,
+            "PREFECT_API_URL": prefect_api,
+            "RBEXPORT_WEBHOOK_SECRET": SECRET,
+            "RBEXPORT_RECEIVER_PORT": str(port),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
     wait_for(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60, "the receiver")
@@ -94,8 +102,11 @@ def upload_task(source, task_id: str) -> list[str]:
     """A new task as one tasks/<id>.json and its mask; returns the keys, mask first."""
     mask_key, task_key = f"masks/{task_id}.nii.gz", f"tasks/{task_id}.json"
     source.write(mask_key, nifti_bytes(box((16, 16, 4), 1, (2, 2, 1), (5, 5, 2))))
-    task = {"taskId": task_id, "name": task_id, "series": [
-        {"name": "T1", "segmentations": mask_key, "segmentMap": {"1": {"category": "Glioma"}}}]}
+    task = {
+        "taskId": task_id,
+        "name": task_id,
+        "series": [{"name": "T1", "segmentations": mask_key, "segmentMap": {"1": {"category": "Glioma"}}}],
+    }
     source.write(task_key, json.dumps(task).encode())
     return [f"{source.prefix}/{mask_key}", f"{source.prefix}/{task_key}"]
 
@@ -139,7 +150,7 @@ def test_two_uploads_in_quick_succession_export_both_without_racing(live):
 
     runs = sorted(wait_for(runs_done, 240, "both runs to finish"), key=lambda run: run.start_time)
     assert all(run.state.is_completed() for run in runs)
-    for earlier, later in zip(runs, runs[1:]):  # one at a time: the second waited for the first
+    for earlier, later in zip(runs, runs[1:], strict=False):  # one at a time: the second waited for the first
         assert later.start_time >= earlier.end_time
 
 
@@ -166,8 +177,9 @@ def test_the_receiver_refuses_what_is_not_an_authenticated_notification(live):
     assert post(url, notification("b", "k", event="ObjectRemoved:Delete")) == (202, {"emitted": 0})
     assert post(url, b'{"Service": "Amazon S3", "Event": "s3:TestEvent"}') == (202, {"emitted": 0})
     basic = "Basic " + base64.b64encode(f"rbexport:{SECRET}".encode()).decode()  # SNS: user:secret@host
-    assert post(url, notification("b", "k", event="ObjectRemoved:Delete"), secret=None,
-                headers={"Authorization": basic}) == (202, {"emitted": 0})
+    assert post(
+        url, notification("b", "k", event="ObjectRemoved:Delete"), secret=None, headers={"Authorization": basic}
+    ) == (202, {"emitted": 0})
     assert post(url, notification("b", "k"), secret=None, headers={"Authorization": SECRET})[0] == 202  # MinIO
 
 

@@ -9,22 +9,24 @@ import subprocess
 import threading
 import time
 
-
 from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree, tree
 from fault_proxy import FAULTS, FaultProxy
 from prefect_helpers import wait_for
-from rbexport.options import ExportOptions
-from rbexport.engine import run_export
+
 from app.seaweed import SeaweedServer
-from rbexport.storage import S3Storage
 from benchmarks.data import write_small_project
+from rbexport.engine import run_export
+from rbexport.options import ExportOptions
+from rbexport.storage import S3Storage
 
 
 def without_report(files: dict[str, bytes]) -> dict[str, bytes]:
     return {path: data for path, data in files.items() if not path.endswith("export-report.json")}
 
 
-def test_a_flaky_store_is_retried_through_and_the_export_is_byte_identical(prefect_api, seaweed, make_bucket, sample_source):
+def test_a_flaky_store_is_retried_through_and_the_export_is_byte_identical(
+    prefect_api, seaweed, make_bucket, sample_source
+):
     from flows.export import export_project
 
     source, clean, flaky = make_bucket("project"), make_bucket("clean"), make_bucket("flaky")
@@ -45,7 +47,10 @@ def test_the_store_stopped_mid_run_and_started_again(prefect_api, tmp_path):
 
     project = write_small_project(tmp_path / "project", tasks=120)
     with SeaweedServer(tmp_path / "store", access_key=ACCESS_KEY, secret_key=SECRET_KEY) as server:
-        source, destination = S3Storage("source", "p", server.endpoint_url), S3Storage("export", "run", server.endpoint_url)
+        source, destination = (
+            S3Storage("source", "p", server.endpoint_url),
+            S3Storage("export", "run", server.endpoint_url),
+        )
         for storage in (source, destination):
             S3Storage(storage.bucket, "", server.endpoint_url).create_bucket()
         copy_tree(project, source)
@@ -53,7 +58,9 @@ def test_the_store_stopped_mid_run_and_started_again(prefect_api, tmp_path):
 
         def run() -> None:
             try:
-                outcome["reports"] = export_project(source.url, destination.url, endpoint_url=server.endpoint_url, workers=4)
+                outcome["reports"] = export_project(
+                    source.url, destination.url, endpoint_url=server.endpoint_url, workers=4
+                )
             except Exception as error:  # noqa: BLE001 - what the run ended with is the point
                 outcome["error"] = error
 
@@ -69,7 +76,8 @@ def test_the_store_stopped_mid_run_and_started_again(prefect_api, tmp_path):
             error = outcome["error"]
             assert isinstance(error, ExportIncomplete), repr(error)
             assert "storage kept failing after retries" in json.dumps(
-                [failure.reason for report in error.report for failure in report.failures])
+                [failure.reason for report in error.report for failure in report.failures]
+            )
         else:
             assert len(outcome["reports"][0].exported) == 120
 
@@ -91,8 +99,13 @@ def test_an_export_killed_mid_run_leaves_the_previous_export_whole(prefect_api, 
     assert subprocess.run(command, env=environment, capture_output=True).returncode == 0
     previous = (destination / "tasks.json").read_bytes()
 
-    process = subprocess.Popen([*command, "--full", "--variant", "binary:compress=true"], env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--full", "--variant", "binary:compress=true"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = ""
     while "[30/300]" not in line:  # a tenth of the tasks written again: mid-run
         line = process.stderr.readline()

@@ -63,8 +63,11 @@ def test_a_configuration_error_is_one_line_in_the_log_without_traceback(api, tmp
     (tmp_path / "source/tasks.json").write_text("{}")
     state = export_project(str(tmp_path / "source"), str(tmp_path / "export"), return_state=True)
     assert state.is_failed() and "not a list of tasks" in state.message
-    logged = wait_for(lambda: (text := log_messages_of(state.state_details.flow_run_id)) and "cannot export" in text and text,
-                      30, "the run's logs")
+    logged = wait_for(
+        lambda: (text := log_messages_of(state.state_details.flow_run_id)) and "cannot export" in text and text,
+        30,
+        "the run's logs",
+    )
     assert "cannot export: " in logged and "not a list of tasks" in logged
     assert "Traceback" not in logged, logged
 
@@ -142,7 +145,19 @@ def test_flow_parameters_form_shows_every_option(api):
     assert {"source", "destination", "options", "endpoint_url", "allowed_buckets", "workers"} <= set(properties)
     assert "s3://bucket/prefix" in properties["source"]["description"]
     options = schema["definitions"]["ExportOptions"]["properties"]
-    assert set(options) == {"semantic_mask", "binary_mask", "no_consensus", "compress", "with_images", "image_format",
-                            "layout", "channels", "modality", "group_by", "dataset_name", "description"}
+    assert set(options) == {
+        "semantic_mask",
+        "binary_mask",
+        "no_consensus",
+        "compress",
+        "with_images",
+        "image_format",
+        "layout",
+        "channels",
+        "modality",
+        "group_by",
+        "dataset_name",
+        "description",
+    }
     assert options["layout"]["enum"] == ["redbrick", "nnunet", "msd"]
     assert all(option.get("description") for option in options.values())

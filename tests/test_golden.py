@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from isal import igzip
 
+from app.sample import TAXONOMY, nifti_bytes, write_sample_project
+from rbexport.engine import run_export
 from rbexport.nifti import GZIP_LEVEL
 from rbexport.options import ExportOptions
-from rbexport.engine import run_export
-from app.sample import TAXONOMY, nifti_bytes, write_sample_project
 from rbexport.storage import LocalStorage
 from rbexport.variants import Preset, Variant
 
@@ -37,7 +37,7 @@ def overlapping_volume(shape=(40, 36, 24), instances=20, seed=7) -> tuple[np.nda
     for instance in range(1, instances + 1):
         corner = [int(rng.integers(0, size - 6)) for size in shape]
         extent = [int(rng.integers(3, 12)) for _ in shape]
-        region = tuple(slice(c, c + e) for c, e in zip(corner, extent))
+        region = tuple(slice(c, c + e) for c, e in zip(corner, extent, strict=False))
         overlapping = volume[region] != 0
         group = 299 + instance
         if instance % 3 == 0 and overlapping.any():
@@ -45,15 +45,19 @@ def overlapping_volume(shape=(40, 36, 24), instances=20, seed=7) -> tuple[np.nda
             for owner in owners:
                 if owner < 300:
                     segment_map[str(owner)].setdefault("overlappingGroups", []).append(group)
-            segment_map[str(instance)] = {"category": ["Glioma", "Edema", "Abscess"][instance % 3],
-                                          "overlappingGroups": [group]}
+            segment_map[str(instance)] = {
+                "category": ["Glioma", "Edema", "Abscess"][instance % 3],
+                "overlappingGroups": [group],
+            }
             patch = volume[region]
             patch[overlapping] = group
             patch[~overlapping] = instance
         else:
             volume[region] = instance
-            segment_map[str(instance)] = {"category": ["Glioma", "Edema", "Abscess"][instance % 3],
-                                          "attributes": {"n": instance}}
+            segment_map[str(instance)] = {
+                "category": ["Glioma", "Edema", "Abscess"][instance % 3],
+                "attributes": {"n": instance},
+            }
     return volume, segment_map
 
 
@@ -68,8 +72,11 @@ def write_cases(root: Path) -> dict[str, Path]:
     (ct / "masks/4d.nii").write_bytes(nifti_bytes(four_d, compress=False))
     small_map = {str(value): {"category": "Edema"} for value in range(1, 7)}
     tasks = [
-        {"taskId": "ct", "name": "CT", "series": [{"name": "AX", "segmentations": "masks/ct.nii.gz",
-                                                    "segmentMap": segment_map}]},
+        {
+            "taskId": "ct",
+            "name": "CT",
+            "series": [{"name": "AX", "segmentations": "masks/ct.nii.gz", "segmentMap": segment_map}],
+        },
         {"taskId": "4d", "series": [{"segmentations": "masks/4d.nii", "segmentMap": small_map}]},
     ]
     (ct / "tasks.json").write_text(json.dumps(tasks))
@@ -81,7 +88,9 @@ def payload(path: Path) -> bytes:
     data = path.read_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.decompress(data)
-        assert data == igzip.compress(raw, GZIP_LEVEL, mtime=0), f"{path} is not ISA-L level {GZIP_LEVEL} of its payload"
+        assert data == igzip.compress(raw, GZIP_LEVEL, mtime=0), (
+            f"{path} is not ISA-L level {GZIP_LEVEL} of its payload"
+        )
         return raw
     return data
 

@@ -29,12 +29,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from app.sample_images import dicom_series, expected_affine, xray_image
 from rbexport.errors import TaskDataError
 from rbexport.images.dicom import read_dicom_series
 from rbexport.images.geometry import onto_label_grid
 from rbexport.images.read import item_kind, read_image_series
 from rbexport.images.volume import ImageVolume, encode_nifti
-from app.sample_images import dicom_series, expected_affine, xray_image
 
 SHAPE = (16, 12, 8)
 COS20, SIN20 = math.cos(math.radians(20)), math.sin(math.radians(20))
@@ -491,7 +491,7 @@ def test_a_label_with_axes_in_another_order_or_direction_gets_the_image_reorient
     shape = tuple(SHAPE[axis] for axis in axes)
     label_affine = np.eye(4)
     label_affine[:3, 3] = image.affine[:3, 3]
-    for label_axis, (axis, flip) in enumerate(zip(axes, flips)):
+    for label_axis, (axis, flip) in enumerate(zip(axes, flips, strict=False)):
         label_affine[:3, label_axis] = -image.affine[:3, axis] if flip else image.affine[:3, axis]
         if flip:
             label_affine[:3, 3] += (SHAPE[axis] - 1) * image.affine[:3, axis]

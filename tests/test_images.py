@@ -13,13 +13,13 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import bucket_tree, copy_tree, tree
 
 import rbexport.task_export
-from conftest import bucket_tree, copy_tree, tree
-from rbexport.options import ExportOptions
-from rbexport.engine import run_export
 from app.sample import write_sample_project
 from app.sample_images import dicom_series_on_grid
+from rbexport.engine import run_export
+from rbexport.options import ExportOptions
 from rbexport.storage import LocalStorage, S3Storage
 
 NIFTI = ExportOptions(image_format="nifti")
@@ -49,11 +49,13 @@ def test_copies_are_byte_identical_under_images_task_series(source, tmp_path):
     items = tasks_of(export)["task-001"]["series"][0]["items"]
     assert items == [f"images/Brain_001/T1/slice-{k:04d}.dcm" for k in range(1, 17)]
     source_items = tasks_of(source)["task-001"]["series"][0]["items"]
-    for exported, original in zip(items, source_items):
+    for exported, original in zip(items, source_items, strict=False):
         assert (export / exported).read_bytes() == (source / original).read_bytes()
     # Unnamed series are A, B as for masks; the unlabelled series B keeps its images too.
     assert [series["items"][0] for series in tasks_of(export)["task-003"]["series"]] == [
-        "images/task-003/A/slice-0001.dcm", "images/task-003/B/slice-0001.dcm"]
+        "images/task-003/A/slice-0001.dcm",
+        "images/task-003/B/slice-0001.dcm",
+    ]
     image_records = [record for record in report.files if record.path.startswith("images/")]
     assert len(image_records) == 16 * 6 + 16 + 1  # six 16-slice series, the unlabelled one, the X-ray
     assert all(record.sha256 for record in image_records)  # streamed here, so hashed
@@ -76,7 +78,7 @@ def test_nifti_images_lie_on_their_label_grid_voxel_for_voxel(source, tmp_path):
     checked = 0
     for task in tasks.values():
         series_list = task.get("superTruth", task)["series"]
-        for series, described in zip(series_list, task["series"]):
+        for series, described in zip(series_list, task["series"], strict=False):
             image = nib.load(export / described["items"])
             if "segmentations" not in series:
                 continue
@@ -150,7 +152,8 @@ def test_images_join_the_fingerprint_and_prune(source, tmp_path):
     [again] = run_export(str(source), str(export), COPIES)
     assert len(again.skipped) == 6 and not again.exported
     assert {path: (export / path).stat().st_mtime_ns for path in first if path != "export-report.json"} == {
-        path: mtime for path, mtime in first.items() if path != "export-report.json"}
+        path: mtime for path, mtime in first.items() if path != "export-report.json"
+    }
 
     slice_file = source / json.loads((source / "tasks.json").read_text())[1]["series"][1]["items"][0]
     slice_file.write_bytes(slice_file.read_bytes())  # a new version of one image object
@@ -170,7 +173,11 @@ def test_images_join_the_fingerprint_and_prune(source, tmp_path):
 def test_several_variants_each_hold_their_images(source, tmp_path):
     from rbexport.variants import Variant
 
-    variants = ["standard", Variant(name="nifti", options=NIFTI), Variant(name="raw", options=ExportOptions(compress=False, image_format="nifti"))]
+    variants = [
+        "standard",
+        Variant(name="nifti", options=NIFTI),
+        Variant(name="raw", options=ExportOptions(compress=False, image_format="nifti")),
+    ]
     reports = run_export(str(source), str(tmp_path / "export"), COPIES, variants=variants)
     assert all(report.succeeded for report in reports)
     assert (tmp_path / "export/standard/images/Brain_001/T1/slice-0001.dcm").exists()
@@ -251,9 +258,20 @@ def test_s3_to_a_folder_streams_and_hashes(make_bucket, source, tmp_path):
 def test_the_cli_converts_images_on_s3(run_cli, make_bucket, source, seaweed):
     origin, destination = make_bucket("studies"), make_bucket("exports")
     copy_tree(source, origin)
-    result = run_cli("run", "--source", origin.url, "--dest", destination.url, "--endpoint-url",
-                     seaweed.endpoint_url, "--images-as-nifti", "--variant", "standard",
-                     "--variant", "copies:with_images=true")
+    result = run_cli(
+        "run",
+        "--source",
+        origin.url,
+        "--dest",
+        destination.url,
+        "--endpoint-url",
+        seaweed.endpoint_url,
+        "--images-as-nifti",
+        "--variant",
+        "standard",
+        "--variant",
+        "copies:with_images=true",
+    )
     assert result.returncode == 0, result.stderr
     exported = bucket_tree(destination)
     assert "standard/images/Chest_006/PA.nii.gz" in exported

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from conftest import bucket_tree, tree
+
+from app.sample import box, nifti_bytes, write_sample_project
+from rbexport.engine import run_export
 from rbexport.incremental import STATE_KEY
 from rbexport.options import ExportOptions
-from rbexport.engine import run_export
-from app.sample import box, nifti_bytes, write_sample_project
 from rbexport.storage import LocalStorage
 
 ALL = ["task-001", "task-002", "task-003", "task-004", "task-005", "task-006"]
@@ -63,7 +63,12 @@ def test_only_the_changed_task_is_exported_again(sample_source, tmp_path):
     assert report.skipped == [task for task in ALL if task != "task-002"]
     after = modification_times(destination)
     changed = sorted(path for path in after if after[path] != before.get(path))
-    assert changed == [STATE_KEY, "segmentations/Brain_002/FLAIR.nii.gz", "segmentations/Brain_002/T1.nii.gz", "tasks.json"]
+    assert changed == [
+        STATE_KEY,
+        "segmentations/Brain_002/FLAIR.nii.gz",
+        "segmentations/Brain_002/T1.nii.gz",
+        "tasks.json",
+    ]
     tasks = json.loads((destination / "tasks.json").read_text())
     assert tasks[1]["series"][0]["segmentMap"]["1"]["attributes"] == {"grade": "IV"}
     assert [task["taskId"] for task in tasks] == ALL

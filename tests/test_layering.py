@@ -34,7 +34,11 @@ def files(package: str) -> list[Path]:
 
 def test_the_core_never_imports_prefect_or_what_sits_above_it():
     for path in files("rbexport"):
-        above = {name for name in imports_of(path) if name.split(".")[0] in {"prefect", "prefect_dask", "flows", "tasks", "deployments", "app"}}
+        above = {
+            name
+            for name in imports_of(path)
+            if name.split(".")[0] in {"prefect", "prefect_dask", "flows", "tasks", "deployments", "app"}
+        }
         assert not above, f"{path.relative_to(PROJECT)} imports {sorted(above)}"
 
 
@@ -47,7 +51,8 @@ def test_flows_and_tasks_never_import_the_app():
 def test_the_app_has_no_import_cycle():
     graph = {
         f"app.{path.stem}": {name for name in imports_of(path) if name.startswith("app.")}
-        for path in files("app") if path.stem != "__init__"
+        for path in files("app")
+        if path.stem != "__init__"
     }
 
     def visit(module: str, trail: tuple[str, ...]) -> None:

@@ -161,8 +161,15 @@ def test_new_cases_go_to_the_smallest_fold_ties_to_the_lowest_number():
     cases = [(f"c{i}", f"c{i}") for i in range(7)]
     assert assign_folds({}, cases) == {"c0": 0, "c1": 1, "c2": 2, "c3": 3, "c4": 4, "c5": 0, "c6": 1}
     # Folds 0 and 2 hold one kept case each: the new cases fill 1, 3, 4 first.
-    assert assign_folds({"a": 2, "b": 0}, [("a", "a"), ("b", "b"), ("n1", "n1"), ("n2", "n2"), ("n3", "n3"), ("n4", "n4")]) == {
-        "a": 2, "b": 0, "n1": 1, "n2": 3, "n3": 4, "n4": 0,
+    assert assign_folds(
+        {"a": 2, "b": 0}, [("a", "a"), ("b", "b"), ("n1", "n1"), ("n2", "n2"), ("n3", "n3"), ("n4", "n4")]
+    ) == {
+        "a": 2,
+        "b": 0,
+        "n1": 1,
+        "n2": 3,
+        "n3": 4,
+        "n4": 0,
     }
 
 

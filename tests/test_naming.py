@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from spec_helpers import PLAIN_MAP, PLAIN_SEGMENT_MAP, export, series_task
 
 from rbexport.naming import safe_name, series_letter, series_names, task_folder_name
-from spec_helpers import PLAIN_MAP, PLAIN_SEGMENT_MAP, export, series_task
 
 # Every character SPEC 2 allows besides letters and digits.
 ALLOWED_PUNCTUATION = "_. #@+(),=[]{}!~-"

@@ -9,10 +9,10 @@ import tracemalloc
 import nibabel as nib
 import numpy as np
 import pytest
+from spec_helpers import AFFINE, PLAIN_MAP, decode, nifti_bytes
 
 from rbexport.errors import TaskDataError
 from rbexport.nifti import encode_mask, read_label_map
-from spec_helpers import AFFINE, PLAIN_MAP, decode, nifti_bytes
 
 # Header fields that carry geometry; an export must copy every one exactly.
 GEOMETRY_FIELDS = [
@@ -225,7 +225,11 @@ def test_a_header_claiming_gigabytes_is_refused_before_allocating():
     finally:
         tracemalloc.stop()
     assert huge == "header announces 128.0 GiB of voxels (4096x4096x4096), more than an export accepts"
-    assert large_gz == large_nii == "truncated: header announces 1024x1024x1024 uint16 (2.0 GiB) but the file holds 1.3 KiB"
+    assert (
+        large_gz
+        == large_nii
+        == "truncated: header announces 1024x1024x1024 uint16 (2.0 GiB) but the file holds 1.3 KiB"
+    )
     assert peak < 16 * 1024**2
 
 

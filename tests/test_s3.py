@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
-
 from conftest import bucket_tree, copy_tree, tree
+
+from app.sample import write_sample_project
 from rbexport.errors import AccessDeniedError, ObjectNotFoundError
 from rbexport.nifti import read_label_map
-from app.sample import write_sample_project
 from rbexport.storage import MULTIPART_THRESHOLD, LocalStorage, S3Storage
 
 
@@ -46,7 +46,12 @@ def test_endpoint_from_the_environment(run_cli, seaweed, make_bucket, sample_sou
     source = make_bucket("p")
     copy_tree(sample_source, source)
     result = run_cli(
-        "run", "--source", source.url, "--dest", str(tmp_path / "export"), "--no-consensus",
+        "run",
+        "--source",
+        source.url,
+        "--dest",
+        str(tmp_path / "export"),
+        "--no-consensus",
         env={"AWS_ENDPOINT_URL": seaweed.endpoint_url},
     )
     assert result.returncode == 0, result.stderr
@@ -123,8 +128,8 @@ def test_wrong_credentials_are_access_denied(seaweed, make_bucket, monkeypatch):
 
 
 def test_s3_source_with_a_local_destination_and_the_sample_project_api(seaweed, make_bucket, tmp_path):
-    from rbexport.options import ExportOptions
     from rbexport.engine import run_export
+    from rbexport.options import ExportOptions
 
     source = make_bucket("p")
     write_sample_project(source)

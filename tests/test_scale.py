@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import tree
+
 from rbexport.memory import MemoryBudget, parse_size
 from rbexport.structures import masks
 from rbexport.structures.masks import VoxelIndex, copy_of, relabelling, selection
@@ -72,8 +72,8 @@ def test_the_memory_budget_holds_tasks_back_but_never_a_lone_one():
 
 def test_a_small_memory_budget_still_exports_everything(sample_source, tmp_path, monkeypatch):
     from rbexport import memory
-    from rbexport.options import ExportOptions
     from rbexport.engine import run_export
+    from rbexport.options import ExportOptions
 
     budget = MemoryBudget(limit=1)  # every task waits for the one before
     monkeypatch.setattr(memory, "process_budget", lambda: budget)
@@ -91,11 +91,17 @@ def test_processes_and_a_dask_cluster_write_the_same_files_as_threads(prefect_ap
 
     variants = ["standard", "semantic-binary"]
     export_project(str(sample_source), str(tmp_path / "threads"), variants=variants, task_runner="threads")
-    export_project(str(sample_source), str(tmp_path / "processes"), variants=variants, task_runner="processes",
-                   workers=2)
+    export_project(
+        str(sample_source), str(tmp_path / "processes"), variants=variants, task_runner="processes", workers=2
+    )
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
-        reports = export_project(str(sample_source), str(tmp_path / "dask"), variants=variants, task_runner="dask",
-                                 dask_address=cluster.scheduler_address)
+        reports = export_project(
+            str(sample_source),
+            str(tmp_path / "dask"),
+            variants=variants,
+            task_runner="dask",
+            dask_address=cluster.scheduler_address,
+        )
     assert all(len(report.exported) == 6 for report in reports)
 
     def written(root):

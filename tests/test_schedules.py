@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from zoneinfo import ZoneInfo
 
-from conftest import bucket_tree, copy_tree
 import pytest
-
+from conftest import bucket_tree, copy_tree
 from prefect_helpers import (
     delete_all_deployments,
     prefect_cli,
@@ -48,7 +47,7 @@ def assert_nightly_times(runs) -> None:
 def assert_every_minute(runs) -> None:
     """watch-source: every 60 s."""
     times = sorted(run.expected_start_time for run in runs)
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:], strict=False)]
     # A run left from an earlier deployment of the same name may precede the new ones.
     assert len(gaps) >= 3 and sum(gap == 60 for gap in gaps) >= len(gaps) - 2, gaps
 
@@ -60,16 +59,22 @@ def first_run_for(runs, source: str):
 
 def run_to_completion(run, timeout: float = 240):
     start_now(run)
-    finished = wait_for(lambda: (state := read_flow_run(run.id)).state.is_final() and state, timeout,
-                        f"scheduled run {run.name} to finish")
+    finished = wait_for(
+        lambda: (state := read_flow_run(run.id)).state.is_final() and state,
+        timeout,
+        f"scheduled run {run.name} to finish",
+    )
     return finished.state
 
 
 def test_deployed_schedules_create_runs_that_a_worker_completes(prefect_api, make_bucket, sample_source):
     source, destination = make_bucket("studies/brain"), make_bucket("exports/brain")
     copy_tree(sample_source, source)
-    settings = {"RBEXPORT_SOURCE": source.url, "RBEXPORT_DESTINATION": destination.url,
-                "RBEXPORT_ENDPOINT_URL": source.endpoint_url}
+    settings = {
+        "RBEXPORT_SOURCE": source.url,
+        "RBEXPORT_DESTINATION": destination.url,
+        "RBEXPORT_ENDPOINT_URL": source.endpoint_url,
+    }
     created = prefect_cli(prefect_api, "work-pool", "create", "rbexport", "--type", "process", "--overwrite")
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect_cli(prefect_api, "--no-prompt", "deploy", "--all", env=settings)
@@ -103,8 +108,12 @@ def test_deployed_schedules_create_runs_that_a_worker_completes(prefect_api, mak
 
 def test_served_schedules_create_runs_that_complete(prefect_api, sample_source, tmp_path):
     destination = tmp_path / "export"
-    settings = {"RBEXPORT_SOURCE": str(sample_source), "RBEXPORT_DESTINATION": str(destination),
-                "RBEXPORT_ENDPOINT_URL": "", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    settings = {
+        "RBEXPORT_SOURCE": str(sample_source),
+        "RBEXPORT_DESTINATION": str(destination),
+        "RBEXPORT_ENDPOINT_URL": "",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
     with served(prefect_api, "export-nightly", "watch-source", env=settings) as server:
         nightly = wait_for(lambda: scheduled_runs_of(NIGHTLY), 60, "the scheduler to create export-nightly runs")
         assert_nightly_times(nightly)

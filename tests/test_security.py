@@ -6,12 +6,12 @@ import asyncio
 import json
 
 import pytest
-
 from conftest import ACCESS_KEY, SECRET_KEY, copy_tree
+
+from app.seaweed import SeaweedServer
+from rbexport.engine import run_export
 from rbexport.errors import AccessDeniedError
 from rbexport.options import ExportOptions
-from rbexport.engine import run_export
-from app.seaweed import SeaweedServer
 from rbexport.storage import S3Storage
 
 
@@ -25,8 +25,13 @@ def logs_and_artifacts_of_the_latest_flow_run() -> str:
             [flow_run] = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
             artifacts = await client.read_artifacts()
-            return "\n".join([json.dumps(flow_run.parameters), *(log.message for log in logs),
-                              *(str(artifact.data) for artifact in artifacts)])
+            return "\n".join(
+                [
+                    json.dumps(flow_run.parameters),
+                    *(log.message for log in logs),
+                    *(str(artifact.data) for artifact in artifacts),
+                ]
+            )
 
     return asyncio.run(read())
 
@@ -35,26 +40,36 @@ def test_no_output_of_a_failing_run_holds_the_secret(run_cli, seaweed, make_buck
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
     source.delete("masks/brain-003.nii.gz")  # one task fails
-    result = run_cli("--verbose", "run", "--source", source.url, "--dest", destination.url,
-                     "--endpoint-url", seaweed.endpoint_url)
+    result = run_cli(
+        "--verbose", "run", "--source", source.url, "--dest", destination.url, "--endpoint-url", seaweed.endpoint_url
+    )
     assert result.returncode == 1
     assert "failed task-003: masks/brain-003.nii.gz: mask file not found" in result.stdout
-    everything = "\n".join([
-        result.stdout, result.stderr,  # --verbose: Prefect's own logs too
-        destination.read("export-report.json").decode(),
-        destination.read("tasks.json").decode(),
-        logs_and_artifacts_of_the_latest_flow_run(),
-    ])
+    everything = "\n".join(
+        [
+            result.stdout,
+            result.stderr,  # --verbose: Prefect's own logs too
+            destination.read("export-report.json").decode(),
+            destination.read("tasks.json").decode(),
+            logs_and_artifacts_of_the_latest_flow_run(),
+        ]
+    )
     assert "task-003" in everything and "Flow run" in result.stderr
     assert SECRET_KEY not in everything
 
 
 IDENTITIES = {
     "identities": [
-        {"name": "admin", "credentials": [{"accessKey": "admin-key", "secretKey": "admin-secret-123"}],
-         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
-        {"name": "exporter", "credentials": [{"accessKey": "exporter-key", "secretKey": "exporter-secret-456"}],
-         "actions": ["Read:scans", "List:scans", "Read:exports", "List:exports", "Write:exports"]},
+        {
+            "name": "admin",
+            "credentials": [{"accessKey": "admin-key", "secretKey": "admin-secret-123"}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        },
+        {
+            "name": "exporter",
+            "credentials": [{"accessKey": "exporter-key", "secretKey": "exporter-secret-456"}],
+            "actions": ["Read:scans", "List:scans", "Read:exports", "List:exports", "Write:exports"],
+        },
     ]
 }
 
@@ -88,16 +103,24 @@ def test_read_only_access_to_the_source_is_enough(store_with_identities, sample_
     use_keys(monkeypatch, "exporter-key", "exporter-secret-456")
     with pytest.raises(AccessDeniedError):  # the exporter really cannot write the source...
         S3Storage("scans", "brain", endpoint).write("probe", b"x")
-    reports = run_export("s3://scans/brain", "s3://exports/brain", ExportOptions(), endpoint,
-                         variants=["standard", "semantic"])
+    reports = run_export(
+        "s3://scans/brain", "s3://exports/brain", ExportOptions(), endpoint, variants=["standard", "semantic"]
+    )
     assert all(len(report.exported) == 6 for report in reports)  # ...and needs not
     assert S3Storage("exports", "brain/semantic", endpoint).exists("tasks.json")
 
 
 def test_a_wrong_key_is_access_denied_with_exit_code_2(run_cli, store_with_identities, tmp_path):
-    result = run_cli("run", "--source", "s3://scans/brain", "--dest", str(tmp_path / "export"),
-                     "--endpoint-url", store_with_identities.endpoint_url,
-                     env={"AWS_ACCESS_KEY_ID": "exporter-key", "AWS_SECRET_ACCESS_KEY": "not-the-secret-789"})
+    result = run_cli(
+        "run",
+        "--source",
+        "s3://scans/brain",
+        "--dest",
+        str(tmp_path / "export"),
+        "--endpoint-url",
+        store_with_identities.endpoint_url,
+        env={"AWS_ACCESS_KEY_ID": "exporter-key", "AWS_SECRET_ACCESS_KEY": "not-the-secret-789"},
+    )
     assert result.returncode == 2
     assert "rbexport: error: access denied to s3://scans" in result.stderr
     assert "not-the-secret-789" not in result.stdout + result.stderr
@@ -113,7 +136,8 @@ def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_buck
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
     Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
-        "seaweed-keys", overwrite=True)
+        "seaweed-keys", overwrite=True
+    )
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing in boto3's chain
         monkeypatch.delenv(name)
     monkeypatch.setattr("rbexport.storage._session", None)
@@ -121,8 +145,9 @@ def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_buck
     from rbexport.task_export import storage_for
 
     storage_for.cache_clear()
-    [report] = export_project(source.url, destination.url, endpoint_url=seaweed.endpoint_url,
-                              credentials_block="seaweed-keys")
+    [report] = export_project(
+        source.url, destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="seaweed-keys"
+    )
     assert len(report.exported) == 6
     from pydantic import SecretStr
 

@@ -12,10 +12,6 @@ import struct
 
 import numpy as np
 import pytest
-
-from rbexport.errors import ConfigurationError
-from rbexport.options import ExportOptions
-from rbexport.engine import run_export
 from spec_helpers import (
     AFFINE,
     OVERLAP_MAP,
@@ -29,6 +25,10 @@ from spec_helpers import (
     sha256,
     write_source,
 )
+
+from rbexport.engine import run_export
+from rbexport.errors import ConfigurationError
+from rbexport.options import ExportOptions
 
 T = "segmentations/Task_1"  # the folder of the task most tests export
 
@@ -97,8 +97,14 @@ EDEMA_FILE = OVERLAP_INSTANCE_1  # category 2: value 1
 ABSCESS_FILE = OVERLAP_INSTANCE_2  # category 3: values 2 and 5
 
 # The training-layout options (SPEC 6) of a RedBrick export.
-NO_DATASET = {"layout": "redbrick", "channels": None, "modality": None, "group_by": None,
-              "dataset_name": None, "description": None}
+NO_DATASET = {
+    "layout": "redbrick",
+    "channels": None,
+    "modality": None,
+    "group_by": None,
+    "dataset_name": None,
+    "description": None,
+}
 
 
 def assert_voxels(result, path: str, expected: np.ndarray, dtype=np.uint8) -> None:
@@ -181,7 +187,10 @@ def test_unnamed_series_are_named_a_b_c_and_unnamed_tasks_use_the_task_id(tmp_pa
 def test_two_series_with_the_same_name_become_t1_and_t1_1(tmp_path):
     tasks = [
         series_task(
-            [one_series(PLAIN_SEGMENT_MAP, "masks/a.nii.gz"), one_series({"1": {"category": "Glioma"}}, "masks/b.nii.gz")]
+            [
+                one_series(PLAIN_SEGMENT_MAP, "masks/a.nii.gz"),
+                one_series({"1": {"category": "Glioma"}}, "masks/b.nii.gz"),
+            ]
         )
     ]
     second = (PLAIN_MAP == 1).astype(np.uint8)
@@ -342,7 +351,11 @@ def test_semantic_category_number_is_class_id_plus_one(tmp_path):
         ),
     )
     entry = result.tasks[0]["series"][0]
-    assert entry["segmentMap"] == {"1": {"category": "Glioma"}, "2": {"category": "Edema"}, "3": {"category": "Abscess"}}
+    assert entry["segmentMap"] == {
+        "1": {"category": "Glioma"},
+        "2": {"category": "Edema"},
+        "3": {"category": "Abscess"},
+    }
     assert (entry["binaryMask"], entry["semanticMask"]) == (False, True)
 
 
@@ -418,7 +431,11 @@ def test_semantic_category_missing_from_taxonomy_fails_only_that_task(tmp_path):
     assert report["exported"] == ["good"]
     assert report["failed"] == ["bad"]
     assert report["failures"] == [
-        {"taskId": "bad", "file": "masks/bad.nii.gz", "reason": "category 'Tumour' of instance 1 is not in taxonomy.json"}
+        {
+            "taskId": "bad",
+            "file": "masks/bad.nii.gz",
+            "reason": "category 'Tumour' of instance 1 is not in taxonomy.json",
+        }
     ]
     assert [task["taskId"] for task in result.tasks] == ["good"]
     assert result.mask_files() == ["segmentations/Good/T1.nii.gz"]
@@ -483,7 +500,11 @@ def consensus_task(super_truth: bool = True) -> dict:
         ],
     }
     if super_truth:
-        task["superTruth"] = {"updatedBy": "lead@x.org", "updatedAt": "2024-05-01", "series": annotation("masks/truth.nii.gz")}
+        task["superTruth"] = {
+            "updatedBy": "lead@x.org",
+            "updatedAt": "2024-05-01",
+            "series": annotation("masks/truth.nii.gz"),
+        }
     return task
 
 
@@ -569,7 +590,10 @@ def test_consensus_series_with_the_same_name_never_share_a_file(tmp_path):
         "segmentations/Case/T1_1_1.nii.gz",
         "segmentations/Case/T1_1_1_1.nii.gz",
     ]
-    assert files(exported["consensusTasks"][1]) == ["segmentations/Case/T1_2.nii.gz", "segmentations/Case/T1_1_2.nii.gz"]
+    assert files(exported["consensusTasks"][1]) == [
+        "segmentations/Case/T1_2.nii.gz",
+        "segmentations/Case/T1_1_2.nii.gz",
+    ]
     assert len(result.mask_files()) == 6
     assert_voxels(result, "segmentations/Case/T1_1.nii.gz", TRUTH)
     assert_voxels(result, "segmentations/Case/T1_1_1_1.nii.gz", ANA)
@@ -820,9 +844,15 @@ def test_report_lists_counts_files_with_sha256_options_and_time(tmp_path):
     assert report["exported"] == ["t1"]
     assert report["skipped"] == [] and report["failed"] == [] and report["failures"] == []
     assert report["warnings"] == []
-    assert report["options"] == {"semantic_mask": False, "binary_mask": None, "no_consensus": False, "compress": True,
-                                 "with_images": False, "image_format": "original",
-                                 **NO_DATASET}
+    assert report["options"] == {
+        "semantic_mask": False,
+        "binary_mask": None,
+        "no_consensus": False,
+        "compress": True,
+        "with_images": False,
+        "image_format": "original",
+        **NO_DATASET,
+    }
     assert isinstance(report["seconds"], (int, float)) and report["seconds"] >= 0
     written = result.all_files()
     del written["export-report.json"]
@@ -866,7 +896,7 @@ def test_a_task_that_fails_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "raw", [b"[{\"taskId\": \"a\",}", b"{\"taskId\": \"a\", \"series\": []}", b"\"tasks\"", b"null", b"\xff\xfe"]
+    "raw", [b'[{"taskId": "a",}', b'{"taskId": "a", "series": []}', b'"tasks"', b"null", b"\xff\xfe"]
 )
 def test_invalid_tasks_json_fails_the_run_before_anything_is_written(tmp_path, raw):
     source = write_source(tmp_path / "src", None, {"masks/t1.nii.gz": PLAIN_MAP}, raw_tasks_json=raw)

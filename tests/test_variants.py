@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tree
 
 import rbexport.source
-from conftest import tree
+from rbexport.engine import run_export
 from rbexport.errors import ConfigurationError
 from rbexport.options import ExportOptions
-from rbexport.engine import run_export
 from rbexport.variants import Preset, Variant, parse_variant_argument, resolve_variants
 
 CUSTOM = Variant(name="raw-single", options=ExportOptions(binary_mask=False, compress=False, no_consensus=True))
@@ -83,8 +83,15 @@ def test_variant_arguments_on_the_command_line():
 def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
     result = run_cli(
-        "run", "--source", str(sample_source), "--dest", str(destination),
-        "--variant", "semantic-binary", "--variant", "plain:binary_mask=false,compress=false",
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination),
+        "--variant",
+        "semantic-binary",
+        "--variant",
+        "plain:binary_mask=false,compress=false",
     )
     assert result.returncode == 0, result.stderr
     assert "semantic-binary: 6 tasks exported, 0 failed" in result.stdout
@@ -95,8 +102,16 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
     tasks = json.loads((sample_source / "tasks.json").read_text())
     (sample_source / "tasks.json").write_text(json.dumps(tasks[1:]))
     result = run_cli(
-        "run", "--source", str(sample_source), "--dest", str(destination),
-        "--variant", "semantic-binary", "--variant", "plain:binary_mask=false,compress=false", "--prune",
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination),
+        "--variant",
+        "semantic-binary",
+        "--variant",
+        "plain:binary_mask=false,compress=false",
+        "--prune",
     )
     assert result.returncode == 0, result.stderr
     assert "plain: 0 tasks exported, 5 skipped as unchanged, 0 failed; 2 files, " in result.stdout
@@ -106,10 +121,20 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
 
     result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--variant", "plain:x=1")
     assert result.returncode == 2 and "rbexport: error: --variant 'plain:x=1': x: " in result.stderr
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--semantic", "--variant", "binary")
+    result = run_cli(
+        "run", "--source", str(sample_source), "--dest", str(destination), "--semantic", "--variant", "binary"
+    )
     assert result.returncode == 2 and "name each structure as a variant instead" in result.stderr
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination / "plain"), "--full",
-                     "--single-mask", "--uncompressed")
+    result = run_cli(
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination / "plain"),
+        "--full",
+        "--single-mask",
+        "--uncompressed",
+    )
     assert result.returncode == 0 and "5 tasks exported, 0 failed" in result.stdout
 
 
@@ -120,8 +145,11 @@ def test_a_root_export_into_variant_folders_is_refused_and_writes_nothing(sample
     destination = tmp_path / "export"
     run_export(str(sample_source), str(destination), ExportOptions(), variants=["standard", "semantic"])
     before = tree(destination)
-    with pytest.raises(ConfigurationError, match=r"already holds variant folders \(semantic, standard\) and this run "
-                       r"writes one export at its root: .*--replace-layout"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"already holds variant folders \(semantic, standard\) and this run "
+        r"writes one export at its root: .*--replace-layout",
+    ):
         run_export(str(sample_source), str(destination), ExportOptions())
     assert tree(destination) == before
 
@@ -130,8 +158,11 @@ def test_variant_folders_into_a_root_export_are_refused(sample_source, tmp_path)
     destination = tmp_path / "export"
     run_export(str(sample_source), str(destination), ExportOptions())
     before = tree(destination)
-    with pytest.raises(ConfigurationError, match=r"already holds one export at its root and this run writes "
-                       r"variant folders \(standard, semantic\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"already holds one export at its root and this run writes "
+        r"variant folders \(standard, semantic\)",
+    ):
         run_export(str(sample_source), str(destination), ExportOptions(), variants=["standard", "semantic"])
     assert tree(destination) == before
 
@@ -158,8 +189,17 @@ def test_replace_layout_deletes_the_other_export_then_writes(sample_source, tmp_
 def test_the_cli_refuses_a_mismatched_layout_with_exit_code_2(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
     run_export(str(sample_source), str(destination), ExportOptions())
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--variant", "standard",
-                     "--variant", "semantic")
+    result = run_cli(
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination),
+        "--variant",
+        "standard",
+        "--variant",
+        "semantic",
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"rbexport: error: {destination} already holds one export at its root and this run writes variant folders "

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -163,7 +164,7 @@ def _stored_frames(dataset: Dataset, raw: bytes, syntax: UID, count: int, name: 
 
 def _native_pixel_bytes(dataset: Dataset, raw: bytes, name: str) -> bytes | memoryview:
     """The PixelData value: a view of `raw` when its reading was deferred, else the value read."""
-    element = dataset.get_item(PIXEL_DATA, keep_deferred=True)
+    element: Any = dataset.get_item(PIXEL_DATA, keep_deferred=True)  # a RawDataElement: length, value_tell
     if element.length == UNDEFINED_LENGTH:
         raise TaskDataError("encapsulated pixel data in an uncompressed transfer syntax", name)
     if element.value is not None:
@@ -296,7 +297,9 @@ def _ordered_along_normal(frames: list[Frame]) -> tuple[list[Frame], float]:
             f"the {len(frames)} slices of the series cannot be ordered",
             unplaced.file,
         )
-    normal = _normal(frames[0].orientation)
+    orientation = frames[0].orientation
+    assert orientation is not None  # checked above
+    normal = _normal(orientation)
     distances = np.array([frame.position @ normal for frame in frames])
     order = np.argsort(distances, kind="stable")
     ordered = [frames[index] for index in order]
@@ -333,7 +336,7 @@ def _voxels(frames: list[Frame]) -> np.ndarray:
     dtype = _output_dtype(frames, checked)
     rows, columns = frames[0].stored.shape
     volume = np.empty((columns, rows, len(frames)), dtype=dtype, order="F")
-    for index, (frame, (stored, _, _)) in enumerate(zip(frames, checked)):
+    for index, (frame, (stored, _, _)) in enumerate(zip(frames, checked, strict=True)):
         _rescale_into(volume[:, :, index], stored.T, frame.slope, frame.intercept)
     return volume
 
@@ -368,7 +371,7 @@ def _output_dtype(frames: list[Frame], checked: list[tuple[np.ndarray, int, int]
         return np.dtype(np.float32)
     ends: list[int] = []
     plain_unsigned = True
-    for frame, (stored, low, high) in zip(frames, checked):
+    for frame, (stored, low, high) in zip(frames, checked, strict=True):
         slope, intercept = int(frame.slope), int(frame.intercept)
         ends += [low * slope + intercept, high * slope + intercept]
         plain_unsigned &= stored.dtype.kind == "u" and (slope, intercept) == (1, 0)

@@ -63,7 +63,7 @@ def series_images(task: dict) -> list[SeriesImages]:
     top_series = [series for series in task.get("series") or [] if isinstance(series, dict)]
     names = series_names([series.get("name") for series in top_series])
     found = []
-    for position, (series, name) in enumerate(zip(top_series, names)):
+    for position, (series, name) in enumerate(zip(top_series, names, strict=True)):
         references = _references(series.get("items"), name)
         if references:
             found.append(SeriesImages(position, name, references))
@@ -107,7 +107,7 @@ class TaskImages:
         memory converting the largest series holds (0 without `convert`)."""
         references = [reference for series in self.series for reference in series.references]
         unknown = [reference for reference in references if reference not in self._sizes]  # not in the listing
-        self._sizes.update(zip(unknown, self.pool.map(self._size_of, unknown)))
+        self._sizes.update(zip(unknown, self.pool.map(self._size_of, unknown), strict=True))
         if not convert or not self.series:
             return 0
         # The items' bytes, and the decoded volume (about as large), at the same time.
@@ -137,7 +137,7 @@ class TaskImages:
                 continue
             names = image_file_names(series.references)
             paths = [f"{IMAGES_FOLDER}/{self.folder}/{series.name}/{name}" for name in names]
-            for reference, path in zip(series.references, paths):
+            for reference, path in zip(series.references, paths, strict=True):
                 storage, key = self._locate(reference)
                 plan.copies.append(ImageCopy(storage, key, path, self._sizes[reference]))
             plan.items[series.position] = paths
@@ -158,7 +158,7 @@ class TaskImages:
             series = next((item for item in self.series if item.position == position), None)
             if series is None:
                 raise TaskDataError(f"series {name} has no image (no items)")
-            items = list(zip(series.references, self.pool.map(self._read, series.references)))
+            items = list(zip(series.references, self.pool.map(self._read, series.references), strict=True))
             volume = read_image_series(items)
             del items
             if label is not None:
@@ -211,7 +211,8 @@ def with_image_items(entry: dict, items: Mapping[int, str | list[str]]) -> dict:
         if not isinstance(series_list, list):
             return series_list
         return [
-            {**series, "items": items[position]} if isinstance(series, dict) and "items" in series and position in items
+            {**series, "items": items[position]}
+            if isinstance(series, dict) and "items" in series and position in items
             else series
             for position, series in enumerate(series_list)
         ]

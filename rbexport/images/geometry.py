@@ -32,7 +32,7 @@ def onto_label_grid(
     label_affine = np.asarray(label_affine, dtype=float)
     data = _with_rank(image.data, len(label_shape))
     mapping = None if data is None else _axis_mapping(data.shape, image.affine, label_shape, label_affine)
-    if mapping is None:
+    if mapping is None or data is None:
         image_grid, label_grid = _grid(image.data.shape, image.affine), _grid(label_shape, label_affine)
         raise TaskDataError(
             f"series {series}: the image's grid does not match its label's: image {image_grid} vs label {label_grid}"
@@ -68,7 +68,7 @@ def _axis_mapping(
     if shape[spatial:] != label_shape[spatial:]:
         return None
     columns, label_columns = affine[:3, :spatial], label_affine[:3, :spatial]
-    order: list[int | None] = [None] * spatial
+    order: list[int] = [-1] * spatial
     flips = [False] * spatial
     unmatched = list(range(spatial))
     for axis in (axis for axis in range(spatial) if label_shape[axis] > 1):
@@ -87,7 +87,9 @@ def _axis_mapping(
         order[axis] = unmatched.pop(0)
         if shape[order[axis]] != 1:
             return None
-    flipped_ends = [(shape[image_axis] - 1) * columns[:, image_axis] for image_axis, flip in zip(order, flips) if flip]
+    flipped_ends = [
+        (shape[image_axis] - 1) * columns[:, image_axis] for image_axis, flip in zip(order, flips, strict=True) if flip
+    ]
     origin = affine[:3, 3] + sum(flipped_ends, np.zeros(3))
     if np.linalg.norm(origin - label_affine[:3, 3]) > AFFINE_TOLERANCE_MM:
         return None
@@ -97,7 +99,7 @@ def _axis_mapping(
 def _same_step(column: np.ndarray, label_column: np.ndarray) -> bool:
     """One voxel step along an axis: the same length within 1e-3 mm and direction within 1e-4."""
     same_length = abs(np.linalg.norm(column) - np.linalg.norm(label_column)) <= AFFINE_TOLERANCE_MM
-    return same_length and bool(np.abs(_unit(column) - _unit(label_column)).max() <= DIRECTION_TOLERANCE)
+    return bool(same_length) and bool(np.abs(_unit(column) - _unit(label_column)).max() <= DIRECTION_TOLERANCE)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from isal import isal_zlib
 
 from ..errors import TaskDataError
-from ..nifti import GZIP_MAGIC, read_stored_volume
+from ..nifti import GZIP_ERRORS, GZIP_MAGIC, read_stored_volume
 from .dicom import read_dicom_series
 from .messages import one_line
 from .volume import ImageVolume
@@ -46,7 +46,7 @@ def read_image_series(items: Sequence[tuple[str, bytes]]) -> ImageVolume:
     if not items:
         raise TaskDataError("the series has no image items")
     kinds = [item_kind(name, raw[:SNIFF_BYTES]) for name, raw in items]
-    for (name, _), kind in zip(items, kinds):
+    for (name, _), kind in zip(items, kinds, strict=True):
         if kind != kinds[0]:
             raise TaskDataError(
                 f"the series mixes {KIND_NAMES[kinds[0]]} ({items[0][0]}) and {KIND_NAMES[kind]} ({name}) items", name
@@ -76,7 +76,7 @@ def item_kind(name: str, first_bytes: bytes) -> ItemKind:
 def _gunzipped_start(first_bytes: bytes) -> bytes:
     try:
         return isal_zlib.decompressobj(31).decompress(first_bytes, max(NIFTI_MAGICS))
-    except isal_zlib.error:
+    except GZIP_ERRORS:
         return b""
 
 

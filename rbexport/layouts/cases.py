@@ -38,7 +38,9 @@ def task_cases(folder: str, series: Sequence[tuple[str, bool]], channels: Sequen
     if len(annotated) == 1:
         return [Case(folder, (annotated[0],), annotated[0])]
     # Both parts are safe names; safe_name only shortens a name too long for a file.
-    return [Case(safe_name(f"{folder}_{series[position][0]}") or folder, (position,), position) for position in annotated]
+    return [
+        Case(safe_name(f"{folder}_{series[position][0]}") or folder, (position,), position) for position in annotated
+    ]
 
 
 def channel_series(series_names: Sequence[str], channels: Sequence[str]) -> tuple[int, ...]:
@@ -49,7 +51,9 @@ def channel_series(series_names: Sequence[str], channels: Sequence[str]) -> tupl
     missing = [channel for channel in channels if channel not in position_of]
     if missing:
         which = "channel" if len(missing) == 1 else "channels"
-        raise TaskDataError(f"no series for {which} {_names(missing)} (the task's series: {_names(series_names) or 'none'})")
+        raise TaskDataError(
+            f"no series for {which} {_names(missing)} (the task's series: {_names(series_names) or 'none'})"
+        )
     return tuple(position_of[channel] for channel in channels)
 
 
@@ -70,7 +74,10 @@ def deduplicate_cases(cases: Sequence[Case], taken: set[str] | None = None) -> l
     Pass a run's cases in source order; `taken` holds ids used elsewhere and gains these.
     """
     unique_ids = deduplicate([case.case_id for case in cases], taken)
-    return [case if case.case_id == case_id else replace(case, case_id=case_id) for case, case_id in zip(cases, unique_ids)]
+    return [
+        case if case.case_id == case_id else replace(case, case_id=case_id)
+        for case, case_id in zip(cases, unique_ids, strict=True)
+    ]
 
 
 def group_key(task: dict, group_by: str | None = None) -> str:

@@ -43,7 +43,9 @@ def training_labels(category_numbers: Mapping[str, int]) -> TrainingLabels:
     name_of_number: dict[int, str] = {}
     for name, number in sorted(category_numbers.items(), key=lambda item: (item[1], item[0])):
         if name == BACKGROUND:
-            raise ConfigurationError(f'taxonomy.json: category "{BACKGROUND}" clashes with label 0 of a training layout')
+            raise ConfigurationError(
+                f'taxonomy.json: category "{BACKGROUND}" clashes with label 0 of a training layout'
+            )
         if number in name_of_number:
             raise ConfigurationError(
                 f"taxonomy.json: categories {name_of_number[number]!r} and {name!r} share category number {number}"

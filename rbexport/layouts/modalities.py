@@ -35,8 +35,10 @@ def channel_modalities(
                 " (nnU-Net normalises CT differently from other images)"
             )
         if stated is not None and option is not None and stated.upper() != option.upper():
-            warnings.append(f"channel {channel}: the series' Modality is {stated}, the modality option {option}; kept {stated}")
-        modalities.append(stated or option)
+            warnings.append(
+                f"channel {channel}: the series' Modality is {stated}, the modality option {option}; kept {stated}"
+            )
+        modalities.append(stated or option or "")  # one of them is there (checked above)
     return modalities, warnings
 
 
@@ -58,6 +60,8 @@ def agreed_modalities(per_case: Mapping[str, Sequence[str]]) -> tuple[list[str],
         if others:
             shown = ", ".join(others[:_LISTED_AT_MOST])
             more = f" and {len(others) - _LISTED_AT_MOST} more" if len(others) > _LISTED_AT_MOST else ""
-            warnings.append(f"channel {channel} is {chosen} in dataset.json; cases with another modality: {shown}{more}")
+            warnings.append(
+                f"channel {channel} is {chosen} in dataset.json; cases with another modality: {shown}{more}"
+            )
         agreed.append(chosen)
     return agreed, warnings

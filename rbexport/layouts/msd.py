@@ -62,8 +62,10 @@ def stack_channels(volumes: Sequence[ImageVolume], channels: Sequence[str]) -> I
         return volumes[0]
     first, first_channel = volumes[0], channels[0]
     if first.data.ndim > CHANNEL_AXIS:
-        raise TaskDataError(f"channel {first_channel} already has {first.data.ndim} dimensions; channels must be 2D or 3D")
-    for volume, channel in zip(volumes[1:], channels[1:]):
+        raise TaskDataError(
+            f"channel {first_channel} already has {first.data.ndim} dimensions; channels must be 2D or 3D"
+        )
+    for volume, channel in zip(volumes[1:], channels[1:], strict=True):
         if volume.data.shape != first.data.shape:
             raise TaskDataError(
                 f"channels {first_channel} and {channel} differ in shape: {first.data.shape} vs {volume.data.shape}"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..nifti import Fill
 from ..options import ExportOptions
 from ..segment_map import has_overlaps, label_warnings, parse_segment_map, refuse_absent_groups
-from ..nifti import Fill
 from .masks import VoxelIndex
 
 

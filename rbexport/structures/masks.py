@@ -116,11 +116,11 @@ def _labelled_at_most(flat: np.ndarray, share: float) -> bool:
     per_word = 8 // flat.itemsize
     whole = flat.size - flat.size % per_word
     if flat.itemsize > 8 or whole == 0:
-        return np.count_nonzero(flat) <= share * flat.size
+        return bool(np.count_nonzero(flat) <= share * flat.size)
     words = np.count_nonzero(flat[:whole].view(np.uint64))
     if words <= share * flat.size / per_word:  # even if every byte of those words is labelled
         return True
-    return np.count_nonzero(flat) <= share * flat.size
+    return bool(np.count_nonzero(flat) <= share * flat.size)
 
 
 def _nonzero_positions(flat: np.ndarray) -> np.ndarray:

@@ -41,12 +41,12 @@ def semantic_structure(
     first_instance: dict[int, Instance] = {}
     for instance in instances:  # instance order: the lowest id comes first
         first_instance.setdefault(number_of[instance.id], instance)
-    numbers = sorted(first_instance)
+    ordered = sorted(first_instance)
 
     files = [MaskFile(paths.label_map, relabelling(index, table))]
     category_files: dict[int, str] = {}
     if binary:
-        for number in numbers:
+        for number in ordered:
             members = sorted(values_of_category[number])
             if any(counts[value] for value in members if value < len(counts)):
                 category_files[number] = paths.category(number)
@@ -54,9 +54,11 @@ def semantic_structure(
 
     segment_map = {
         str(number): without_overlap_fields(first_instance[number].entry, category_files.get(number))
-        for number in numbers
+        for number in ordered
     }
-    segmentations = [category_files[number] for number in numbers if number in category_files] if binary else paths.label_map
+    segmentations = (
+        [category_files[number] for number in ordered if number in category_files] if binary else paths.label_map
+    )
     return Structure(segment_map=segment_map, segmentations=segmentations, binary=binary, files=files)
 
 

@@ -8,6 +8,7 @@ Not a pytest test: it needs nnunetv2 and monai, which live in a venv of their ow
 
 Prints one line per failure and one per dataset; exits 1 on any failure.
 """
+
 import argparse
 import json
 import os
@@ -27,9 +28,11 @@ from monai.transforms import LoadImage
 # *prints* some problems ("Warning: Affine/Origin/Direction mismatch ...", "Error:
 # Shape/Spacing mismatch ..."), from spawned worker processes. So it runs in a child
 # interpreter (unbuffered, so the workers' prints survive) and its output is read.
-VERIFY = ("import sys\n"
-          "from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity\n"
-          "verify_dataset_integrity(sys.argv[1], num_processes=2)\n")
+VERIFY = (
+    "import sys\n"
+    "from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity\n"
+    "verify_dataset_integrity(sys.argv[1], num_processes=2)\n"
+)
 PROBLEM = re.compile(r"^\s*(?:error|warning)\b.*$|^.*mismatch.*$", re.I | re.M)
 FILE = re.compile(r"(?:Seg file: |in file )(\S+)")
 DETAIL = re.compile(r"^(?:Expected|Found|(?:Shape|Spacing|Origin|Direction) (?:images?|seg)): .*$", re.M)
@@ -37,17 +40,16 @@ DETAIL = re.compile(r"^(?:Expected|Found|(?:Shape|Spacing|Origin|Direction) (?:i
 
 def check_nnunet(folder: Path, fail) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    run = subprocess.run([sys.executable, "-c", VERIFY, str(folder)],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, "-c", VERIFY, str(folder)], capture_output=True, text=True, env=env)
     out = run.stdout + run.stderr
     problems = list(PROBLEM.finditer(out))
-    for m, end in zip(problems, [p.start() for p in problems[1:]] + [len(out)]):
+    for m, end in zip(problems, [p.start() for p in problems[1:]] + [len(out)], strict=False):
         msg, where = m.group().strip(), FILE.search(out, m.end(), end)  # the block's seg file
         if where:
             msg += f" [{Path(where.group(1).rstrip('.')).name}]"
         fail(" ".join([msg] + [d.strip() for d in DETAIL.findall(out, m.end(), end)]))
     if run.returncode:
-        fail("verify_dataset_integrity: " + (run.stderr.strip().splitlines() or ["exit %d" % run.returncode])[-1])
+        fail("verify_dataset_integrity: " + (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1])
 
     ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
     cases = {p.name[: -len(ending) - 5] for p in (folder / "imagesTr").glob("*" + ending)}
@@ -73,8 +75,9 @@ def check_msd(folder: Path, fail) -> int:
     labels = sorted(int(k) for k in meta["labels"])
     if labels != list(range(len(labels))):
         fail(f"dataset.json labels {labels} are not 0..{len(labels) - 1}")
-    items = load_decathlon_datalist(str(folder / "dataset.json"), is_segmentation=True,
-                                    data_list_key="training", base_dir=str(folder))
+    items = load_decathlon_datalist(
+        str(folder / "dataset.json"), is_segmentation=True, data_list_key="training", base_dir=str(folder)
+    )
     if len(items) != meta["numTraining"]:
         fail(f"numTraining is {meta['numTraining']} but training lists {len(items)}")
     load = LoadImage(image_only=False)

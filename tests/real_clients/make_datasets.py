@@ -32,12 +32,39 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     write_training_project(LocalStorage(out / "source-mr"), tasks=10, channels=("T1", "FLAIR"), modality="MR")
     write_training_project(LocalStorage(out / "source-ct"), tasks=10, channels=("CT",), modality="CT")
-    run("run", "--source", str(out / "source-mr"), "--dest", str(out / "nnUNet_raw/Dataset501_Brain"),
-        "--layout", "nnunet", "--channels", "T1,FLAIR", "--group-by", "metaData.patientId",
-        "--dataset-name", "Brain", "--description", "generated MR studies")
-    run("run", "--source", str(out / "source-ct"), "--dest", str(out / "nnUNet_raw/Dataset502_CT"), "--layout", "nnunet")
-    run("run", "--source", str(out / "source-mr"), "--dest", str(out / "Task01_Brain"),
-        "--layout", "msd", "--channels", "T1,FLAIR", "--dataset-name", "Brain")
+    run(
+        "run",
+        "--source",
+        str(out / "source-mr"),
+        "--dest",
+        str(out / "nnUNet_raw/Dataset501_Brain"),
+        "--layout",
+        "nnunet",
+        "--channels",
+        "T1,FLAIR",
+        "--group-by",
+        "metaData.patientId",
+        "--dataset-name",
+        "Brain",
+        "--description",
+        "generated MR studies",
+    )
+    run(
+        "run", "--source", str(out / "source-ct"), "--dest", str(out / "nnUNet_raw/Dataset502_CT"), "--layout", "nnunet"
+    )
+    run(
+        "run",
+        "--source",
+        str(out / "source-mr"),
+        "--dest",
+        str(out / "Task01_Brain"),
+        "--layout",
+        "msd",
+        "--channels",
+        "T1,FLAIR",
+        "--dataset-name",
+        "Brain",
+    )
     return 0
 
 
