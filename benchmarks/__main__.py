@@ -32,7 +32,7 @@ SDK_VENV = HERE / ".sdk-venv"
 PYTHON = sys.executable
 RBEXPORT = str(Path(sys.executable).with_name("rbexport"))
 STRUCTURES = ["standard", "binary", "semantic", "semantic-binary"]
-PARTS = ["single", "images", "six", "small", "memory"]
+PARTS = ["single", "images", "tiny", "six", "small", "memory"]
 
 
 def median_of(runs: int, measure) -> float:
@@ -253,47 +253,61 @@ def cli_seconds(source: str, arguments: list[str], api_url: str | None, environm
 
 
 def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[list[str]]:
+    """6 CT tasks: both engines end to end (start-up included), against the SDK's converter."""
     source = ct_project(6)
     rows = []
     for structure in ("binary", "semantic-binary"):
-        ours = median_of(
-            runs, lambda structure=structure: cli_seconds(str(source), ["--variant", structure], server.url)
-        )
-        ephemeral = cli_seconds(str(source), ["--variant", structure], None)
-        row = [structure, f"{ours:.1f}", f"{ephemeral:.1f}"]
+        variant = ["--variant", structure]
+        local = median_of(runs, lambda variant=variant: cli_seconds(str(source), [*variant, "--engine", "local"], None))
+        ours = median_of(runs, lambda variant=variant: cli_seconds(str(source), variant, server.url))
+        ephemeral = cli_seconds(str(source), list(variant), None)
+        row = [structure, f"{local:.1f}", f"{ours:.1f}", f"{ephemeral:.1f}"]
         if sdk:
             theirs = sdk.convert(source, structure, 1)
-            row += [f"{theirs:.1f}", f"{theirs / ours:.1f}x", f"{theirs / ephemeral:.1f}x"]
+            row += [f"{theirs:.1f}", f"{theirs / local:.1f}x", f"{theirs / ours:.1f}x"]
         else:
             row += ["-", "-", "-"]
         rows.append(row)
     return rows
 
 
+def tiny_run(runs: int, server: PrefectServer) -> list[list[str]]:
+    """The sample project's 6 tiny tasks end to end: Prefect's fixed cost per run."""
+    from app.sample import write_sample_project
+    from rbexport.storage import LocalStorage
+
+    source = DATA / "tiny"
+    if not (source / "tasks.json").exists():
+        write_sample_project(LocalStorage(source))
+    local = median_of(runs, lambda: cli_seconds(str(source), ["--engine", "local"], None))
+    on_server = median_of(runs, lambda: cli_seconds(str(source), [], server.url))
+    return [
+        ["--engine local (baseline)", f"{local:.2f}", "1.00x"],
+        ["Prefect server (PREFECT_API_URL)", f"{on_server:.2f}", f"{on_server / local:.2f}x"],
+    ]
+
+
 def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
+    """1,000 small tasks: the flow on a server against the local engine (the baseline)."""
     from app.seaweed import SeaweedServer
-    from rbexport.engine import run_export
-    from rbexport.options import ExportOptions
     from rbexport.storage import S3Storage
 
     count = 1000
     source = small_project(count)
-    rows = []
-    local = median_of(runs, lambda: cli_seconds(str(source), [], server.url))
-
-    def without_prefect() -> float:
-        out = tempfile.mkdtemp()
-        elapsed = timed(lambda: run_export(str(source), out, ExportOptions(), incremental=False, workers=8))
-        shutil.rmtree(out)
-        return elapsed
-
-    core = median_of(runs, without_prefect)
+    local = median_of(runs, lambda: cli_seconds(str(source), ["--engine", "local"], None))
+    on_server = median_of(runs, lambda: cli_seconds(str(source), [], server.url))
+    per_task = median_of(runs, lambda: cli_seconds(str(source), ["--batch-size", "1"], server.url))
     ephemeral = cli_seconds(str(source), [], None)
-    rows.append(["local folders, PREFECT_API_URL", f"{local:.1f}", f"{count / local:.0f}", f"{1 - core / local:.0%}"])
-    rows.append(
-        ["local folders, ephemeral API", f"{ephemeral:.1f}", f"{count / ephemeral:.0f}", f"{1 - core / ephemeral:.0%}"]
-    )
 
+    def row(where: str, seconds: float) -> list[str]:
+        return [where, f"{seconds:.1f}", f"{count / seconds:.0f}", f"{seconds / local:.2f}x"]
+
+    rows = [
+        row("local folders, --engine local (baseline)", local),
+        row("local folders, Prefect server", on_server),
+        row("local folders, Prefect server, --batch-size 1", per_task),
+        row("local folders, ephemeral API", ephemeral),
+    ]
     keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
     with SeaweedServer(access_key=keys["AWS_ACCESS_KEY_ID"], secret_key=keys["AWS_SECRET_ACCESS_KEY"]) as seaweed:
         with environment(keys):
@@ -303,32 +317,19 @@ def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
             for path in sorted(source.rglob("*")):
                 if path.is_file():
                     bucket.write(path.relative_to(source).as_posix(), path.read_bytes())
-            on_s3 = median_of(
+            endpoint = ["--endpoint-url", seaweed.endpoint_url]
+            s3_local = median_of(
                 runs,
                 lambda: cli_seconds(
-                    bucket.url, ["s3://bench-export/small", "--endpoint-url", seaweed.endpoint_url], server.url, keys
+                    bucket.url, ["s3://bench-export/local", *endpoint, "--engine", "local"], None, keys
                 ),
             )
-            core_s3 = median_of(
-                runs,
-                lambda: timed(
-                    lambda: run_export(
-                        bucket.url,
-                        "s3://bench-export/core",
-                        ExportOptions(),
-                        seaweed.endpoint_url,
-                        incremental=False,
-                        workers=8,
-                    )
-                ),
+            s3_server = median_of(
+                runs, lambda: cli_seconds(bucket.url, ["s3://bench-export/flow", *endpoint], server.url, keys)
             )
+    rows.append(["SeaweedFS, --engine local", f"{s3_local:.1f}", f"{count / s3_local:.0f}", "-"])
     rows.append(
-        [
-            "SeaweedFS to SeaweedFS, PREFECT_API_URL",
-            f"{on_s3:.1f}",
-            f"{count / on_s3:.0f}",
-            f"{1 - core_s3 / on_s3:.0%}",
-        ]
+        ["SeaweedFS, Prefect server", f"{s3_server:.1f}", f"{count / s3_server:.0f}", f"{s3_server / s3_local:.2f}x"]
     )
     return rows
 
@@ -439,13 +440,22 @@ def main() -> int:
         )
     if "images" in parts:
         print_image_tables(arguments.runs)
-    server = PrefectServer() if parts & {"six", "small", "memory"} else None
+    server = PrefectServer() if parts & {"tiny", "six", "small", "memory"} else None
     try:
+        if "tiny" in parts:
+            print(
+                table(
+                    "The sample project's 6 tiny tasks through the CLI, seconds end to end",
+                    ["engine", "seconds", "vs local"],
+                    tiny_run(arguments.runs, server),
+                ),
+                flush=True,
+            )
         if "six" in parts:
             print(
                 table(
                     "6 CT tasks through the CLI, seconds end to end (SDK: its converter on the 6 maps)",
-                    ["structure", "CLI, server", "CLI, ephemeral", "SDK", "SDK/CLI", "SDK/CLI ephemeral"],
+                    ["structure", "local", "server", "ephemeral", "SDK", "SDK/local", "SDK/server"],
                     six_tasks(min(arguments.runs, 3), server, sdk),
                 ),
                 flush=True,
@@ -454,7 +464,7 @@ def main() -> int:
             print(
                 table(
                     "1,000 small tasks (256x256, 3 instances) through the CLI",
-                    ["where", "seconds", "tasks/s", "Prefect's share"],
+                    ["where", "seconds", "tasks/s", "vs local"],
                     many_small_tasks(min(arguments.runs, 3), server),
                 ),
                 flush=True,
