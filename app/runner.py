@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -31,21 +32,34 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
 
     Raises what the flow raises, except that a run with failed tasks returns its reports.
     """
-    from flows.export import export_project
+    from contextlib import ExitStack
+
     from rbexport import progress
     from rbexport.errors import ExportIncomplete
 
-    if workers:
-        parameters["workers"] = workers
-    parameters["allowed_buckets"] = list(parameters.get("allowed_buckets") or [])
-    start_ephemeral_api()
-    with progress.observing(_progress_display(title or f"{source} → {destination}")) as display:
-        try:
-            reports = export_project(source=source, destination=destination, options=options, **parameters)
-        except ExportIncomplete as incomplete:
-            reports = incomplete.report
-        finally:
-            display.close()
+    with ExitStack() as stack:
+        api = EphemeralAPI.if_needed()
+        if api is not None:
+            # At exit, after Prefect's log and event workers (registered later, run
+            # earlier) have sent what they hold to it.
+            atexit.register(api.stop)
+        from flows.export import export_project  # while the ephemeral API starts
+
+        if api is not None:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            api.wait_ready()
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api.url}))
+        if workers:
+            parameters["workers"] = workers
+        parameters["allowed_buckets"] = list(parameters.get("allowed_buckets") or [])
+        with progress.observing(_progress_display(title or f"{source} → {destination}")) as display:
+            try:
+                reports = export_project(source=source, destination=destination, options=options, **parameters)
+            except ExportIncomplete as incomplete:
+                reports = incomplete.report
+            finally:
+                display.close()
     _print_reports(reports)
     return reports
 
@@ -66,37 +80,99 @@ def _print_report(report, prefix: str = "") -> None:
     print(f"{prefix}report: {report.destination.rstrip('/')}/{REPORT_NAME}")
 
 
-def start_ephemeral_api() -> None:
-    """Start Prefect's ephemeral API now, with its output in a log file, not on our terminal.
+class EphemeralAPI:
+    """Prefect's ephemeral API for a run without PREFECT_API_URL, started our way.
 
-    Without PREFECT_API_URL, Prefect starts a temporary API server as a child process that
-    shares our stdout and stderr; its shutdown can print CancelledError tracebacks. Started
-    here with both streams pointed at PREFECT_HOME/rbexport-api.log, the child keeps that
-    file, and the flow finds this server already running.
+    Prefect would start the same server (uvicorn on `create_app`, UI off) itself, but only
+    after importing its server code into this process (5 s on a 2-core machine) and with
+    the child writing to our terminal, where its shutdown can print CancelledError
+    tracebacks. Here the child is launched at once, with its output in
+    PREFECT_HOME/rbexport-api.log, and starts while this process imports the flow; the
+    run then talks to it as to any server.
     """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-    if PREFECT_API_URL.value():
-        return
-    log_path = Path(PREFECT_HOME.value()) / "rbexport-api.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            # Prefect's default of 20 s is too short on a busy 2-core machine (seen: 30 s).
-            SubprocessASGIServer().start(
-                timeout=max(EPHEMERAL_START_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        from importlib.util import find_spec
+
+        from prefect.settings import PREFECT_HOME, get_current_settings
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.log_path = Path(PREFECT_HOME.value()) / "rbexport-api.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec = find_spec("prefect")
+        assert spec is not None and spec.submodule_search_locations
+        environment = {
+            **os.environ,
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(Path(spec.submodule_search_locations[0]).parent),
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
             )
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+
+    @classmethod
+    def if_needed(cls) -> EphemeralAPI | None:
+        """Started when no Prefect API is configured (environment or profile), else None."""
+        from prefect.settings import PREFECT_API_URL
+
+        return None if PREFECT_API_URL.value() else cls()
+
+    def wait_ready(self, timeout: float = EPHEMERAL_START_SECONDS) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Prefect's ephemeral API exited with code {self.process.returncode} (see {self.log_path})"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Prefect's ephemeral API did not start in {timeout:.0f} s (see {self.log_path})")
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 class _PlainProgress:

@@ -164,6 +164,21 @@ def test_uses_the_ephemeral_api_by_default_quietly(run_cli, sample_source, tmp_p
     assert_clean(result.stderr)
     assert "temporary server" not in result.stderr  # Prefect's console logs are off without --verbose
     assert not (destination / "segmentations/Brain_004/T2").exists()  # single mask: no instance files
+    assert not api_servers_of(tmp_path / "prefect-home"), "the ephemeral API outlived the command"
+
+
+def api_servers_of(prefect_home: Path) -> list[int]:
+    """The uvicorn processes serving a Prefect API whose PREFECT_HOME is `prefect_home`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes()
+            environment = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"uvicorn" in command and f"PREFECT_HOME={prefect_home}".encode() in environment.split(b"\0"):
+            found.append(int(proc.name))
+    return found
 
 
 def test_options_reach_the_export(run_cli, sample_source, tmp_path):
