@@ -94,14 +94,17 @@ def make_batches(jobs: Sequence[TaskJob], workers: int, batch_size: int = 0) -> 
     """Cut the jobs (in source order) into batches.
 
     `batch_size` > 0: that many tasks per batch. 0 (auto): up to BATCH_BYTES of work and
-    BATCH_TASKS tasks per batch, and no more tasks per batch than spreads them over every
-    worker; a task of BATCH_BYTES or more is a batch alone.
+    BATCH_TASKS tasks per batch, the tasks spread evenly over rounds of `workers` batches
+    (1,000 tasks on 4 workers: 8 batches of 125, not 5 of 200 with one worker left to
+    finish alone); a task of BATCH_BYTES or more is a batch alone.
     """
     if not jobs:
         return []
     if batch_size > 0:
         return [list(jobs[start : start + batch_size]) for start in range(0, len(jobs), batch_size)]
-    most = min(BATCH_TASKS, max(1, math.ceil(len(jobs) / max(workers, 1))))
+    workers = max(workers, 1)
+    rounds = math.ceil(len(jobs) / (workers * BATCH_TASKS))
+    most = max(1, math.ceil(len(jobs) / (workers * rounds)))
     batches: list[list[TaskJob]] = []
     current: list[TaskJob] = []
     weight = 0

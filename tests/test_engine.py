@@ -29,7 +29,7 @@ def job(number: int, weight: int = 0) -> TaskJob:
 def test_batches_hold_many_small_tasks_and_a_large_one_alone():
     small = [job(n, 100_000) for n in range(1, 1001)]
     batches = make_batches(small, workers=4)
-    assert [len(batch) for batch in batches] == [200] * 5  # BATCH_TASKS; more than workers
+    assert [len(batch) for batch in batches] == [125] * 8  # two rounds of 4 (BATCH_TASKS is 200)
     assert [item for batch in batches for item in batch] == small  # source order kept
     large = BATCH_BYTES + 1
     mixed = [job(1, 1000), job(2, large), job(3, 1000), job(4, 1000)]
@@ -37,6 +37,7 @@ def test_batches_hold_many_small_tasks_and_a_large_one_alone():
     # Never fewer batches than workers while there are enough tasks.
     assert [len(batch) for batch in make_batches([job(n, 10) for n in range(1, 7)], workers=4)] == [2, 2, 2]
     assert [len(batch) for batch in make_batches(small[:5], workers=2, batch_size=1)] == [1] * 5
+    assert [len(batch) for batch in make_batches(small[:801], workers=4)] == [101] * 7 + [94]
     assert make_batches([], workers=2) == []
     unknown = [job(n) for n in range(1, 41)]  # sizes the listing did not give count as 1 MiB
     assert len(make_batches(unknown, workers=1)) == -(-40 * UNKNOWN_TASK_BYTES // BATCH_BYTES)
