@@ -160,3 +160,14 @@ def series_task(series: list[dict], task_id: str = "t1", name: str | None = "Tas
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# The training-layout options (SPEC 6) of a RedBrick export.
+NO_DATASET = {
+    "layout": "redbrick",
+    "channels": None,
+    "modality": None,
+    "group_by": None,
+    "dataset_name": None,
+    "description": None,
+}

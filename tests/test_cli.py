@@ -6,16 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import ACCESS_KEY, tree
-
-# The training-layout options (SPEC 6) of a RedBrick export.
-NO_DATASET = {
-    "layout": "redbrick",
-    "channels": None,
-    "modality": None,
-    "group_by": None,
-    "dataset_name": None,
-    "description": None,
-}
+from spec_helpers import NO_DATASET
 
 
 def assert_clean(stderr: str) -> None:

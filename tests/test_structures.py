@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from spec_helpers import (
     AFFINE,
+    NO_DATASET,
     OVERLAP_MAP,
     OVERLAP_SEGMENT_MAP,
     PLAIN_MAP,
@@ -95,16 +96,6 @@ SEMANTIC_MAP = np.array(
 GLIOMA_FILE = OVERLAP_INSTANCE_3  # category 1: values 3 and 5
 EDEMA_FILE = OVERLAP_INSTANCE_1  # category 2: value 1
 ABSCESS_FILE = OVERLAP_INSTANCE_2  # category 3: values 2 and 5
-
-# The training-layout options (SPEC 6) of a RedBrick export.
-NO_DATASET = {
-    "layout": "redbrick",
-    "channels": None,
-    "modality": None,
-    "group_by": None,
-    "dataset_name": None,
-    "description": None,
-}
 
 
 def assert_voxels(result, path: str, expected: np.ndarray, dtype=np.uint8) -> None:
