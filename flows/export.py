@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Literal, cast
+from uuid import UUID
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from rbexport import progress
 from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
 from rbexport.errors import ConfigurationError, ExportIncomplete
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
-from rbexport.report import RunReport
+from rbexport.report import REPORT_NAME, RunReport
 from rbexport.variants import Preset, Variant
 from tasks.export import export_tasks_of_batch, failed, publish, read_source, s3_access, wait_for_uploads
+
+# Emitted once per variant when a run ends, about its destination (`destination_resource`).
+EXPORT_COMPLETED = "rbexport.export.completed"
+EXPORT_FAILED = "rbexport.export.failed"
 
 # The form's default: every option at its default (ExportOptions is frozen).
 DEFAULT_OPTIONS = ExportOptions()
@@ -100,12 +113,34 @@ def export_project(
         plan = read_source(request, return_state=True).result()
         workers = workers or DEFAULT_WORKERS
         runner = make_task_runner(task_runner, workers, dask_address)
-        outcomes = export_all(plan, prefect_batches(runner, plan.settings), workers, batch_size, get_run_logger())
+        with progress.observing(ProgressArtifact(progress.current())):
+            outcomes = export_all(plan, prefect_batches(runner, plan.settings), workers, batch_size, get_run_logger())
         reports = publish(plan, outcomes, return_state=True).result()
     except ConfigurationError as error:
         # An answer, not a crash: one line in the run's log and its state, no traceback.
         get_run_logger().error("cannot export: %s", error)
+        emit_event(EXPORT_FAILED, resource=destination_resource(destination), payload={"error": str(error)})
         return failed(error)
+    failures = [
+        {"variant": report.variant, "task": failure.taskId, "file": failure.file, "reason": failure.reason}
+        for report in reports
+        for failure in report.failures
+    ]
+    if failures:
+        create_table_artifact(key="export-failures", table=failures, description=f"{len(failures)} failed")
+    for report in reports:
+        emit_event(
+            EXPORT_COMPLETED if report.succeeded else EXPORT_FAILED,
+            resource=destination_resource(report.destination),
+            payload={
+                "variant": report.variant,
+                "destination": report.destination,
+                "exported": len(report.exported),
+                "skipped": len(report.skipped),
+                "failed": len(report.failures),
+                "report": report.destination.rstrip("/") + "/" + REPORT_NAME,
+            },
+        )
     create_markdown_artifact(
         key="export-report",
         markdown="\n".join(report.to_markdown() for report in reports),
@@ -128,6 +163,42 @@ def export_project(
         )
         return failed(ExportIncomplete(message, reports), message)
     return reports
+
+
+def destination_resource(destination: str) -> dict[str, str]:
+    """The Prefect event resource of an export's destination: `rbexport.destination.<url>`."""
+    return {"prefect.resource.id": f"rbexport.destination.{destination}", "prefect.resource.name": destination}
+
+
+class ProgressArtifact:
+    """Moves the run's `export-progress` artifact in the UI as tasks finish, and tells the
+    observer already installed (the CLI's progress bar) the same. At most one update a second."""
+
+    def __init__(self, inner: progress.ProgressObserver) -> None:
+        self.inner = inner
+        self.artifact: UUID | None = None
+        self.total = self.done = 0
+        self.updated = 0.0
+
+    def started(self, total: int, skipped: int) -> None:
+        self.inner.started(total, skipped)
+        self.total = total
+        self.artifact = cast(
+            UUID,
+            create_progress_artifact(
+                0.0 if total else 100.0,
+                key="export-progress",
+                description=f"{total} tasks to export, {skipped} unchanged",
+            ),
+        )
+
+    def task_done(self, task_id: str, error: str | None) -> None:
+        self.inner.task_done(task_id, error)
+        self.done += 1
+        now = time.monotonic()
+        if self.artifact is not None and (self.done == self.total or now - self.updated >= 1.0):
+            update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1))
+            self.updated = now
 
 
 def artifact_key(text: str) -> str:

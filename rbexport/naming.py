@@ -76,30 +76,35 @@ def series_names(names: Sequence[object]) -> list[str]:
 def deduplicate(names: Iterable[str], taken: set[str] | None = None) -> list[str]:
     """Later repeats of a name get `_1`, `_2`, ..., never a name already taken.
 
-    `taken` holds names used elsewhere; the names chosen here are added to it.
+    Names that differ only in case are repeats (`T1`, `t1` -> `T1`, `t1_1`): on macOS
+    and Windows they would be one file. `taken` holds names used elsewhere; the names
+    chosen here are added to it.
     """
     taken = set() if taken is None else taken
+    folded = {name.casefold() for name in taken}
     counters: dict[str, int] = {}
     unique = []
     for name in names:
         candidate = name
-        while candidate in taken:
-            counters[name] = counters.get(name, 0) + 1
-            candidate = f"{name}_{counters[name]}"
+        while candidate.casefold() in folded:
+            counters[name.casefold()] = counters.get(name.casefold(), 0) + 1
+            candidate = f"{name}_{counters[name.casefold()]}"
         taken.add(candidate)
+        folded.add(candidate.casefold())
         unique.append(candidate)
     return unique
 
 
 def image_file_names(references: Sequence[str]) -> list[str]:
     """File names for a series' image items (SPEC 5): each item's base name made safe;
-    names repeated within the series get `-<index>` (the item's position, zero-padded to
-    the width of the item count) before the extension."""
+    names repeated within the series (in any case: `A.dcm` and `a.dcm` are one file on
+    macOS and Windows) get `-<index>` (the item's position, zero-padded to the width of
+    the item count) before the extension."""
     width = len(str(len(references)))
     bases = [safe_name(reference.rsplit("/", 1)[-1]) or f"item{_extension(reference)}" for reference in references]
-    repeated = {base for base in bases if bases.count(base) > 1}
+    folded = [base.casefold() for base in bases]
     return [
-        f"{_stem(base)}-{position:0{width}d}{_extension(base)}" if base in repeated else base
+        f"{_stem(base)}-{position:0{width}d}{_extension(base)}" if folded.count(base.casefold()) > 1 else base
         for position, base in enumerate(bases)
     ]
 

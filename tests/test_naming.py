@@ -7,7 +7,7 @@ import re
 import pytest
 from spec_helpers import PLAIN_MAP, PLAIN_SEGMENT_MAP, export, series_task
 
-from rbexport.naming import safe_name, series_letter, series_names, task_folder_name
+from rbexport.naming import image_file_names, safe_name, series_letter, series_names, task_folder_name
 
 # Every character SPEC 2 allows besides letters and digits.
 ALLOWED_PUNCTUATION = "_. #@+(),=[]{}!~-"
@@ -131,6 +131,34 @@ def test_deduplication_never_reuses_a_name_already_taken():
     assert series_names(["T1", "T1_1", "T1"]) == ["T1", "T1_1", "T1_2"]
     assert series_names([None, "A"]) == ["A", "A_1"]  # a fallback letter counts as a name
     assert series_names(["T1?", "T1/"]) == ["T1-", "T1-_1"]  # equal once made safe
+
+
+def test_names_that_differ_only_in_case_are_repeats(tmp_path):
+    """macOS and Windows keep one file of `T1.nii.gz` and `t1.nii.gz`: nothing may be lost there."""
+    assert series_names(["T1", "t1", "FLAIR", "Flair", "t1"]) == ["T1", "t1_1", "FLAIR", "Flair_1", "t1_2"]
+    assert image_file_names(["a/Slice.dcm", "b/slice.dcm", "c/other.dcm"]) == [
+        "Slice-0.dcm",
+        "slice-1.dcm",
+        "other.dcm",
+    ]
+    tasks = [
+        series_task(
+            [
+                {"name": "T1", "segmentations": "m.nii.gz", "segmentMap": PLAIN_SEGMENT_MAP},
+                {"name": "t1", "segmentations": "m.nii.gz", "segmentMap": PLAIN_SEGMENT_MAP},
+            ],
+            name="Brain",
+            task_id="a",
+        ),
+        series_task(
+            [{"name": "T1", "segmentations": "m.nii.gz", "segmentMap": PLAIN_SEGMENT_MAP}], name="BRAIN", task_id="b"
+        ),
+    ]
+    written = export(tmp_path, tasks, {"m.nii.gz": PLAIN_MAP}).mask_files()
+    assert written == [
+        f"segmentations/{path}" for path in ("BRAIN_1/T1.nii.gz", "Brain/T1.nii.gz", "Brain/t1_1.nii.gz")
+    ]
+    assert len({path.casefold() for path in written}) == len(written)
 
 
 def test_nothing_is_written_outside_the_root(tmp_path):

@@ -1,0 +1,87 @@
+"""Running rbexport as a service (issue 12): live progress, the failures table and the
+completion events a downstream deployment can trigger on, read back from a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flows.export import EXPORT_COMPLETED, EXPORT_FAILED, export_project
+
+
+def artifacts_of(flow_run_id, key: str) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+
+
+def export_events(destination: str, timeout: float = 30) -> list:
+    """The rbexport.export.* events about `destination`, once the events worker has sent them."""
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    event_filter = EventFilter(
+        event=EventNameFilter(prefix=["rbexport.export."]),
+        resource=EventResourceFilter(id=[f"rbexport.destination.{destination}"]),
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events  # the server allows 50
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_a_run_shows_progress_failures_and_emits_its_outcome(prefect_api, sample_source, tmp_path):
+    (sample_source / "masks/brain-004.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    destination = str(tmp_path / "export")
+    state = export_project(str(sample_source), destination, batch_size=2, return_state=True)
+    assert state.is_failed()
+    flow_run_id = state.state_details.flow_run_id
+
+    [progress] = artifacts_of(flow_run_id, "export-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "6 tasks to export" in progress.description
+    [failures] = artifacts_of(flow_run_id, "export-failures")
+    rows = json.loads(failures.data) if isinstance(failures.data, str) else failures.data
+    assert rows == [
+        {"variant": "export", "task": "task-004", "file": "masks/brain-004.nii.gz", "reason": rows[0]["reason"]}
+    ]
+    assert "gzip" in rows[0]["reason"]
+
+    [event] = export_events(destination)
+    assert event.event == EXPORT_FAILED
+    assert event.payload == {
+        "variant": "export",
+        "destination": destination,
+        "exported": 5,
+        "skipped": 0,
+        "failed": 1,
+        "report": destination + "/export-report.json",
+    }
+
+
+def test_a_completed_run_emits_completed_per_variant(prefect_api, sample_source, tmp_path):
+    destination = str(tmp_path / "export")
+    state = export_project(str(sample_source), destination, variants=("standard", "semantic"), return_state=True)
+    assert state.is_completed()
+    assert not artifacts_of(state.state_details.flow_run_id, "export-failures")
+    for variant in ("standard", "semantic"):
+        [event] = export_events(f"{destination}/{variant}")
+        assert event.event == EXPORT_COMPLETED
+        assert event.payload["variant"] == variant and event.payload["exported"] == 6
+
+
+def test_a_run_that_cannot_start_emits_failed_with_the_reason(prefect_api, tmp_path):
+    destination = str(tmp_path / "export")
+    state = export_project(str(tmp_path / "no-such-source"), destination, return_state=True)
+    assert state.is_failed()
+    [event] = export_events(destination)
+    assert event.event == EXPORT_FAILED and "no-such-source" in event.payload["error"]
