@@ -10,8 +10,13 @@ stop it with Ctrl+C. Needs a Prefect server (PREFECT_API_URL). The RBEXPORT_* se
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
@@ -25,6 +30,9 @@ from prefect.schedules import Cron, Interval
 from prefect.utilities.templating import apply_values
 
 from deployments.settings import template_values
+
+# How long Prefect's runner may take to shut down after Ctrl+C before this process exits anyway.
+SHUTDOWN_GRACE_SECONDS = 20
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -96,9 +104,33 @@ def main(names: list[str]) -> int:
     runners = [runner_deployment(spec) for spec in specs if not names or spec["name"] in names]
     forget_deployed_versions(runners)
     serving_since = datetime.now(UTC)
+    stop_within(SHUTDOWN_GRACE_SECONDS, lambda: mark_interrupted_runs_crashed(runners, serving_since))
     serve(*runners)  # until Ctrl+C
     mark_interrupted_runs_crashed(runners, serving_since)
     return 0
+
+
+def stop_within(grace_seconds: float, before_exit: Callable[[], None]) -> None:
+    """Make sure Ctrl+C stops this process: Prefect's runner shuts down on its own, but
+    a clean-clone CI run twice saw it still running 120 s after one Ctrl+C. From the first
+    Ctrl+C, a watchdog gives it `grace_seconds`; then it prints where each thread is (for
+    the log), runs `before_exit` and exits. A second Ctrl+C interrupts as usual."""
+
+    def watchdog() -> None:
+        time.sleep(grace_seconds)
+        print(f"serve: still shutting down {grace_seconds:.0f} s after Ctrl+C; stopping now", file=sys.stderr)
+        faulthandler.dump_traceback(all_threads=True)
+        try:
+            before_exit()
+        finally:
+            os._exit(0)
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        threading.Thread(target=watchdog, name="serve-shutdown-watchdog", daemon=True).start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
 
 
 def mark_interrupted_runs_crashed(runners: list, since: datetime) -> None:

@@ -140,3 +140,32 @@ def test_serve_stops_on_ctrl_c_with_a_run_in_flight(prefect_api, sample_source, 
         output = server.stdout.read1().decode(errors="replace")[-4000:] if server.poll() is not None else "(running)"
         assert server.returncode == 0, f"serve did not stop on Ctrl+C (code {server.returncode}):\n{output}"
     assert not read_flow_run(flow_run.id).state.is_running()
+
+
+def test_a_stuck_shutdown_still_ends_after_the_grace_period(tmp_path):
+    """If Prefect's runner never finishes shutting down after Ctrl+C, serve's watchdog
+    marks the runs and exits once the grace period is over."""
+    import signal
+    import subprocess
+    import sys
+
+    from prefect_helpers import PROJECT
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import sys, time\n"
+        "from deployments.serve import stop_within\n"
+        "stop_within(2, lambda: print('runs marked', flush=True))\n"
+        "print('serving', flush=True)\n"
+        "try:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    time.sleep(60)  # a shutdown that never ends\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "serving\n"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert out.endswith("runs marked\n")
+    assert "still shutting down 2 s after Ctrl+C; stopping now" in err and "Thread" in err  # where it hung
