@@ -299,8 +299,9 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
 
     state = _next_state(target_plan, results, failures, plan.source_task_ids)
     if target.options.dataset:
-        # Files a re-exported task no longer writes would be cases dataset.json does not list.
-        report.pruned = _delete_orphans(destination, state)
+        # Files a re-exported task no longer writes would be cases dataset.json does not list:
+        # prune them at once (every task of the state kept).
+        report.pruned = _prune(destination, state, set(state.tasks))
     if plan.prune:
         report.pruned += _prune(destination, state, plan.source_task_ids)
     if target.options.dataset:
@@ -350,23 +351,6 @@ def _next_state(
         if failure.taskId in tasks and failure.taskId not in results:
             tasks[failure.taskId].fingerprint = None  # try again next time; its old files stay
     return ExportState(tasks)
-
-
-def _owned(state: ExportState) -> set[str]:
-    """Every file some task's export holds now (an orphan of one task may be another's file)."""
-    return {path for record in state.tasks.values() for path in record.files}
-
-
-def _delete_orphans(destination: Storage, state: ExportState) -> list[str]:
-    owned = _owned(state)
-    deleted = []
-    for record in state.tasks.values():
-        for path in record.orphans:
-            if path not in owned:
-                destination.delete(path)
-                deleted.append(path)
-        record.orphans = []
-    return deleted
 
 
 def _prune(destination: Storage, state: ExportState, source_task_ids: set[str]) -> list[str]:
