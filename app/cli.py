@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from app.runner import say
+
 EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
 
 
@@ -187,13 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(arguments.output)
         return _run(arguments)
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return 130
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         return _exit_code_for(error, arguments.verbose)
     finally:
         if arguments.verbose:
-            _say(f"done in {time.perf_counter() - started:.1f} s")
+            say(f"done in {time.perf_counter() - started:.1f} s")
 
 
 def entry() -> None:
@@ -285,20 +287,20 @@ def _exit_code_for(error: Exception, verbose: bool) -> int:
     from rbexport.errors import ConfigurationError, TransientStorageError
 
     if isinstance(error, ConfigurationError):
-        _say(f"error: {error}")
+        say(f"error: {error}")
         return EXIT_CONFIGURATION
     if isinstance(error, TransientStorageError):
-        _say(f"error: storage unavailable: {error}")
+        say(f"error: storage unavailable: {error}")
         return EXIT_CONFIGURATION
     if isinstance(error, ValidationError):
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
-        _say(f"error: invalid parameters: {problems}")
+        say(f"error: invalid parameters: {problems}")
         return EXIT_CONFIGURATION
     if verbose:
         import traceback
 
         traceback.print_exception(error)
-    _say(f"internal error: {type(error).__name__}: {error} (run with --verbose for details)")
+    say(f"internal error: {type(error).__name__}: {error} (run with --verbose for details)")
     return EXIT_INTERNAL
 
 
@@ -337,10 +339,6 @@ def _silence_shutdown_noise() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
-
-
-def _say(message: str) -> None:
-    print(f"rbexport: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -188,15 +188,15 @@ class _PlainProgress:
     def started(self, total: int, skipped: int) -> None:
         self.total = total
         unchanged = f" ({skipped} unchanged, skipped)" if skipped else ""
-        _say(f"exporting {total} tasks{unchanged}: {self.title}")
+        say(f"exporting {total} tasks{unchanged}: {self.title}")
 
     def task_done(self, task_id: str, error: str | None) -> None:
         self.done += 1
         if error:
             self.failed += 1
-            _say(f"[{self.done}/{self.total}] {task_id} failed: {error}")
+            say(f"[{self.done}/{self.total}] {task_id} failed: {error}")
         if self.done * 10 >= self.next_line * self.total and self.done:
-            _say(f"[{self.done}/{self.total}] {self.done - self.failed} exported, {self.failed} failed")
+            say(f"[{self.done}/{self.total}] {self.done - self.failed} exported, {self.failed} failed")
             self.next_line = self.done * 10 // max(self.total, 1) + 1
 
     def close(self) -> None:
@@ -245,5 +245,6 @@ def _progress_display(title: str) -> _PlainProgress:
     return _BarProgress(title) if sys.stderr.isatty() else _PlainProgress(title)
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """One line for the user on stderr: `rbexport: <message>`."""
     print(f"rbexport: {message}", file=sys.stderr)
