@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         "delete it and write this one",
     )
     run.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="while another run writes DST, wait this long before giving up with exit 2 (default: 3600)",
+    )
+    run.add_argument(
         "--endpoint-url",
         metavar="URL",
         help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)",
@@ -240,6 +247,7 @@ def _run(arguments: argparse.Namespace) -> int:
         with_images=arguments.with_images or arguments.images_as_nifti,
         image_format="nifti" if arguments.images_as_nifti else "original",
     )
+    lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
     if arguments.engine == "local":
         if arguments.credentials_block:
             raise ConfigurationError("--credentials-block reads a Prefect Secret block: it needs --engine prefect")
@@ -258,6 +266,7 @@ def _run(arguments: argparse.Namespace) -> int:
             arguments.replace_layout,
             S3Access(_endpoint(arguments.endpoint_url)),
             tuple(arguments.allow_bucket),
+            **lock_timeout,
         )
         reports = runner.run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
         return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
@@ -277,6 +286,7 @@ def _run(arguments: argparse.Namespace) -> int:
         task_runner=arguments.task_runner,
         dask_address=arguments.dask_address,
         batch_size=arguments.batch_size or 0,
+        **lock_timeout,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
 

@@ -199,6 +199,9 @@ class _PlainProgress:
             say(f"[{self.done}/{self.total}] {self.done - self.failed} exported, {self.failed} failed")
             self.next_line = self.done * 10 // max(self.total, 1) + 1
 
+    def notice(self, message: str) -> None:
+        say(message)
+
     def close(self) -> None:
         pass
 
@@ -236,6 +239,9 @@ class _BarProgress(_PlainProgress):
             self.bar.console.print(Text.assemble(("failed ", "red"), f"{task_id}: {error}"))
         if self.task is not None:
             self.bar.advance(self.task)
+
+    def notice(self, message: str) -> None:
+        self.bar.console.print(f"rbexport: {message}", highlight=False)
 
     def close(self) -> None:
         self.bar.stop()

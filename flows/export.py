@@ -23,11 +23,13 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from rbexport import progress
 from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
 from rbexport.errors import ConfigurationError, ExportIncomplete
+from rbexport.lease import WAIT_SECONDS
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
 from rbexport.report import REPORT_NAME, RunReport
 from rbexport.variants import Preset, Variant
 from tasks.export import export_tasks_of_batch, failed, publish, read_source, s3_access, wait_for_uploads
+from tasks.one_writer import one_writer
 
 # Emitted once per variant when a run ends, about its destination (`destination_resource`).
 EXPORT_COMPLETED = "rbexport.export.completed"
@@ -55,6 +57,7 @@ def export_project(
     task_runner: Literal["threads", "processes", "dask"] = "threads",
     dask_address: str | None = None,
     batch_size: int = 0,
+    lock_timeout: float = WAIT_SECONDS,
 ) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
@@ -93,6 +96,9 @@ def export_project(
         batch_size: Source tasks per Prefect task run. 0 (the default): by their size,
             about 32 MB of masks and images per batch (a large CT task alone, many small
             ones together). 1: one Prefect task run per source task.
+        lock_timeout: Seconds to wait while another run (of any deployment, engine or
+            machine) writes to the same destination; after that the run fails with
+            "destination busy since ... by ...". One writer at a time keeps tasks.json whole.
     """
     try:
         refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
@@ -109,13 +115,18 @@ def export_project(
             replace_layout,
             access,
             tuple(allowed_buckets or ()),
+            lock_timeout,
         )
-        plan = read_source(request, return_state=True).result()
-        workers = workers or DEFAULT_WORKERS
-        runner = make_task_runner(task_runner, workers, dask_address)
-        with progress.observing(ProgressArtifact(progress.current())):
-            outcomes = export_all(plan, prefect_batches(runner, plan.settings), workers, batch_size, get_run_logger())
-        reports = publish(plan, outcomes, return_state=True).result()
+        with one_writer(request, notify=tell_watchers) as lease:
+            plan = read_source(request, return_state=True).result()
+            workers = workers or DEFAULT_WORKERS
+            runner = make_task_runner(task_runner, workers, dask_address)
+            with progress.observing(ProgressArtifact(progress.current())):
+                outcomes = export_all(
+                    plan, prefect_batches(runner, plan.settings), workers, batch_size, get_run_logger()
+                )
+            lease.check()
+            reports = publish(plan, outcomes, return_state=True).result()
     except ConfigurationError as error:
         # An answer, not a crash: one line in the run's log and its state, no traceback.
         get_run_logger().error("cannot export: %s", error)
@@ -165,6 +176,12 @@ def export_project(
     return reports
 
 
+def tell_watchers(message: str) -> None:
+    """A notice for the run's log and whoever watches it (the CLI's display)."""
+    get_run_logger().warning(message)
+    progress.current().notice(message)
+
+
 def destination_resource(destination: str) -> dict[str, str]:
     """The Prefect event resource of an export's destination: `rbexport.destination.<url>`."""
     return {"prefect.resource.id": f"rbexport.destination.{destination}", "prefect.resource.name": destination}
@@ -191,6 +208,9 @@ class ProgressArtifact:
                 description=f"{total} tasks to export, {skipped} unchanged",
             ),
         )
+
+    def notice(self, message: str) -> None:
+        self.inner.notice(message)
 
     def task_done(self, task_id: str, error: str | None) -> None:
         self.inner.task_done(task_id, error)

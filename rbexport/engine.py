@@ -28,7 +28,7 @@ from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
 from .report import Failure, RunReport
-from .run import failure_of, prepare_run, publish_export
+from .run import destination_lease, failure_of, prepare_run, publish_export
 from .storage import S3Access
 from .task_export import export_task
 from .variants import Preset, Variant
@@ -192,17 +192,21 @@ def pool_batches(pool: Executor, settings: ExportSettings) -> Callable[[list[lis
 def run_local(
     request: ExportRequest, workers: int = 1, task_runner: str = "threads", batch_size: int = 0
 ) -> list[RunReport]:
-    """A whole run in this process, without Prefect: plan, fan-out, publish."""
-    plan = prepare_run(request)
-    if task_runner == "threads":
-        pool: Executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rbexport-task")
-    elif task_runner == "processes":
-        pool = ProcessPoolExecutor(max_workers=workers)
-    else:
+    """A whole run in this process, without Prefect: plan, fan-out, publish, as the
+    destination's one writer (waiting up to `request.lock_timeout` for another to finish)."""
+    if task_runner not in ("threads", "processes"):
         raise ConfigurationError(f"the local engine runs tasks on threads or processes, not {task_runner!r}")
-    with pool:
-        outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size)
-    return publish_export(plan, outcomes)
+    with destination_lease(request, notify=progress.current().notice).held(request.lock_timeout) as lease:
+        plan = prepare_run(request)
+        pool: Executor = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rbexport-task")
+            if task_runner == "threads"
+            else ProcessPoolExecutor(max_workers=workers)
+        )
+        with pool:
+            outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size)
+        lease.check()
+        return publish_export(plan, outcomes)
 
 
 def run_export(

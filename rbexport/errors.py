@@ -6,6 +6,7 @@
   That task fails at once, the others go on. The CLI exits 1.
 - `TransientStorageError`: the store did not answer this time (5xx, throttling, reset,
   timeout). The per-task step is retried with back-off.
+- `PreconditionFailed`: a conditional write lost a race (rbexport.lease handles it).
 
 Every message is one line a person can act on. None of them ever holds a credential.
 All take their fields as positional arguments, so they survive pickling to workers.
@@ -43,6 +44,10 @@ class ObjectNotFoundError(StorageError):
 
     def __str__(self) -> str:
         return f"not found: {self.url}"
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write or delete found the object not as expected (someone else changed it)."""
 
 
 class TaskDataError(RbexportError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .errors import TaskDataError
 from .incremental import CaseRecord, ExportState
 from .layouts.cases import Case
+from .lease import WAIT_SECONDS
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
 from .storage import S3Access
@@ -32,6 +33,7 @@ class ExportRequest:
     replace_layout: bool = False
     access: S3Access = S3Access()
     allowed_buckets: tuple[str, ...] = ()
+    lock_timeout: float = WAIT_SECONDS  # how long to wait while another run writes the destination
 
 
 @dataclass(frozen=True)

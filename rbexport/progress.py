@@ -18,12 +18,18 @@ class ProgressObserver(Protocol):
     def task_done(self, task_id: str, error: str | None) -> None:
         """One task finished: exported (`error` None) or failed (`error`: file and reason, one line)."""
 
+    def notice(self, message: str) -> None:
+        """Something the watcher should know meanwhile (waiting for the destination, ...)."""
+
 
 class _Silent:
     def started(self, total: int, skipped: int) -> None:
         pass
 
     def task_done(self, task_id: str, error: str | None) -> None:
+        pass
+
+    def notice(self, message: str) -> None:
         pass
 
 

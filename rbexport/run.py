@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from .annotations import mask_references
@@ -19,6 +19,7 @@ from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .images.export import image_references
 from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
 from .layouts.labels import training_labels
+from .lease import DestinationLease
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -92,6 +93,17 @@ def _category_numbers(source: Storage, targets: Sequence[Target]) -> dict[str, i
     if any(target.options.semantic_mask for target in targets):
         return read_category_numbers(source)
     return None
+
+
+def destination_lease(
+    request: ExportRequest, owner: str | None = None, notify: Callable[[str], None] | None = None
+) -> DestinationLease:
+    """The lease that makes this run the destination's one writer (rbexport.lease); the
+    destination is checked first, so a bad one fails here with its own message."""
+    _, destination = check_locations(request.source, request.destination)
+    storage = storage_for(destination.url, request.access)
+    storage.check_reachable()
+    return DestinationLease(storage, owner, notify)
 
 
 def check_layout(destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool) -> None:

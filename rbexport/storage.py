@@ -11,6 +11,7 @@ roles); the endpoint from `--endpoint-url` or `AWS_ENDPOINT_URL`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -31,6 +32,7 @@ from .errors import (
     AccessDeniedError,
     ConfigurationError,
     ObjectNotFoundError,
+    PreconditionFailed,
     TransientStorageError,
 )
 
@@ -101,6 +103,22 @@ class Storage(ABC):
     @abstractmethod
     def check_reachable(self) -> None:
         """Raise ConfigurationError when the root cannot be used at all."""
+
+    # Compare-and-swap on one small object (rbexport.lease): `tag` is the store's version of
+    # what was read or written; a write or delete whose expectation no longer holds raises
+    # PreconditionFailed instead of overwriting another writer's object.
+
+    @abstractmethod
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its tag, or None when it does not exist."""
+
+    @abstractmethod
+    def write_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Write `data` if the object still has `tag` (None: if it does not exist); its new tag."""
+
+    @abstractmethod
+    def delete_if(self, key: str, tag: str) -> None:
+        """Delete the object if it still has `tag`."""
 
     def url_of(self, key: str) -> str:
         return join_url(self.url, key)
@@ -304,6 +322,46 @@ class LocalStorage(Storage):
         if self.root.exists() and not self.root.is_dir():
             raise ConfigurationError(f"{self.root} is a file, not a folder")
 
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.read(key)
+        except ObjectNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> str:
+        with self._exclusive():
+            self._expect(key, tag)
+            self.write(key, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def delete_if(self, key: str, tag: str) -> None:
+        with self._exclusive():
+            self._expect(key, tag)
+            self.delete(key)
+
+    def _expect(self, key: str, tag: str | None) -> None:
+        current = self.read_tagged(key)
+        if (current[1] if current else None) != tag:
+            raise PreconditionFailed(self.url_of(key))
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Every compare-and-swap on this root, one at a time across processes: an flock on
+        the root folder itself (no file of ours beside the export)."""
+        import fcntl
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = os.open(self.root, os.O_RDONLY)
+        except OSError as error:
+            raise ConfigurationError(f"cannot use {self.root}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)
+
 
 class S3Storage(Storage):
     """A bucket prefix on any S3-compatible endpoint. Picklable: it holds no client (see `client`)."""
@@ -391,6 +449,24 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         with _s3_errors(self.url_of(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            with _s3_errors(self.url_of(key)):
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                return answer["Body"].read(), answer["ETag"]
+        except ObjectNotFoundError:
+            return None
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """A conditional PutObject (If-None-Match / If-Match: AWS S3 since 2024, SeaweedFS)."""
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+        with _s3_errors(self.url_of(key)):
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)["ETag"]
+
+    def delete_if(self, key: str, tag: str) -> None:
+        with _s3_errors(self.url_of(key)):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=tag)
 
     def create_bucket(self) -> None:
         """Create the bucket if it does not exist (demo and tests)."""
@@ -520,6 +596,8 @@ class _s3_errors:
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in _NOT_FOUND:
                 raise ObjectNotFoundError(self.url) from None
+            if status == 412 or code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                raise PreconditionFailed(self.url) from None
             if code in _DENIED:
                 raise AccessDeniedError(
                     f"access denied to {self.url} ({code}): check the credentials and their permissions"

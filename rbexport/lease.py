@@ -1,0 +1,192 @@
+"""One writer per destination: a lease object at `<destination>/.rbexport/lock`.
+
+Whoever writes an export holds the lease for the whole run (reading the destination's
+state, writing masks, publishing tasks.json): the nightly, a manual run, an upload run,
+the local engine, on any machine. The lease is a small JSON object (owner, since,
+expires) taken with a conditional write (S3 If-None-Match / If-Match, an flock for
+folders), renewed while the run lives, and deleted at its end. A run whose process died
+leaves a lease that expires; the next writer takes it over then.
+
+A second writer waits, polling, for up to `timeout` seconds, then gives up with
+DestinationBusy ("... busy since ... by ..."), a ConfigurationError: the CLI exits 2.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from .errors import ConfigurationError, ObjectNotFoundError, PreconditionFailed, StorageError
+from .storage import Storage
+
+LEASE_KEY = ".rbexport/lock"
+# How long a lease lives without renewal; it is renewed every quarter of that. A writer
+# killed without a chance to release blocks the destination this long at most.
+LEASE_SECONDS = 120.0
+# How long a second writer waits for the destination by default (a nightly run can be long).
+WAIT_SECONDS = 3600.0
+
+
+class DestinationBusy(ConfigurationError):
+    """Another writer held the destination for longer than this run would wait."""
+
+
+class LeaseLost(ConfigurationError):
+    """The lease expired under this run (it could not renew it) and another writer took it."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    owner: str  # who: "alice@host pid 123", a Prefect flow run's name and deployment
+    since: float  # seconds since the epoch
+    expires: float
+
+    def to_json(self) -> bytes:
+        body = {**asdict(self), "since_utc": _utc(self.since), "expires_utc": _utc(self.expires)}
+        return (json.dumps(body, indent=1) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes) -> Lease | None:
+        """The lease, or None for an object that is not one (it is then treated as expired)."""
+        try:
+            body = json.loads(data)
+            return cls(str(body["owner"]), float(body["since"]), float(body["expires"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def describe(self) -> str:
+        return f"since {_utc(self.since)} by {self.owner}"
+
+
+def default_owner() -> str:
+    """This process, as a person reading the lease would look for it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def lease_seconds() -> float:
+    """LEASE_SECONDS, or RBEXPORT_LEASE_SECONDS from the environment (at least 1 s)."""
+    text = os.environ.get("RBEXPORT_LEASE_SECONDS")
+    try:
+        return max(1.0, float(text)) if text else LEASE_SECONDS
+    except ValueError:
+        raise ConfigurationError(f"RBEXPORT_LEASE_SECONDS={text!r} is not a number of seconds") from None
+
+
+class DestinationLease:
+    """`with DestinationLease(storage, owner).held(timeout):` writes as the destination's one writer."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        owner: str | None = None,
+        notify: Callable[[str], None] | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        self.storage = storage
+        self.owner = owner or default_owner()
+        self.notify = notify or (lambda message: None)
+        self.seconds = seconds or lease_seconds()
+        self.tag: str | None = None
+        self.lost: Lease | None = None
+        self._stop = threading.Event()
+
+    @contextmanager
+    def held(self, timeout: float = WAIT_SECONDS) -> Iterator[DestinationLease]:
+        self.acquire(timeout)
+        renewer = threading.Thread(target=self._renew_until_stopped, name="rbexport-lease", daemon=True)
+        renewer.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            renewer.join()
+            self.release()
+
+    def acquire(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting_for: Lease | None = None
+        while True:
+            current = self.storage.read_tagged(LEASE_KEY)
+            held = Lease.parse(current[0]) if current else None
+            now = time.time()
+            if current is None or held is None or held.expires <= now:
+                mine = Lease(self.owner, now, now + self.seconds)
+                try:
+                    self.tag = self.storage.write_if(LEASE_KEY, mine.to_json(), current[1] if current else None)
+                except PreconditionFailed:
+                    time.sleep(0.05)
+                    continue  # another writer got there first: look again
+                if not self._still_mine(mine):
+                    continue  # a store that ignored the condition let another writer overwrite it
+                if held is not None:
+                    self.notify(
+                        f"took over the lease on {self.storage.url} from {held.owner} (held {held.describe().split(' by ')[0]}, expired {_utc(held.expires)})"
+                    )
+                return
+            if time.monotonic() >= deadline:
+                raise DestinationBusy(
+                    f"destination {self.storage.url} busy {held.describe()} (gave up after {timeout:.0f} s; "
+                    f"its lease runs until {_utc(held.expires)} unless renewed)"
+                )
+            if waiting_for is None or waiting_for.owner != held.owner:
+                self.notify(f"waiting for {self.storage.url}: busy {held.describe()}")
+                waiting_for = held
+            time.sleep(max(0.05, min(self.seconds / 4, 1.0, deadline - time.monotonic())))
+
+    def _still_mine(self, mine: Lease) -> bool:
+        current = self.storage.read_tagged(LEASE_KEY)
+        if current is not None and Lease.parse(current[0]) == mine:
+            self.tag = current[1]
+            return True
+        self.tag = None
+        return False
+
+    def check(self) -> None:
+        """Raise LeaseLost when another writer has taken the destination from this run."""
+        if self.lost is not None:
+            raise LeaseLost(
+                f"lost the lease on {self.storage.url} (not renewed in time); {self.lost.owner} took it: this "
+                "run stopped before publishing, run it again"
+            )
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(self.seconds / 4):
+            now = time.time()
+            try:
+                self.tag = self.storage.write_if(
+                    LEASE_KEY, Lease(self.owner, now, now + self.seconds).to_json(), self.tag
+                )
+            except PreconditionFailed:
+                try:
+                    current = self.storage.read_tagged(LEASE_KEY)
+                except StorageError:
+                    current = None
+                self.lost = (Lease.parse(current[0]) if current else None) or Lease("another writer", now, now)
+                return
+            except StorageError:
+                continue  # the store did not answer this time; the lease outlives a few misses
+
+    def release(self) -> None:
+        if self.tag is None or self.lost is not None:
+            return
+        try:
+            self.storage.delete_if(LEASE_KEY, self.tag)
+        except (PreconditionFailed, ObjectNotFoundError):
+            pass  # taken over meanwhile: the lease is another writer's now
+        self.tag = None
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

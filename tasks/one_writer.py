@@ -1,0 +1,142 @@
+"""One writer per destination in Prefect runs: a global concurrency limit, then the lease.
+
+The global concurrency limit (one slot, named after the destination: `rbexport:s3:bucket:prefix`)
+queues Prefect runs of every deployment on the API they share, and shows in the UI's
+Concurrency page which flow run holds the destination. The lease object in the destination
+(rbexport.lease) then excludes writers that API does not see: the local engine, runs on
+another Prefect server. Both are waited for within one timeout.
+
+The slot is taken with the client's lease calls rather than `prefect.concurrency.sync.concurrency`,
+whose timeout logs an error with a traceback: a busy destination is an answer, not a crash.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from uuid import UUID
+
+from httpx import HTTPStatusError
+from prefect import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from rbexport.lease import LEASE_KEY, DestinationBusy, DestinationLease, Lease, default_owner
+from rbexport.model import ExportRequest
+from rbexport.run import destination_lease
+
+# Prefect's lease on the slot (its API's minimum): renewed every third of it while the run
+# lives, so a killed run's slot frees within a minute.
+SLOT_LEASE_SECONDS = 60.0
+
+
+def concurrency_limit_name(destination_url: str) -> str:
+    """`s3://scans/exports` -> `rbexport:s3:scans:exports` (Prefect names may not hold / % & < >)."""
+    return "rbexport:" + re.sub(r"[/%&<>]+", ":", destination_url.replace("://", ":")).strip(":")
+
+
+@contextmanager
+def one_writer(request: ExportRequest, notify: Callable[[str], None]) -> Iterator[DestinationLease]:
+    """Hold the destination for this flow run: its concurrency slot, then its lease."""
+    from prefect.runtime import flow_run
+
+    lease = destination_lease(request, owner=_flow_run_owner(), notify=notify)
+    url, name = lease.storage.url, concurrency_limit_name(lease.storage.url)
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run.id)) if flow_run.id else None
+    deadline = time.monotonic() + request.lock_timeout
+
+    def waiting() -> None:
+        notify(f"waiting for {url}: concurrency limit {name} is taken{_held_since(lease)}")
+
+    def busy() -> DestinationBusy:
+        held = _held_since(lease) or f" (its concurrency limit {name} stayed taken)"
+        return DestinationBusy(f"destination {url} busy{held} (gave up after {request.lock_timeout:.0f} s)")
+
+    with _slot(name, holder, deadline, waiting, busy):
+        with lease.held(max(0.0, deadline - time.monotonic())):
+            yield lease
+
+
+@contextmanager
+def _slot(
+    name: str,
+    holder: ConcurrencyLeaseHolder | None,
+    deadline: float,
+    waiting: Callable[[], None],
+    busy: Callable[[], Exception],
+) -> Iterator[None]:
+    """One slot of the limit `name`, renewed until the block ends."""
+    _ensure_limit(name)
+    said = False
+    with get_client(sync_client=True) as client:
+        lease_id = None
+        while lease_id is None:
+            try:
+                answer = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=SLOT_LEASE_SECONDS, holder=holder
+                )
+                lease_id = UUID(answer.json()["lease_id"])
+            except HTTPStatusError as error:
+                if error.response.status_code != 423:  # 423 Locked: the slot is taken
+                    raise
+                if time.monotonic() >= deadline:
+                    raise busy() from None
+                if not said:
+                    waiting()
+                    said = True
+                retry_after = float(error.response.headers.get("Retry-After") or 1)
+                time.sleep(max(0.1, min(retry_after, 2.0, deadline - time.monotonic())))
+    stop = threading.Event()
+    # The thread runs in this context: its client talks to the API this run uses (a new
+    # thread would start with Prefect's default settings, and an API of its own).
+    renewer = threading.Thread(
+        target=contextvars.copy_context().run, args=(_renew, lease_id, stop), name="rbexport-slot", daemon=True
+    )
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id)
+
+
+def _renew(lease_id: UUID, stop: threading.Event) -> None:
+    with get_client(sync_client=True) as client:
+        while not stop.wait(SLOT_LEASE_SECONDS / 3):
+            try:
+                client.renew_concurrency_lease(lease_id, lease_duration=SLOT_LEASE_SECONDS)
+            except Exception:  # noqa: BLE001 - the next renewal may reach the API; the slot outlives a miss
+                continue
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the destination's limit (one slot) the first time a run writes there."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass  # another writer created it meanwhile
+
+
+def _held_since(lease: DestinationLease) -> str:
+    """` since ... by ...` from the destination's lease object (the slot's holder wrote it), or ""."""
+    current = lease.storage.read_tagged(LEASE_KEY)
+    held = Lease.parse(current[0]) if current else None
+    return f" {held.describe()}" if held else ""
+
+
+def _flow_run_owner() -> str:
+    from prefect.runtime import deployment, flow_run
+
+    deployed = f", deployment {deployment.name}" if deployment.name else ""
+    return f"flow run {flow_run.name}{deployed} ({default_owner()})"
