@@ -185,6 +185,8 @@ class DestinationLease:
             self.storage.delete_if(LEASE_KEY, self.tag)
         except (PreconditionFailed, ObjectNotFoundError):
             pass  # taken over meanwhile: the lease is another writer's now
+        except StorageError as error:  # the run's work is done; the lease expires by itself
+            self.notify(f"could not release the lease on {self.storage.url} ({error}); it expires by itself")
         self.tag = None
 
 

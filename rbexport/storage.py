@@ -237,6 +237,7 @@ class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
+        self._made_root = False  # by a compare-and-swap (`_exclusive`)
 
     def _path(self, key: str) -> Path:
         normalized = normalize_key(key)
@@ -339,6 +340,9 @@ class LocalStorage(Storage):
         with self._exclusive():
             self._expect(key, tag)
             self.delete(key)
+            if self._made_root:  # a run that failed before writing leaves no folder behind
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()  # only when empty
 
     def _expect(self, key: str, tag: str | None) -> None:
         current = self.read_tagged(key)
@@ -352,7 +356,9 @@ class LocalStorage(Storage):
         import fcntl
 
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.root.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._made_root = True
             handle = os.open(self.root, os.O_RDONLY)
         except OSError as error:
             raise ConfigurationError(f"cannot use {self.root}: {error.strerror or error}") from None

@@ -25,6 +25,7 @@ from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_run_logger
 
 from rbexport.lease import LEASE_KEY, DestinationBusy, DestinationLease, Lease, default_owner
 from rbexport.model import ExportRequest
@@ -103,8 +104,11 @@ def _slot(
     finally:
         stop.set()
         renewer.join()
-        with get_client(sync_client=True) as client:
-            client.release_concurrency_slots_with_lease(lease_id)
+        try:
+            with get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(lease_id)
+        except Exception as error:  # noqa: BLE001 - the run's work is done; the slot's lease expires
+            get_run_logger().warning("could not release concurrency slot %s (%s); it frees by itself", name, error)
 
 
 def _renew(lease_id: UUID, stop: threading.Event) -> None:
