@@ -257,18 +257,27 @@ def test_without_prefect_aws_the_error_says_what_to_install(prefect_api, monkeyp
     )
 
 
-def test_a_secret_block_by_its_slug_too(prefect_api, seaweed, make_bucket, sample_source, drop_keys, tmp_path):
+def test_a_secret_block_by_its_slug_with_the_environment_s_endpoint(
+    run_cli, seaweed, make_bucket, sample_source, tmp_path
+):
+    """A Secret block has no endpoint: AWS_ENDPOINT_URL, the default, still applies."""
     from prefect.blocks.system import Secret
-
-    from flows.export import export_project
 
     source = make_bucket("project")
     copy_tree(sample_source, source)
-    drop_keys()
     name = block_name()
     Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(name)
-    [report] = export_project(
-        source.url, str(tmp_path / "export"), endpoint_url=seaweed.endpoint_url, credentials_block=f"secret/{name}"
+    result = run_cli(
+        "run",
+        "--source",
+        source.url,
+        "--dest",
+        str(tmp_path / "export"),
+        "--credentials-block",
+        f"secret/{name}",
+        env={**NO_METADATA, "AWS_ENDPOINT_URL": seaweed.endpoint_url},
+        unset=KEY_VARIABLES,
     )
-    assert len(report.exported) == 6
-    assert LocalStorage(tmp_path / "export").exists("tasks.json")
+    assert result.returncode == 0, result.stderr
+    assert "6 tasks exported" in result.stdout
+    assert len(json.loads(LocalStorage(tmp_path / "export").read("tasks.json"))) == 6
