@@ -2,13 +2,14 @@
 
 Exit codes: 0 every task exported; 1 some tasks failed (the rest exported and
 published); 2 usage or configuration error (bad URL, unreachable endpoint, denied
-access, invalid tasks.json, a Secret block that is not there), with one line saying
+access, invalid tasks.json, a credentials block that is not there), with one line saying
 what is wrong and no traceback; 3 an internal error (a bug: --verbose shows it).
 
 `--engine prefect` (the default) runs the Prefect flow in this process: on Prefect's
 ephemeral API, or on a server when PREFECT_API_URL is set; `--engine local` runs the
 same export without Prefect (app.runner). S3 keys come from boto3's chain, or from a
-Prefect Secret block (--credentials-block). Prefect's own console logging is off unless
+Prefect block (--credentials-block: a Secret, or prefect-aws's AwsCredentials or
+MinIOCredentials; tasks/credentials.py). Prefect's own console logging is off unless
 --verbose; the progress bar and the summary say what happened.
 """
 
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--credentials-block",
         metavar="NAME",
-        help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)",
+        help="read the S3 keys from this Prefect block: aws-credentials/NAME or minio-credentials/NAME "
+        "(prefect-aws; with their endpoint and region), or secret/NAME or NAME (a Secret holding JSON keys); "
+        "default: boto3's standard chain",
     )
     run.add_argument(
         "--allow-bucket",
@@ -250,7 +253,7 @@ def _run(arguments: argparse.Namespace) -> int:
     lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
     if arguments.engine == "local":
         if arguments.credentials_block:
-            raise ConfigurationError("--credentials-block reads a Prefect Secret block: it needs --engine prefect")
+            raise ConfigurationError("--credentials-block reads a Prefect block: it needs --engine prefect")
         if arguments.task_runner == "dask":
             raise ConfigurationError("--task-runner dask needs --engine prefect (prefect-dask)")
         from rbexport.model import ExportRequest
@@ -279,7 +282,7 @@ def _run(arguments: argparse.Namespace) -> int:
         incremental=not arguments.full,
         prune=arguments.prune,
         replace_layout=arguments.replace_layout,
-        endpoint_url=_endpoint(arguments.endpoint_url),
+        endpoint_url=_endpoint(arguments.endpoint_url, arguments.credentials_block),
         credentials_block=arguments.credentials_block,
         allowed_buckets=arguments.allow_bucket,
         workers=arguments.workers,
@@ -314,13 +317,18 @@ def _exit_code_for(error: Exception, verbose: bool) -> int:
     return EXIT_INTERNAL
 
 
-def _endpoint(url: str | None) -> str | None:
+def _endpoint(url: str | None, credentials_block: str | None = None) -> str | None:
+    """--endpoint-url, else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL. With a credentials block
+    the environment's endpoint stays a default: the flow gets None, so the block's endpoint
+    wins over it (and boto3 still falls back to it), while an explicit --endpoint-url that
+    differs from the block's is an error there."""
     from rbexport.errors import ConfigurationError
 
+    explicit = url
     url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     if url and not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"invalid endpoint URL {url!r}: it must start with http:// or https://")
-    return url
+    return explicit if credentials_block else url
 
 
 def _positive(text: str) -> int:

@@ -28,7 +28,8 @@ from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
 from rbexport.report import REPORT_NAME, RunReport
 from rbexport.variants import Preset, Variant
-from tasks.export import export_tasks_of_batch, failed, publish, read_source, s3_access, wait_for_uploads
+from tasks.credentials import s3_access
+from tasks.export import export_tasks_of_batch, failed, publish, read_source, wait_for_uploads
 from tasks.one_writer import one_writer
 
 # Emitted once per variant when a run ends, about its destination (`destination_resource`).
@@ -82,9 +83,12 @@ def export_project(
         quiet_seconds: Wait until nothing in the source has changed for this long
             before reading it (lets a burst of uploads settle).
         endpoint_url: The S3 endpoint, such as `http://127.0.0.1:8333`. None (the
-            default): the worker's AWS_ENDPOINT_URL, else AWS S3.
-        credentials_block: A Prefect Secret block holding the S3 keys as JSON
-            (aws_access_key_id, aws_secret_access_key). None (the default): boto3's standard chain
+            default): the credentials block's endpoint, else the worker's AWS_ENDPOINT_URL,
+            else AWS S3. One that differs from the block's endpoint is an error.
+        credentials_block: The Prefect block with the S3 keys: `aws-credentials/NAME` or
+            `minio-credentials/NAME` (prefect-aws; their endpoint and region count too), or
+            `secret/NAME` (or just NAME): a Secret holding JSON (aws_access_key_id,
+            aws_secret_access_key). None (the default): boto3's standard chain
             (environment, profiles, instance roles) on the worker.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
         workers: How many tasks are exported at the same time. 0 (the default): twice the

@@ -11,8 +11,9 @@ from prefect.variables import Variable
 from rbexport.errors import ConfigurationError, TransientStorageError
 from rbexport.notifications import Watermark, objects_since
 from rbexport.storage import open_storage
+from tasks.credentials import s3_access
 from tasks.events import emit_created
-from tasks.export import failed, s3_access
+from tasks.export import failed
 
 
 def watermark_variable(source: str) -> str:
@@ -26,8 +27,9 @@ def watch_source(source: str, endpoint_url: str | None = None, credentials_block
 
     Args:
         source: The prefix to watch: s3://bucket/prefix or a local folder.
-        endpoint_url: S3 endpoint; default AWS_ENDPOINT_URL, else AWS.
-        credentials_block: A Prefect Secret block with the S3 keys; empty: boto3's chain.
+        endpoint_url: S3 endpoint; default the block's, else AWS_ENDPOINT_URL, else AWS.
+        credentials_block: The Prefect block with the S3 keys (aws-credentials/NAME,
+            minio-credentials/NAME, secret/NAME or NAME: a Secret); empty: boto3's chain.
     """
     try:
         storage = open_storage(source, s3_access(endpoint_url, credentials_block))

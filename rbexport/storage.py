@@ -5,8 +5,9 @@ only places that talk to a store. Both speak in *keys*: paths relative to the st
 root, always with `/`. Errors come out as the kinds in `errors.py`, never as boto3's,
 and never with a credential in them.
 
-Credentials come only from boto3's standard chain (environment, profiles, instance
-roles); the endpoint from `--endpoint-url` or `AWS_ENDPOINT_URL`.
+Credentials come from boto3's standard chain (environment, profiles, instance roles), or
+explicitly in an `S3Access` (from a Prefect block, see tasks/credentials.py); the endpoint
+from `--endpoint-url`, the block, or `AWS_ENDPOINT_URL`.
 """
 
 from __future__ import annotations
@@ -214,10 +215,18 @@ class S3Credentials:
 
 @dataclass(frozen=True)
 class S3Access:
-    """How to reach S3: the endpoint, and explicit credentials or None for boto3's chain."""
+    """How to reach S3: the endpoint, and explicit credentials or None for boto3's chain.
+
+    The rest is None for boto3's defaults: `region_name` (signatures name it: a store with a
+    region of its own refuses others), `profile_name` (keys from that profile of the AWS
+    config files), `verify` (False: do not check the TLS certificate; a path: the CA bundle
+    to check it with)."""
 
     endpoint_url: str | None = None
     credentials: S3Credentials | None = None
+    region_name: str | None = None
+    profile_name: str | None = None
+    verify: bool | str | None = None
 
     @classmethod
     def of(cls, access: S3Access | str | None) -> S3Access:
@@ -556,6 +565,7 @@ def _new_s3_client(access: S3Access):
     with _session_lock:
         if _session is None:
             _session = boto3.session.Session()
+        session = _session if access.profile_name is None else boto3.session.Session(profile_name=access.profile_name)
         keys = access.credentials
         explicit = (
             {}
@@ -566,7 +576,14 @@ def _new_s3_client(access: S3Access):
                 "aws_session_token": keys.session_token.get_secret_value() if keys.session_token else None,
             }
         )
-        return _session.client("s3", endpoint_url=access.endpoint_url, config=config, **cast(Any, explicit))
+        return session.client(
+            "s3",
+            endpoint_url=access.endpoint_url,
+            region_name=access.region_name,
+            verify=access.verify,
+            config=config,
+            **cast(Any, explicit),
+        )
 
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
@@ -617,6 +634,11 @@ class _s3_errors:
             }:
                 raise TransientStorageError(f"{self.url}: the store answered {code or status}") from None
             raise ConfigurationError(f"{self.url}: the store refused the request ({code or status})") from None
+        if isinstance(error, boto.ProfileNotFound):
+            profile = error.kwargs.get("profile")
+            raise ConfigurationError(
+                f"no AWS profile {profile!r} in this machine's AWS config files (~/.aws/config, ~/.aws/credentials)"
+            ) from None
         if isinstance(error, boto.NoCredentialsError | boto.PartialCredentialsError):
             raise ConfigurationError(
                 "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"

@@ -8,7 +8,6 @@ exponential back-off: the steps' own, and inside a batch each source task's
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -24,7 +23,7 @@ from rbexport.model import ExportRequest, ExportSettings, RunPlan, TaskJob, Task
 from rbexport.report import RunReport
 from rbexport.run import prepare_run, publish_export
 from rbexport.source import wait_until_quiet
-from rbexport.storage import S3Access, S3Credentials, open_storage
+from rbexport.storage import S3Access, open_storage
 
 
 def only_transient_errors(task, task_run, state) -> bool:
@@ -71,28 +70,6 @@ def failed(error: BaseException, message: str | None = None) -> Any:
     message, without a traceback in its log, and calling it raises `error`. (Typed Any: the
     caller gets its declared result type or the error, never the state.)"""
     return Failed(message=message or str(error), data=error)
-
-
-def s3_access(endpoint_url: str | None, credentials_block: str | None) -> S3Access:
-    """The endpoint, and the keys of a Prefect Secret block when one is named (else boto3's chain).
-
-    The block's value is a JSON object: aws_access_key_id, aws_secret_access_key and,
-    optionally, aws_session_token.
-    """
-    if not credentials_block:
-        return S3Access(endpoint_url or None)
-    from prefect.blocks.system import Secret
-
-    try:
-        value = cast(Secret, Secret.load(credentials_block)).get()
-    except ValueError:
-        raise ConfigurationError(f"no Prefect Secret block named {credentials_block!r}") from None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            value = None
-    return S3Access(endpoint_url or None, S3Credentials.from_mapping(value, f"Secret block {credentials_block!r}"))
 
 
 @task(name="wait-for-uploads", **_retrying)

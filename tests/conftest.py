@@ -115,8 +115,11 @@ def sample_source(tmp_path) -> Path:
 def run_cli(prefect_api, tmp_path, s3_credentials):
     """Run the installed `rbexport` command against the session's Prefect API."""
 
-    def run(*arguments: str, ephemeral: bool = False, timeout: float = 300, env: dict | None = None):
+    def run(*arguments: str, ephemeral: bool = False, timeout: float = 300, env: dict | None = None, unset: tuple = ()):
+        """`unset`: variables to leave out of the command's environment (e.g. the S3 keys)."""
         environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
+        for name in unset:
+            environment.pop(name, None)
         if ephemeral:
             environment.pop("PREFECT_API_URL", None)
         else:

@@ -192,5 +192,8 @@ def test_the_local_engine_refuses_what_needs_prefect(run_cli, sample_source, tmp
         "--credentials-block",
         "s3-keys",
     )
-    assert result.returncode == 2 and "--credentials-block reads a Prefect Secret block" in result.stderr
+    assert (
+        result.returncode == 2
+        and "--credentials-block reads a Prefect block: it needs --engine prefect" in result.stderr
+    )
     assert not (tmp_path / "x").exists()

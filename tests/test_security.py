@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 from conftest import ACCESS_KEY, SECRET_KEY, copy_tree
@@ -91,6 +92,132 @@ def use_keys(monkeypatch, access: str, secret: str) -> None:
     from rbexport.task_export import storage_for
 
     storage_for.cache_clear()
+
+
+WRONG_SECRET = "not-the-secret-3b9e71c0"
+SESSION_TOKEN = "session-token-5a0c2d84"
+
+
+def everything_prefect_recorded_since(start) -> str:
+    """What the API holds about the latest flow run (its parameters, state, task runs' states,
+    logs, artifacts) and every event since `start`, as text; once the run's block-loaded
+    event is there, so the CLI's events have reached the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.events.filters import EventFilter, EventOccurredFilter
+    from prefect_helpers import wait_for
+
+    async def events() -> list:
+        async with get_client() as client:
+            page = await client.read_events(filter=EventFilter(occurred=EventOccurredFilter(since=start)), limit=50)
+            found = list(page.events)
+            while page.next_page:
+                page = await client.read_events_page(page.next_page)
+                found += page.events
+            return found
+
+    async def read() -> str:
+        async with get_client() as client:
+            [flow_run] = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+            ids = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            task_runs = await client.read_task_runs(flow_run_filter=ids)
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+            artifacts = await client.read_artifacts(flow_run_filter=ids)
+            return "\n".join(
+                [
+                    flow_run.model_dump_json(),
+                    *(task_run.model_dump_json() for task_run in task_runs),
+                    *(log.message for log in logs),
+                    *(artifact.model_dump_json() for artifact in artifacts),
+                ]
+            )
+
+    recorded = wait_for(
+        lambda: [event for event in asyncio.run(events()) if event.event.endswith(".loaded")] and asyncio.run(events()),
+        timeout=30,
+        what="the run's events",
+    )
+    return "\n".join([asyncio.run(read()), *(event.model_dump_json() for event in recorded)])
+
+
+@pytest.mark.parametrize(
+    "kind, secret",
+    [
+        ("secret", SECRET_KEY),
+        ("aws-credentials", SECRET_KEY),
+        ("minio-credentials", SECRET_KEY),
+        ("secret", WRONG_SECRET),
+        ("aws-credentials", WRONG_SECRET),
+        ("minio-credentials", WRONG_SECRET),
+    ],
+    ids=["secret", "aws", "minio", "secret-wrong", "aws-wrong", "minio-wrong"],
+)
+def test_no_trace_of_a_credentials_block_secret(run_cli, seaweed, make_bucket, sample_source, kind, secret):
+    """A run with keys from each kind of block, right or wrong, leaves the secret (and the
+    session token) nowhere: output, logs, flow and task runs, artifacts, events, report, state."""
+    from prefect.blocks.system import Secret
+    from prefect.types._datetime import now
+    from prefect_aws import AwsCredentials, MinIOCredentials
+
+    source, destination = make_bucket("project"), make_bucket("export")
+    copy_tree(sample_source, source)
+    source.delete("masks/brain-003.nii.gz")  # one task fails: its failure goes into the report and artifacts
+    name = f"leak-{uuid.uuid4().hex[:8]}"
+    endpoint = {"endpoint_url": seaweed.endpoint_url}
+    if kind == "secret":
+        keys = {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": secret}
+        if secret == WRONG_SECRET:  # SeaweedFS refuses any session token: only where the run fails anyway
+            keys["aws_session_token"] = SESSION_TOKEN
+        Secret(value=json.dumps(keys)).save(name)
+    elif kind == "aws-credentials":
+        AwsCredentials(
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=secret,
+            aws_session_token=SESSION_TOKEN if secret == WRONG_SECRET else None,
+            aws_client_parameters=endpoint,
+        ).save(name)
+    else:
+        MinIOCredentials(minio_root_user=ACCESS_KEY, minio_root_password=secret, aws_client_parameters=endpoint).save(
+            name
+        )
+    start = now("UTC")
+    result = run_cli(
+        "--verbose",
+        "run",
+        "--source",
+        source.url,
+        "--dest",
+        destination.url,
+        "--credentials-block",
+        f"{kind}/{name}",
+        *(["--endpoint-url", seaweed.endpoint_url] if kind == "secret" else []),
+        env={"AWS_EC2_METADATA_DISABLED": "true"},
+        unset=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    )
+    written = [key for key in ("export-report.json", "tasks.json", ".rbexport/state.json") if destination.exists(key)]
+    if secret == WRONG_SECRET:
+        assert result.returncode == 2, result.stderr
+        denied = [
+            f"rbexport: error: access denied to s3://{bucket} (403)" for bucket in (source.bucket, destination.bucket)
+        ]
+        assert any(line in result.stderr for line in denied), result.stderr
+        assert written == []
+    else:
+        assert result.returncode == 1, result.stderr  # the run went through: five exported, one failed
+        assert "failed task-003: masks/brain-003.nii.gz: mask file not found" in result.stdout
+        assert written == ["export-report.json", "tasks.json", ".rbexport/state.json"]
+    everything = "\n".join(
+        [
+            result.stdout,
+            result.stderr,  # --verbose: Prefect's own logs too
+            *(destination.read(key).decode() for key in written),
+            everything_prefect_recorded_since(start),
+        ]
+    )
+    assert "Flow run" in result.stderr and f"{kind}/{name}" in everything  # the haystack is the run's
+    for needle in (secret, SESSION_TOKEN):
+        assert needle not in everything
 
 
 def test_read_only_access_to_the_source_is_enough(store_with_identities, sample_source, tmp_path, monkeypatch):
