@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RBEXPORT, bucket_tree, copy_tree
+from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree
 from fault_proxy import FaultProxy
 
 import rbexport.engine
@@ -143,6 +143,35 @@ def test_the_flow_fails_listing_the_missing_and_the_changed_file(prefect_api, ma
         {"problem": "missing", "file": MASK, "detail": ""},
         {"problem": "changed", "file": INSTANCE, "detail": "sha256 differs from the recorded one"},
     ]
+
+
+def test_keys_from_a_secret_block_for_the_cli_and_the_flow(
+    prefect_api, seaweed, make_bucket, sample_source, monkeypatch, capsys
+):
+    from prefect.blocks.system import Secret
+
+    from flows.verify import verify_export_flow
+    from rbexport.task_export import storage_for
+
+    source, destination = make_bucket("project"), make_bucket("export")
+    copy_tree(sample_source, source)
+    run_export(source.url, destination.url, ExportOptions(), seaweed.endpoint_url)
+    Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
+        "verify-keys", overwrite=True
+    )
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing in boto3's chain
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("rbexport.storage._session", None)
+    monkeypatch.setattr("rbexport.storage._clients", {})
+    storage_for.cache_clear()
+    arguments = [destination.url, "--endpoint-url", seaweed.endpoint_url]
+    assert verify(capsys, *arguments)[0] == 2  # no keys
+    code, lines = verify(capsys, *arguments, "--credentials-block", "verify-keys")
+    assert code == 0 and lines[0].startswith(f"verified {destination.url}")
+    state = verify_export_flow(
+        destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="verify-keys", return_state=True
+    )
+    assert state.is_completed() and state.result().ok
 
 
 def test_the_flow_ends_failed_in_one_line_when_there_is_no_export(prefect_api, tmp_path):
