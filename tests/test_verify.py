@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree
@@ -43,8 +44,15 @@ def flip_byte(storage, key: str) -> None:
     storage.write(key, bytes(data))
 
 
+def run_main(*arguments: str) -> int:
+    """`rbexport ...` in this process; the environment main() sets (Prefect's console
+    logging off) is put back, so later CLI subprocesses do not inherit it."""
+    with mock.patch.dict(os.environ):
+        return main(list(arguments))
+
+
 def verify(capsys, *arguments: str) -> tuple[int, list[str]]:
-    code = main(["verify", *arguments])
+    code = run_main("verify", *arguments)
     return code, capsys.readouterr().out.splitlines()
 
 
@@ -70,7 +78,7 @@ def test_a_local_export_verifies_then_a_deleted_and_a_changed_file_are_named(pro
 
 def test_no_export_at_the_destination_exits_2_with_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["verify", str(tmp_path / "empty")]) == 2
+    assert run_main("verify", str(tmp_path / "empty")) == 2
     assert capsys.readouterr().err == (
         f"rbexport: error: no export at {tmp_path / 'empty'}: neither tasks.json nor {STATE_KEY} there, "
         "nor in a variant folder\n"
