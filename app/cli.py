@@ -1,7 +1,8 @@
-"""`rbexport run | demo`: an export from the command line.
+"""`rbexport run | verify | demo`: an export from the command line, and its check.
 
-Exit codes: 0 every task exported; 1 some tasks failed (the rest exported and
-published); 2 usage or configuration error (bad URL, unreachable endpoint, denied
+Exit codes: 0 every task exported (verify: every file as recorded); 1 some tasks failed,
+the rest exported and published (verify: files missing or changed, one line each); 2
+usage or configuration error (verify: no export at DST) (bad URL, unreachable endpoint, denied
 access, invalid tasks.json, a credentials block that is not there), with one line saying
 what is wrong and no traceback; 3 an internal error (a bug: --verbose shows it).
 
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from app import runner
 from app.runner import say
 
 EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export RedBrick-format annotation projects from and to S3-compatible storage or local folders.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,demo}")
 
     run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")
     run.add_argument("--source", required=True, metavar="SRC", help="s3://bucket/prefix or a local folder")
@@ -178,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="Dask scheduler for --task-runner dask (default: a local cluster)",
     )
 
+    verify = commands.add_parser(
+        "verify",
+        help="check that every file of an export is there with its recorded checksum",
+        description="Re-read the export at DST (one export, variant folders, or a dataset layout) and "
+        "check every file its state and tasks.json name against the checksum recorded when it was "
+        "written. Exit 0: all present and unchanged; 1: each missing or changed file on its own line; "
+        "2: no export at DST, or the store cannot be reached.",
+    )
+    verify.add_argument("destination", metavar="DST", help="s3://bucket/prefix or a local folder")
+    verify.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)",
+    )
+    verify.add_argument(
+        "--credentials-block",
+        metavar="NAME",
+        help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)",
+    )
+
     demo = commands.add_parser(
         "demo",
         help="export a generated sample project on a local SeaweedFS",
@@ -197,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from app.demo import run_demo
 
             return run_demo(arguments.output)
+        if arguments.command == "verify":
+            return _verify(arguments)
         return _run(arguments)
     except KeyboardInterrupt:
         say("interrupted")
@@ -216,7 +240,6 @@ def entry() -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from app import runner
     from rbexport.errors import ConfigurationError
     from rbexport.options import ExportOptions
     from rbexport.run import check_locations
@@ -292,6 +315,25 @@ def _run(arguments: argparse.Namespace) -> int:
         **lock_timeout,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
+
+
+def _verify(arguments: argparse.Namespace) -> int:
+    from rbexport.storage import S3Access
+    from rbexport.verify import verify_export
+
+    endpoint = _endpoint(arguments.endpoint_url)
+    if arguments.credentials_block:
+        with runner.prefect_api():
+            from tasks.credentials import s3_access
+
+            access = s3_access(endpoint, arguments.credentials_block)
+    else:
+        access = S3Access(endpoint)
+    result = verify_export(arguments.destination, access)
+    for problem in result.problems:
+        print(problem.line())
+    print(result.summary())
+    return EXIT_OK if result.ok else EXIT_TASKS_FAILED
 
 
 def _exit_code_for(error: Exception, verbose: bool) -> int:

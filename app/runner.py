@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 EPHEMERAL_START_SECONDS = 120
@@ -62,6 +63,21 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
                 display.close()
     _print_reports(reports)
     return reports
+
+
+@contextmanager
+def prefect_api():
+    """Talk to PREFECT_API_URL's server, else to an ephemeral API started for this process."""
+    api = EphemeralAPI.if_needed()
+    if api is None:
+        yield
+        return
+    atexit.register(api.stop)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api.wait_ready()
+    with temporary_settings(updates={PREFECT_API_URL: api.url}):
+        yield
 
 
 def _print_reports(reports) -> None:

@@ -67,8 +67,9 @@ def export_dataset_task(
         warnings += [Notice(task_id, file, text) for file, text in notes]
     written = []
     for path, data in encoded:
-        destination.write(path, data)
-        written.append(FileRecord.of(path, data))
+        file_record = FileRecord.of(path, data)
+        destination.write(path, data, file_record.sha256)
+        written.append(file_record)
     return written, records, warnings
 
 

@@ -110,9 +110,11 @@ def publish_dataset(
     dataset = Dataset(labels, modalities, folds, options.dataset_name, options.description)
     for name, content in layout.metadata_files(dataset).items():
         data = (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        record = FileRecord.of(name, data)
         if not destination.exists(name) or destination.read(name) != data:
-            destination.write(name, data)
-            report.files.append(FileRecord.of(name, data))
+            destination.write(name, data, record.sha256)
+            report.files.append(record)
+        state.indexes[name] = f"sha256:{record.sha256}"
 
     voxels = {value: 0 for value in range(labels.count + 1)}
     for case in records:

@@ -76,3 +76,15 @@ class ExportIncomplete(RbexportError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ExportDamaged(RbexportError):
+    """Files of an export are missing or changed (rbexport verify). Carries the VerifyResult."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message, result)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message

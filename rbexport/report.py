@@ -14,11 +14,19 @@ REPORT_NAME = "export-report.json"
 class FileRecord:
     path: str
     bytes: int
-    sha256: str | None  # None for an image the store copied itself (never read here)
+    sha256: str | None  # None for an image the store copied itself and gave no SHA-256 of
+    etag: str | None = None  # such a copy's ETag (in the report only when set)
 
     @classmethod
     def of(cls, path: str, data: builtins.bytes) -> FileRecord:
         return cls(path, len(data), hashlib.sha256(data).hexdigest())
+
+    @property
+    def checksum(self) -> str | None:
+        """What the state records to verify the file by: `sha256:<hex>`, else `etag:<ETag>`."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        return f"etag:{self.etag}" if self.etag else None
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class RunReport:
 
     def to_json(self) -> bytes:
         body = asdict(self)
+        for record in body["files"]:
+            if record.get("etag") is None:
+                del record["etag"]
         body["seconds"] = round(self.seconds, 3)
         body["timings"] = {name: round(value, 3) for name, value in self.timings.items()}
         return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

@@ -17,7 +17,7 @@ from .annotations import mask_references
 from .dataset_run import plan_cases, publish_dataset
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .images.export import image_references
-from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
+from .incremental import STATE_KEY, TASKS_JSON, ExportState, TaskRecord, export_roots, is_unchanged, task_fingerprint
 from .layouts.labels import training_labels
 from .lease import DestinationLease
 from .model import (
@@ -37,8 +37,6 @@ from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
 from .storage import Location, S3Access, Storage
 from .task_export import SEGMENTATIONS_FOLDER, storage_for
 from .variants import resolve_variants
-
-TASKS_JSON = "tasks.json"
 
 
 def prepare_run(request: ExportRequest) -> RunPlan:
@@ -114,12 +112,8 @@ def check_layout(destination: Location, access: S3Access, variant_folders: list[
     tasks.json, report and state.
     """
     storage = storage_for(destination.url, access)
-    at_root = storage.exists(STATE_KEY) or storage.exists(TASKS_JSON)
-    folders = sorted(
-        info.key.split("/", 1)[0]
-        for info in storage.list()
-        if info.key.count("/") == 2 and info.key.endswith("/" + STATE_KEY)
-    )
+    roots = export_roots(info.key for info in storage.list())
+    at_root, folders = "" in roots, [root for root in roots if root]
     if variant_folders is None and folders:
         found, wanted, old_roots = f"variant folders ({', '.join(folders)})", "one export at its root", folders
     elif variant_folders is not None and at_root:
@@ -306,10 +300,14 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
         + [notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings],
         files=[record for job in plan.tasks if job.task_id in results for record in results[job.task_id].files],
     )
-    if not target.options.dataset:
-        _publish_tasks_json(destination, plan, target_plan, results, report)
+    tasks_json = (
+        None if target.options.dataset else _publish_tasks_json(destination, plan, target_plan, results, report)
+    )
 
     state = _next_state(target_plan, results, failures, plan.source_task_ids)
+    state.images = bool(target.options.images) and not target.options.dataset
+    if tasks_json is not None:
+        state.indexes[TASKS_JSON] = tasks_json
     if target.options.dataset:
         # Files a re-exported task no longer writes would be cases dataset.json does not list:
         # prune them at once (every task of the state kept).
@@ -332,37 +330,43 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
 
 def _publish_tasks_json(
     destination: Storage, plan: RunPlan, target_plan: TargetPlan, results: dict[str, TaskResult], report: RunReport
-) -> None:
-    """tasks.json: the entry of every task exported now or skipped as unchanged, in source order."""
+) -> str:
+    """tasks.json: the entry of every task exported now or skipped as unchanged, in source
+    order. Returns its checksum (`sha256:<hex>`), for the state."""
     entries = [
         results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
         for job in plan.tasks
         if job.task_id in results or job.task_id in target_plan.skipped
     ]
     tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    record = FileRecord.of(TASKS_JSON, tasks_json)
     if tasks_json != target_plan.previous_tasks_json:
-        destination.write(TASKS_JSON, tasks_json)
-        report.files.append(FileRecord.of(TASKS_JSON, tasks_json))
+        destination.write(TASKS_JSON, tasks_json, record.sha256)
+        report.files.append(record)
+    return f"sha256:{record.sha256}"
 
 
 def _next_state(
     target_plan: TargetPlan, results: dict[str, TaskResult], failures: list[Failure], source_task_ids: set[str]
 ) -> ExportState:
     tasks = {
-        task_id: TaskRecord(r.fingerprint, dict(r.files), list(r.orphans), [replace(case) for case in r.cases])
+        task_id: TaskRecord(
+            r.fingerprint, dict(r.files), list(r.orphans), [replace(case) for case in r.cases], dict(r.checksums)
+        )
         for task_id, r in target_plan.state.tasks.items()
     }
     for task_id, result in results.items():
         written = {record.path: record.bytes for record in result.files}
+        checksums = {record.path: record.checksum for record in result.files if record.checksum}
         previous = tasks.get(task_id, TaskRecord(None))
         orphans = sorted((set(previous.files) | set(previous.orphans)) - set(written))
         folds = {case.id: case.fold for case in previous.cases}  # a case keeps its fold
         cases = [replace(case, fold=folds.get(case.id)) for case in result.cases]
-        tasks[task_id] = TaskRecord(target_plan.fingerprints[task_id], written, orphans, cases)
+        tasks[task_id] = TaskRecord(target_plan.fingerprints[task_id], written, orphans, cases, checksums)
     for failure in failures:
         if failure.taskId in tasks and failure.taskId not in results:
             tasks[failure.taskId].fingerprint = None  # try again next time; its old files stay
-    return ExportState(tasks)
+    return ExportState(tasks, dict(target_plan.state.indexes))
 
 
 def _prune(destination: Storage, state: ExportState, source_task_ids: set[str]) -> list[str]:

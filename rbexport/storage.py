@@ -8,10 +8,17 @@ and never with a credential in them.
 Credentials come from boto3's standard chain (environment, profiles, instance roles), or
 explicitly in an `S3Access` (from a Prefect block, see tasks/credentials.py); the endpoint
 from `--endpoint-url`, the block, or `AWS_ENDPOINT_URL`.
+
+Every object sent to S3 carries a checksum the store verifies on receipt, whatever
+botocore's defaults or AWS_REQUEST_CHECKSUM_CALCULATION say: a PutObject its SHA-256
+(x-amz-checksum-sha256, the same hash the state records), each part of a multipart
+upload its own SHA-256. A store that received other bytes refuses them (BadDigest) and
+stores nothing; that comes out as a TransientStorageError, since sending again may work.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -43,14 +50,18 @@ MULTIPART_THRESHOLD = 64 * 1024**2
 # S3's CopyObject takes objects up to 5 GiB; larger ones are copied in parts (UploadPartCopy).
 COPY_PART_THRESHOLD = 5 * 1024**3
 STREAM_CHUNK = 1024**2
+# Each part of a multipart upload carries its SHA-256, which the store checks on receipt.
+PART_CHECKSUMS = {"ChecksumAlgorithm": "SHA256"}
 
 
 @dataclass(frozen=True)
 class Copied:
-    """What a copy stored: its size, and its sha256 when the bytes passed through here."""
+    """What a copy stored: its size, and its sha256 when the bytes passed through here
+    (or the store computed it); else the ETag the store gave the copy."""
 
     bytes: int
-    sha256: str | None  # None for a copy made by the store itself (no byte read here)
+    sha256: str | None  # None for a copy made by the store itself that gave no SHA-256
+    etag: str | None = None  # a store-side copy's ETag, when there is no sha256
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,11 @@ class Storage(ABC):
     def read(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def write(self, key: str, data: bytes) -> None:
-        """Store `data` at `key` in one step: a reader sees the old object or the new one."""
+    def write(self, key: str, data: bytes, sha256: str | None = None) -> None:
+        """Store `data` at `key` in one step: a reader sees the old object or the new one.
+
+        `sha256`: the hex SHA-256 of `data` when the caller has it (saves hashing it again).
+        """
 
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
@@ -91,6 +105,14 @@ class Storage(ABC):
             hashing = _HashingReader(stream)
             self.write_stream(key, hashing)
         return Copied(hashing.size, hashing.sha256.hexdigest())
+
+    def digest(self, key: str) -> tuple[int, str]:
+        """The object's size and hex SHA-256, read as a stream (never whole in memory)."""
+        with _s3_errors(self.url_of(key)), self.open(key) as stream:
+            hashing = _HashingReader(stream)
+            while hashing.read(STREAM_CHUNK):
+                pass
+        return hashing.size, hashing.sha256.hexdigest()
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
@@ -263,7 +285,7 @@ class LocalStorage(Storage):
         except PermissionError:
             raise AccessDeniedError(f"permission denied reading {path}") from None
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes, sha256: str | None = None) -> None:
         self._replace(key, lambda target: target.write(data))
 
     def _replace(self, key: str, fill) -> None:
@@ -401,15 +423,23 @@ class S3Storage(Storage):
         with _s3_errors(self.url_of(key)):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes, sha256: str | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
 
         with _s3_errors(self.url_of(key)):
             if len(data) < MULTIPART_THRESHOLD:
-                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+                digest = bytes.fromhex(sha256) if sha256 else hashlib.sha256(data).digest()
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=data,
+                    ChecksumSHA256=base64.b64encode(digest).decode("ascii"),  # the store checks it
+                )
             else:
                 config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4)
-                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=config)
+                self.client.upload_fileobj(
+                    io.BytesIO(data), self.bucket, self._key(key), ExtraArgs=dict(PART_CHECKSUMS), Config=config
+                )
 
     def open(self, key: str) -> BinaryIO:
         with _s3_errors(self.url_of(key)):
@@ -420,7 +450,9 @@ class S3Storage(Storage):
 
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4)
         with _s3_errors(self.url_of(key)):
-            self.client.upload_fileobj(stream, self.bucket, self._key(key), Config=config)
+            self.client.upload_fileobj(
+                stream, self.bucket, self._key(key), ExtraArgs=dict(PART_CHECKSUMS), Config=config
+            )
 
     def copy_from(self, source: Storage, source_key: str, key: str, size: int | None = None) -> Copied:
         """On one endpoint with the same credentials the store copies: no byte comes here."""
@@ -434,13 +466,24 @@ class S3Storage(Storage):
         copy_source = {"Bucket": source.bucket, "Key": source._key(source_key)}
         with _s3_errors(self.url_of(key)):
             if size <= COPY_PART_THRESHOLD:
-                self.client.copy_object(Bucket=self.bucket, Key=self._key(key), CopySource=copy_source)
+                # AWS computes the copy's SHA-256 when asked; stores that do not (SeaweedFS) give its ETag.
+                answer = self.client.copy_object(
+                    Bucket=self.bucket, Key=self._key(key), CopySource=copy_source, ChecksumAlgorithm="SHA256"
+                ).get("CopyObjectResult", {})
+                sha256 = _full_object_sha256(answer)
+                etag = str(answer.get("ETag") or "").strip('"')
             else:
                 from boto3.s3.transfer import TransferConfig
 
                 config = TransferConfig(multipart_threshold=COPY_PART_THRESHOLD, max_concurrency=4)
                 self.client.copy(copy_source, self.bucket, self._key(key), Config=config)
-        return Copied(size, None)
+                sha256, etag = None, ""
+        if sha256 is None and not etag:
+            info = self.stat(key)
+            if info is None:
+                raise TransientStorageError(f"{self.url_of(key)}: the copy is not there after the store made it")
+            etag = info.etag
+        return Copied(size, sha256, None if sha256 else etag)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -508,6 +551,19 @@ class S3Storage(Storage):
             raise ConfigurationError(f"cannot reach {where}: {reason}") from None
 
 
+def _full_object_sha256(answer: dict) -> str | None:
+    """The hex SHA-256 of a whole object from a CopyObjectResult, when the store gave one
+    (a composite checksum of parts, `...-N`, is not the object's)."""
+    value = answer.get("ChecksumSHA256")
+    if not isinstance(value, str) or "-" in value or answer.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    return digest.hex() if len(digest) == 32 else None
+
+
 class _HashingReader(io.RawIOBase):
     """A stream that counts and hashes what is read through it."""
 
@@ -557,6 +613,10 @@ def _new_s3_client(access: S3Access):
     from botocore.config import Config
 
     config = Config(
+        # Explicit, so neither botocore's defaults nor AWS_REQUEST_CHECKSUM_CALCULATION /
+        # AWS_RESPONSE_CHECKSUM_VALIDATION can turn off the checksums on uploads and reads.
+        request_checksum_calculation="when_supported",
+        response_checksum_validation="when_supported",
         retries={"mode": "standard", "max_attempts": 4},
         connect_timeout=10,
         read_timeout=120,
@@ -599,6 +659,13 @@ _DENIED = {
     "AccountProblem",
 }
 
+# The store received bytes that do not match the checksum sent with them (corrupted on the way).
+_CORRUPTED = ("BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch")
+
+
+def _corrupted_message(url: str, code: str) -> str:
+    return f"{url}: the store refused the upload: the bytes it received do not match their checksum ({code})"
+
 
 class _s3_errors:
     """Turn boto3's exceptions into ours, keeping only what a person needs (no credentials)."""
@@ -621,6 +688,8 @@ class _s3_errors:
                 raise ObjectNotFoundError(self.url) from None
             if status == 412 or code in {"PreconditionFailed", "ConditionalRequestConflict"}:
                 raise PreconditionFailed(self.url) from None
+            if code in _CORRUPTED:
+                raise TransientStorageError(_corrupted_message(self.url, code)) from None
             if code in _DENIED:
                 raise AccessDeniedError(
                     f"access denied to {self.url} ({code}): check the credentials and their permissions"
@@ -645,11 +714,18 @@ class _s3_errors:
             ) from None
         if isinstance(error, boto.EndpointConnectionError | boto.ConnectionError | boto.HTTPClientError):
             raise TransientStorageError(f"{self.url}: cannot connect to the store ({type(error).__name__})") from None
+        if isinstance(error, boto.FlexibleChecksumError):  # a read whose bytes do not match the store's checksum
+            raise TransientStorageError(
+                f"{self.url}: the bytes read do not match the checksum the store holds for them"
+            ) from None
         if isinstance(error, boto.ResponseStreamingError | boto.IncompleteReadError):
             raise TransientStorageError(f"{self.url}: the connection broke during the transfer") from None
         from boto3.exceptions import S3UploadFailedError
 
         if isinstance(error, S3UploadFailedError):  # a multipart upload wraps the ClientError in text
+            corrupted = next((code for code in _CORRUPTED if code in str(error)), None)
+            if corrupted:
+                raise TransientStorageError(_corrupted_message(self.url, corrupted)) from None
             if any(code in str(error) for code in _DENIED):
                 raise AccessDeniedError(
                     f"access denied to {self.url}: check the credentials and their permissions"

@@ -186,8 +186,9 @@ def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: 
 
 def _write_file(destination: Storage, mask_file: MaskFile, header, head: bytes, compress: bool) -> FileRecord:
     data = encode_fill(mask_file.fill, header, compress, head)
-    destination.write(mask_file.path, data)
-    return FileRecord.of(mask_file.path, data)
+    record = FileRecord.of(mask_file.path, data)
+    destination.write(mask_file.path, data, record.sha256)
+    return record
 
 
 @lru_cache(maxsize=1)

@@ -38,7 +38,7 @@ def only_transient_errors(task, task_run, state) -> bool:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_retrying: dict[str, Any] = dict(
+RETRY_STORAGE: dict[str, Any] = dict(
     retries=STORAGE_RETRIES,
     retry_delay_seconds=exponential_backoff(backoff_factor=BACKOFF_SECONDS),
     retry_jitter_factor=0.2,
@@ -72,14 +72,14 @@ def failed(error: BaseException, message: str | None = None) -> Any:
     return Failed(message=message or str(error), data=error)
 
 
-@task(name="wait-for-uploads", **_retrying)
+@task(name="wait-for-uploads", **RETRY_STORAGE)
 @expected_failures_as_states
 def wait_for_uploads(source: str, quiet_seconds: float, access: S3Access) -> None:
     waited = wait_until_quiet(open_storage(source, access), quiet_seconds)
     get_run_logger().info("source quiet for %.0f s (waited %.1f s)", quiet_seconds, waited)
 
 
-@task(name="read-source", **_retrying)
+@task(name="read-source", **RETRY_STORAGE)
 @expected_failures_as_states
 def read_source(request: ExportRequest) -> RunPlan:
     plan = prepare_run(request)
@@ -115,7 +115,7 @@ def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: 
     return outcomes
 
 
-@task(name="publish-export", **_retrying)
+@task(name="publish-export", **RETRY_STORAGE)
 @expected_failures_as_states
 def publish(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport]:
     return publish_export(plan, outcomes)

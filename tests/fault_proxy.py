@@ -7,6 +7,12 @@ Each request, with probability `share`, gets one fault: a 503 SlowDown, a 500
 InternalError, a reset connection (RST, no answer), or a slow answer (delayed, then
 forwarded). Otherwise it is forwarded unchanged, Host header included, so SigV4
 signatures stay valid. Deterministic for a seed and an order of requests.
+
+`corrupt_bodies=N` flips one byte in the body of each of the first N uploads (PUTs with a
+body: PutObject, UploadPart), headers untouched: what a bad NIC or a broken middlebox
+would do. The signature still holds (over http botocore signs the payload's hash, which
+SeaweedFS does not check), so only a checksum the store verifies catches it.
+`proxy.corrupted` lists the paths of those requests.
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ _ERRORS = {
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, share: float, seed: int = 0, slow_seconds: float = 0.3) -> None:
+    def __init__(
+        self, upstream: str, share: float, seed: int = 0, slow_seconds: float = 0.3, corrupt_bodies: int = 0
+    ) -> None:
         parts = urlsplit(upstream)
+        self.corrupt_bodies = corrupt_bodies
+        self.corrupted: list[str] = []
         self.upstream = (parts.hostname, parts.port)
         self.share = share
         self.slow_seconds = slow_seconds
@@ -55,6 +65,17 @@ class FaultProxy:
             self.counts[fault or "forwarded"] += 1
             return fault
 
+    def maybe_corrupt(self, method: str, path: str, body: bytes | None) -> bytes | None:
+        """An upload's body with its middle byte flipped, while `corrupt_bodies` are left to corrupt."""
+        if not body or method != "PUT":
+            return body
+        with self.lock:
+            if len(self.corrupted) >= self.corrupt_bodies:
+                return body
+            self.corrupted.append(path)
+        middle = len(body) // 2
+        return body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
+
     @property
     def faults(self) -> int:
         return sum(count for name, count in self.counts.items() if name != "forwarded")
@@ -69,7 +90,7 @@ def _handler(proxy: FaultProxy) -> type:
 
         def _relay(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
+            body = proxy.maybe_corrupt(self.command, self.path, self.rfile.read(length) if length else None)
             fault = proxy.choose()
             if fault == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -186,8 +186,9 @@ class TaskImages:
 
 
 def _store(destination: Storage, path: str, data: bytes) -> FileRecord:
-    destination.write(path, data)
-    return FileRecord.of(path, data)
+    record = FileRecord.of(path, data)
+    destination.write(path, data, record.sha256)
+    return record
 
 
 def _copy(destination: Storage, copy: ImageCopy) -> FileRecord:
@@ -195,7 +196,7 @@ def _copy(destination: Storage, copy: ImageCopy) -> FileRecord:
         copied = destination.copy_from(copy.source, copy.key, copy.path, size=copy.size)
     except ObjectNotFoundError:
         raise TaskDataError("image item not found", copy.source.url_of(copy.key)) from None
-    return FileRecord(copy.path, copied.bytes, copied.sha256)
+    return FileRecord(copy.path, copied.bytes, copied.sha256, copied.etag)
 
 
 def with_image_items(entry: dict, items: Mapping[int, str | list[str]]) -> dict:
