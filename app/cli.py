@@ -197,7 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--credentials-block",
         metavar="NAME",
-        help="read the S3 keys from this Prefect Secret block (default: boto3's standard chain)",
+        help="read the S3 keys from this Prefect block, as for run (default: boto3's standard chain)",
+    )
+    verify.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="while a run writes DST, wait this long for it to publish before checking (default: 3600)",
     )
 
     demo = commands.add_parser(
@@ -319,9 +326,9 @@ def _run(arguments: argparse.Namespace) -> int:
 
 def _verify(arguments: argparse.Namespace) -> int:
     from rbexport.storage import S3Access
-    from rbexport.verify import verify_export
+    from rbexport.verify import verify_settled
 
-    endpoint = _endpoint(arguments.endpoint_url)
+    endpoint = _endpoint(arguments.endpoint_url, arguments.credentials_block)
     if arguments.credentials_block:
         with runner.prefect_api():
             from tasks.credentials import s3_access
@@ -329,7 +336,7 @@ def _verify(arguments: argparse.Namespace) -> int:
             access = s3_access(endpoint, arguments.credentials_block)
     else:
         access = S3Access(endpoint)
-    result = verify_export(arguments.destination, access)
+    result = verify_settled(arguments.destination, access, arguments.lock_timeout, notify=say)
     for problem in result.problems:
         print(problem.line())
     print(result.summary())

@@ -8,23 +8,27 @@ from prefect.logging import get_run_logger
 
 from flows.export import refuse_placeholders
 from rbexport.errors import ConfigurationError, ExportDamaged
+from rbexport.lease import WAIT_SECONDS
 from rbexport.storage import S3Access
-from rbexport.verify import VerifyResult, verify_export
+from rbexport.verify import VerifyResult, verify_settled
 from tasks.credentials import s3_access
 from tasks.export import RETRY_STORAGE, expected_failures_as_states, failed
 
 
 @task(name="verify-files", **RETRY_STORAGE)
 @expected_failures_as_states
-def verify_files(destination: str, access: S3Access) -> VerifyResult:
-    result = verify_export(destination, access)
+def verify_files(destination: str, access: S3Access, lock_timeout: float) -> VerifyResult:
+    result = verify_settled(destination, access, lock_timeout, notify=get_run_logger().warning)
     get_run_logger().info("%s", result.summary())
     return result
 
 
 @flow(name="verify-export", validate_parameters=True)
 def verify_export_flow(
-    destination: str, endpoint_url: str | None = None, credentials_block: str | None = None
+    destination: str,
+    endpoint_url: str | None = None,
+    credentials_block: str | None = None,
+    lock_timeout: float = WAIT_SECONDS,
 ) -> VerifyResult:
     """Check that every file of an export is there with the checksum recorded when it was written.
 
@@ -40,11 +44,13 @@ def verify_export_flow(
         credentials_block: A Prefect block with the S3 keys, as for export-project: a
             Secret (NAME or secret/NAME), aws-credentials/NAME or minio-credentials/NAME.
             None (the default): boto3's standard chain on the worker.
+        lock_timeout: Seconds to wait while a run writes the export (it is checked once that
+            run has published, never halfway); then the run fails with "destination busy".
     """
     try:
         refuse_placeholders(destination=destination, endpoint_url=endpoint_url)
         access = s3_access(endpoint_url, credentials_block)
-        result = verify_files(destination, access, return_state=True).result()
+        result = verify_files(destination, access, lock_timeout, return_state=True).result()
     except ConfigurationError as error:
         get_run_logger().error("cannot verify: %s", error)
         return failed(error)

@@ -205,6 +205,13 @@ class Location:
             return Location("s3", self.bucket, f"{self.path}/{key}".strip("/"))
         return Location("file", "", str(Path(self.path) / key))
 
+    def parent(self) -> Location | None:
+        """The folder or prefix this one lies in; None for a bucket or the file system's root."""
+        if self.scheme == "s3":
+            return Location("s3", self.bucket, self.path.rpartition("/")[0]) if self.path else None
+        parent = str(Path(self.path).parent)
+        return Location("file", "", parent) if parent != self.path else None
+
     def contains(self, other: Location) -> bool:
         """Whether `other` is this location or lies inside it."""
         if self.scheme != other.scheme or self.bucket != other.bucket:

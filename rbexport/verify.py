@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import ConfigurationError, ObjectNotFoundError, TransientStorageError
 from .incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
+from .lease import LEASE_KEY, WAIT_SECONDS, DestinationBusy, Lease
 from .report import human_bytes
 from .storage import Location, ObjectInfo, S3Access, Storage, normalize_key, open_storage
 
@@ -146,6 +147,57 @@ def verify_export(destination: str, access: S3Access | str | None = None) -> Ver
     result.problems.sort(key=lambda problem: problem.path)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def verify_settled(
+    destination: str,
+    access: S3Access | str | None = None,
+    timeout: float = WAIT_SECONDS,
+    notify: Callable[[str], None] | None = None,
+) -> VerifyResult:
+    """`verify_export`, never halfway through a write: while a writer holds the destination
+    (its lease, or its parent's for a variant folder: rbexport.lease) it waits, up to
+    `timeout` (then DestinationBusy); when a writer published during the check (a state
+    changed, or a lease is held again), it checks again, up to three times."""
+    location = Location.parse(destination)
+    parent = location.parent()
+    guards = [open_storage(location, access)] + ([open_storage(parent, access)] if parent else [])
+    deadline = time.monotonic() + timeout
+    for _ in range(3):
+        _wait_for_writers(guards, deadline, notify or (lambda message: None))
+        before = _states(guards[0])
+        result = verify_export(destination, access)
+        if result.ok or (_states(guards[0]) == before and not any(_live_lease(guard) for guard in guards)):
+            return result
+    return result
+
+
+def _states(storage: Storage) -> dict[str, str]:
+    """The tag of every state under the destination: a publish changes one."""
+    return {info.key: info.etag for info in storage.list() if info.key.endswith(STATE_KEY)}
+
+
+def _live_lease(storage: Storage) -> Lease | None:
+    try:
+        current = storage.read_tagged(LEASE_KEY)
+    except (ConfigurationError, TransientStorageError, ObjectNotFoundError):
+        return None  # a parent outside what these keys may read: only the destination's own counts
+    held = Lease.parse(current[0]) if current else None
+    return held if held is not None and held.expires > time.time() else None
+
+
+def _wait_for_writers(guards: list[Storage], deadline: float, notify: Callable[[str], None]) -> None:
+    said = False
+    while True:
+        held = next((lease for lease in map(_live_lease, guards) if lease is not None), None)
+        if held is None:
+            return
+        if time.monotonic() >= deadline:
+            raise DestinationBusy(f"destination {guards[0].url} busy {held.describe()}: cannot verify while it writes")
+        if not said:
+            notify(f"waiting for {guards[0].url}: a run writes it, {held.describe()}")
+            said = True
+        time.sleep(1.0)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _flow_of(deployment: str) -> str:
-    return "watch-source" if deployment == "watch-source" else "export-project"
+    return {"watch-source": "watch-source", "verify-after-export": "verify-export"}.get(deployment, "export-project")
 
 
 def scheduled_runs_of(deployment_name: str) -> list:

@@ -85,3 +85,43 @@ def test_a_run_that_cannot_start_emits_failed_with_the_reason(prefect_api, tmp_p
     assert state.is_failed()
     [event] = export_events(destination)
     assert event.event == EXPORT_FAILED and "no-such-source" in event.payload["error"]
+
+
+def test_a_completed_export_triggers_the_verify_deployment(prefect_api, sample_source, tmp_path):
+    """The chain a downstream deployment builds on the completion event: the shipped
+    verify-after-export deployment, served, checks each export as it is published."""
+    from prefect_helpers import flow_runs_of, served, wait_for
+
+    destination = tmp_path / "export"
+    settings = {
+        "RBEXPORT_DESTINATION": str(destination),
+        "RBEXPORT_ENDPOINT_URL": "",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+
+    def finished_verify_runs() -> list:
+        return [run for run in flow_runs_of("verify-export/verify-after-export") if run.state and run.state.is_final()]
+
+    with served(prefect_api, "verify-after-export", env=settings):
+        export_project(str(sample_source), str(destination), variants=("standard", "semantic"))
+        runs = wait_for(lambda: len(finished_verify_runs()) == 2 and finished_verify_runs(), 120, "two verify runs")
+        assert sorted(run.parameters["destination"] for run in runs) == [
+            str(destination / "semantic"),
+            str(destination / "standard"),
+        ]
+        assert all(run.state.is_completed() for run in runs), [run.state for run in runs]
+
+        # A byte flipped in a published mask: the next (incremental, unchanged) export
+        # completes, and the verify run it triggers fails naming the file.
+        damaged = destination / "standard/segmentations/Brain_001/T1.nii.gz"
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+        export_project(str(sample_source), str(destination), variants=("standard", "semantic"))
+        runs = wait_for(lambda: len(finished_verify_runs()) == 4 and finished_verify_runs(), 120, "two more runs")
+    [failed] = [run for run in runs if run.state.is_failed()]
+    assert failed.parameters["destination"] == str(destination / "standard")
+    assert "1 changed" in failed.state.message
+    [problems] = artifacts_of(failed.id, "verify-problems")
+    rows = json.loads(problems.data) if isinstance(problems.data, str) else problems.data
+    assert [(row["problem"], row["file"]) for row in rows] == [("changed", "segmentations/Brain_001/T1.nii.gz")]

@@ -294,3 +294,33 @@ def test_an_export_through_a_corrupting_link_retries_and_verifies(
     stored = bucket_tree(destination)
     for path in json.loads((clean / STATE_KEY).read_text())["tasks"]["task-001"]["files"]:
         assert stored[path] == (clean / path).read_bytes()
+
+
+def test_verify_waits_for_a_writer_to_publish(sample_source, tmp_path):
+    """A check never runs halfway through a write: it waits for the writer's lease, or
+    gives up saying who holds the destination."""
+    import threading
+
+    import pytest
+
+    from rbexport.engine import run_export
+    from rbexport.lease import DestinationBusy, DestinationLease
+    from rbexport.storage import LocalStorage
+    from rbexport.verify import verify_settled
+
+    destination = tmp_path / "export"
+    run_export(str(sample_source), str(destination), variants=["standard", "semantic"])
+    writer = DestinationLease(LocalStorage(destination), owner="the nightly", seconds=5)
+    said: list[str] = []
+    with writer.held():
+        with pytest.raises(DestinationBusy, match="busy since .* by the nightly"):
+            verify_settled(str(destination / "standard"), timeout=0.5)
+        checking = threading.Thread(
+            target=lambda: said.append(verify_settled(str(destination / "standard"), notify=said.append).summary())
+        )
+        checking.start()
+        checking.join(timeout=1.0)
+        assert checking.is_alive()  # waiting for the writer
+    checking.join(timeout=30)
+    assert said[0].startswith(f"waiting for {destination / 'standard'}: a run writes it, since ")
+    assert said[-1].startswith(f"verified {destination / 'standard'}: all ")
