@@ -127,18 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="while another run writes DST, wait this long before giving up with exit 2 (default: 3600)",
     )
-    run.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)",
-    )
-    run.add_argument(
-        "--credentials-block",
-        metavar="NAME",
-        help="read the S3 keys from this Prefect block: aws-credentials/NAME or minio-credentials/NAME "
-        "(prefect-aws; with their endpoint and region), or secret/NAME or NAME (a Secret holding JSON keys); "
-        "default: boto3's standard chain",
-    )
+    _store_arguments(run)
     run.add_argument(
         "--allow-bucket",
         action="append",
@@ -189,16 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "2: no export at DST, or the store cannot be reached.",
     )
     verify.add_argument("destination", metavar="DST", help="s3://bucket/prefix or a local folder")
-    verify.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)",
-    )
-    verify.add_argument(
-        "--credentials-block",
-        metavar="NAME",
-        help="read the S3 keys from this Prefect block, as for run (default: boto3's standard chain)",
-    )
+    _store_arguments(verify)
     verify.add_argument(
         "--lock-timeout",
         type=float,
@@ -215,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output", metavar="DIR", help="also copy the exports into this local folder")
     return parser
+
+
+def _store_arguments(command: argparse.ArgumentParser) -> None:
+    """How to reach S3: the same for every command that reads or writes a store."""
+    command.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, else AWS)",
+    )
+    command.add_argument(
+        "--credentials-block",
+        metavar="NAME",
+        help="read the S3 keys from this Prefect block: aws-credentials/NAME or minio-credentials/NAME "
+        "(prefect-aws; with their endpoint and region), or secret/NAME or NAME (a Secret holding JSON keys); "
+        "default: boto3's standard chain",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

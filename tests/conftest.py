@@ -147,3 +147,22 @@ def bucket_tree(storage: S3Storage) -> dict[str, bytes]:
 def copy_tree(source: Path, target) -> None:
     for key, data in tree(source).items():
         target.write(key, data)
+
+
+def keys_only_in_a_secret_block(monkeypatch, name: str) -> None:
+    """The test server's keys in a Prefect Secret block `name`, and nowhere in boto3's chain
+    (the process's clients forgotten): only a run that reads the block can reach the store."""
+    import json
+
+    from prefect.blocks.system import Secret
+
+    from rbexport.task_export import storage_for
+
+    Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
+        name, overwrite=True
+    )
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr("rbexport.storage._session", None)
+    monkeypatch.setattr("rbexport.storage._clients", {})
+    storage_for.cache_clear()

@@ -7,7 +7,7 @@ import json
 import uuid
 
 import pytest
-from conftest import ACCESS_KEY, SECRET_KEY, copy_tree
+from conftest import ACCESS_KEY, SECRET_KEY, copy_tree, keys_only_in_a_secret_block
 
 from app.seaweed import SeaweedServer
 from rbexport.engine import run_export
@@ -262,16 +262,7 @@ def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_buck
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
-    Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
-        "seaweed-keys", overwrite=True
-    )
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing in boto3's chain
-        monkeypatch.delenv(name)
-    monkeypatch.setattr("rbexport.storage._session", None)
-    monkeypatch.setattr("rbexport.storage._clients", {})
-    from rbexport.task_export import storage_for
-
-    storage_for.cache_clear()
+    keys_only_in_a_secret_block(monkeypatch, "seaweed-keys")
     [report] = export_project(
         source.url, destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="seaweed-keys"
     )

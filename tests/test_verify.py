@@ -10,7 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree
+from conftest import RBEXPORT, bucket_tree, copy_tree, keys_only_in_a_secret_block
 from fault_proxy import FaultProxy
 
 import rbexport.engine
@@ -156,22 +156,13 @@ def test_the_flow_fails_listing_the_missing_and_the_changed_file(prefect_api, ma
 def test_keys_from_a_secret_block_for_the_cli_and_the_flow(
     prefect_api, seaweed, make_bucket, sample_source, monkeypatch, capsys
 ):
-    from prefect.blocks.system import Secret
 
     from flows.verify import verify_export_flow
-    from rbexport.task_export import storage_for
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
     run_export(source.url, destination.url, ExportOptions(), seaweed.endpoint_url)
-    Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
-        "verify-keys", overwrite=True
-    )
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing in boto3's chain
-        monkeypatch.delenv(name)
-    monkeypatch.setattr("rbexport.storage._session", None)
-    monkeypatch.setattr("rbexport.storage._clients", {})
-    storage_for.cache_clear()
+    keys_only_in_a_secret_block(monkeypatch, "verify-keys")
     arguments = [destination.url, "--endpoint-url", seaweed.endpoint_url]
     assert verify(capsys, *arguments)[0] == 2  # no keys
     code, lines = verify(capsys, *arguments, "--credentials-block", "verify-keys")
