@@ -19,12 +19,13 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from .errors import ConfigurationError, ObjectNotFoundError, PreconditionFailed, StorageError
+from .errors import ConfigurationError, ObjectNotFoundError, PreconditionFailed, StorageError, TransientStorageError
 from .storage import Storage
 
 LEASE_KEY = ".rbexport/lock"
@@ -48,6 +49,7 @@ class Lease:
     owner: str  # who: "alice@host pid 123", a Prefect flow run's name and deployment
     since: float  # seconds since the epoch
     expires: float
+    token: str = ""  # this holder's, among holders of one owner (threads of one process)
 
     def to_json(self) -> bytes:
         body = {**asdict(self), "since_utc": _utc(self.since), "expires_utc": _utc(self.expires)}
@@ -58,7 +60,7 @@ class Lease:
         """The lease, or None for an object that is not one (it is then treated as expired)."""
         try:
             body = json.loads(data)
-            return cls(str(body["owner"]), float(body["since"]), float(body["expires"]))
+            return cls(str(body["owner"]), float(body["since"]), float(body["expires"]), str(body.get("token", "")))
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -98,6 +100,7 @@ class DestinationLease:
         self.owner = owner or default_owner()
         self.notify = notify or (lambda message: None)
         self.seconds = seconds or lease_seconds()
+        self.token = uuid.uuid4().hex
         self.tag: str | None = None
         self.lost: Lease | None = None
         self._stop = threading.Event()
@@ -117,17 +120,28 @@ class DestinationLease:
     def acquire(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         waiting_for: Lease | None = None
+        failures = 0
         while True:
-            current = self.storage.read_tagged(LEASE_KEY)
+            try:
+                current = self.storage.read_tagged(LEASE_KEY)
+            except TransientStorageError as error:
+                failures = _back_off(failures, error)
+                continue
             held = Lease.parse(current[0]) if current else None
             now = time.time()
+            if current is not None and held is not None and held.token == self.token:
+                self.tag = current[1]  # ours: an earlier attempt was stored but its answer lost
+                return
             if current is None or held is None or held.expires <= now:
-                mine = Lease(self.owner, now, now + self.seconds)
+                mine = Lease(self.owner, now, now + self.seconds, self.token)
                 try:
                     self.tag = self.storage.write_if(LEASE_KEY, mine.to_json(), current[1] if current else None)
                 except PreconditionFailed:
                     time.sleep(0.05)
                     continue  # another writer got there first: look again
+                except TransientStorageError as error:
+                    failures = _back_off(failures, error)
+                    continue
                 if not self._still_mine(mine):
                     continue  # a store that ignored the condition let another writer overwrite it
                 if held is not None:
@@ -166,7 +180,7 @@ class DestinationLease:
             now = time.time()
             try:
                 self.tag = self.storage.write_if(
-                    LEASE_KEY, Lease(self.owner, now, now + self.seconds).to_json(), self.tag
+                    LEASE_KEY, Lease(self.owner, now, now + self.seconds, self.token).to_json(), self.tag
                 )
             except PreconditionFailed:
                 try:
@@ -188,6 +202,14 @@ class DestinationLease:
         except StorageError as error:  # the run's work is done; the lease expires by itself
             self.notify(f"could not release the lease on {self.storage.url} ({error}); it expires by itself")
         self.tag = None
+
+
+def _back_off(failures: int, error: TransientStorageError) -> int:
+    """Wait before asking the store again; after the fourth failure in a row, give up."""
+    if failures >= 3:
+        raise error
+    time.sleep(0.5 * 2**failures)
+    return failures + 1
 
 
 def _utc(seconds: float) -> str:
