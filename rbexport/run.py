@@ -19,6 +19,7 @@ from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .images.export import image_references
 from .incremental import STATE_KEY, ExportState, TaskRecord, is_unchanged, task_fingerprint
 from .layouts.labels import training_labels
+from .mask_formats.png import CLASS_MAP, class_map
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -32,7 +33,14 @@ from .model import (
 )
 from .naming import deduplicate, task_folder_name
 from .report import REPORT_NAME, Failure, FileRecord, RunReport
-from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
+from .source import (
+    MaskReader,
+    SourceTask,
+    read_category_colours,
+    read_category_numbers,
+    read_segment_codes,
+    read_tasks,
+)
 from .storage import Location, S3Access, Storage
 from .task_export import SEGMENTATIONS_FOLDER, storage_for
 from .variants import resolve_variants
@@ -61,10 +69,13 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     variant_folders = [v.name for v in resolved] if len(resolved) > 1 else None
     check_layout(destination_location, access, variant_folders, request.replace_layout)
     category_numbers = _category_numbers(source_storage, targets)
+    formats = {target.options.mask_format for target in targets}
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
         category_numbers=category_numbers,
+        category_colours=read_category_colours(source_storage) if formats & {"png", "dicom-seg"} else None,
+        segment_codes=read_segment_codes(source_storage) if "dicom-seg" in formats else None,
         access=access,
         allowed_buckets=request.allowed_buckets,
     )
@@ -327,6 +338,12 @@ def _publish_tasks_json(
         for job in plan.tasks
         if job.task_id in results or job.task_id in target_plan.skipped
     ]
+    options = target_plan.target.options
+    if options.mask_format == "png":  # what the values mean, before tasks.json points at the files
+        settings = plan.settings
+        mapping = class_map(entries, options.semantic_mask, settings.category_numbers, settings.category_colours)
+        destination.write(CLASS_MAP, mapping)
+        report.files.append(FileRecord.of(CLASS_MAP, mapping))
     tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     if tasks_json != target_plan.previous_tasks_json:
         destination.write(TASKS_JSON, tasks_json)

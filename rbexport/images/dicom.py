@@ -94,6 +94,65 @@ def read_dicom_series(items: Sequence[tuple[str, bytes]]) -> ImageVolume:
     return ImageVolume(_voxels(ordered), _affine(ordered[0], slice_spacing), modality)
 
 
+@dataclass(frozen=True, eq=False)
+class SeriesHeaders:
+    """A DICOM series' headers and voxel grid, without its pixels (what a DICOM SEG references).
+
+    `slices[k]` is (file index, frame index) of slice k in the order `read_dicom_series`
+    stacks them (along the slice normal); `shape` and `affine` are that volume's grid.
+    """
+
+    datasets: list[Dataset]  # one per file, pixel data not read
+    slices: list[tuple[int, int]]
+    shape: tuple[int, ...]  # (columns, rows) or (columns, rows, slices)
+    affine: np.ndarray  # RAS+
+
+
+def read_dicom_headers(items: Sequence[tuple[str, bytes]]) -> SeriesHeaders:
+    """One series' DICOM files, (name, bytes) in any order: their headers and grid, checked
+    as `read_dicom_series` checks them; TaskDataError if they are not one series."""
+    if not items:
+        raise TaskDataError("the series has no image files")
+    datasets: list[Dataset] = []
+    frames: list[Frame] = []
+    where: dict[int, tuple[int, int]] = {}
+    for file_index, (name, raw) in enumerate(items):
+        dataset = _parse_header(name, raw)
+        try:
+            if "Rows" not in dataset or "Columns" not in dataset:
+                raise TaskDataError("not a DICOM image (no Rows or Columns)", name)
+            count = int(dataset.get("NumberOfFrames") or 1)
+            blank = np.broadcast_to(np.uint16(0), (int(dataset.Rows), int(dataset.Columns)))
+            for index in range(count):
+                frame = _frame(dataset, name, index, count, blank)
+                where[id(frame)] = (file_index, index)
+                frames.append(frame)
+        except TaskDataError:
+            raise
+        except Exception as error:  # pydicom raises many kinds on malformed values
+            raise TaskDataError(f"unreadable DICOM header ({one_line(error)})", name) from None
+        datasets.append(dataset)
+    _check_one_series(frames)
+    _check_same_format(frames)
+    rows, columns = frames[0].stored.shape
+    if len(frames) == 1:
+        return SeriesHeaders(datasets, [where[id(frames[0])]], (columns, rows), _affine(frames[0], 1.0))
+    ordered, slice_spacing = _ordered_along_normal(frames)
+    return SeriesHeaders(
+        datasets,
+        [where[id(frame)] for frame in ordered],
+        (columns, rows, len(ordered)),
+        _affine(ordered[0], slice_spacing),
+    )
+
+
+def _parse_header(name: str, raw: bytes) -> Dataset:
+    try:
+        return pydicom.dcmread(BytesIO(raw), stop_before_pixels=True, force=True)
+    except Exception as error:  # truncated or not DICOM at all: any exception pydicom's parser raises
+        raise TaskDataError(f"not a readable DICOM file ({one_line(error)})", name) from None
+
+
 # --- files ------------------------------------------------------------------------------
 
 

@@ -23,8 +23,9 @@ from ..naming import image_file_names, series_names
 from ..nifti import LabelMap
 from ..report import FileRecord
 from ..storage import Storage
+from .dicom import SeriesHeaders, read_dicom_headers
 from .geometry import onto_label_grid
-from .read import read_image_series
+from .read import KIND_NAMES, SNIFF_BYTES, item_kind, read_image_series
 from .volume import ImageVolume, encode_nifti
 
 IMAGES_FOLDER = "images"
@@ -101,6 +102,7 @@ class TaskImages:
         self._sizes: dict[str, int] = dict(known_sizes or {})
         self._converted: dict[tuple[int, bool], bytes] = {}
         self._volumes: dict[tuple[int, int | None], ImageVolume] = {}
+        self._headers: dict[int, SeriesHeaders] = {}
 
     def check(self, convert: bool) -> int:
         """Find every item (those the source's listing did not show are looked up); the
@@ -167,6 +169,25 @@ class TaskImages:
             self._volumes[key] = volume
         return self._volumes[key]
 
+    def dicom_headers(self, position: int, name: str, needed_by: str) -> SeriesHeaders:
+        """The DICOM headers and grid of the series at `position` (called `name`), read once;
+        TaskDataError when it has no items or they are not DICOM (`needed_by` says what needs them)."""
+        if position not in self._headers:
+            series = next((item for item in self.series if item.position == position), None)
+            if series is None:
+                raise TaskDataError(f"series {name} has no image items: {needed_by} references its DICOM images")
+            items = list(zip(series.references, self.pool.map(self._read, series.references), strict=True))
+            for reference, raw in items:
+                kind = item_kind(reference, raw[:SNIFF_BYTES])
+                if kind != "dicom":
+                    raise TaskDataError(
+                        f"series {name}: its images are {KIND_NAMES[kind]}, not DICOM; {needed_by} references "
+                        "DICOM images (export this series with another mask_format)",
+                        reference,
+                    )
+            self._headers[position] = read_dicom_headers(items)
+        return self._headers[position]
+
     def _read(self, reference: str) -> bytes:
         storage, key = self._locate(reference)
         try:
@@ -183,6 +204,7 @@ class TaskImages:
     def release(self) -> None:
         self._converted.clear()
         self._volumes.clear()
+        self._headers.clear()
 
 
 def _store(destination: Storage, path: str, data: bytes) -> FileRecord:

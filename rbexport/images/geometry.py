@@ -107,6 +107,11 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / length if length else vector
 
 
+def grid_description(shape: tuple[int, ...], affine: np.ndarray) -> str:
+    """A grid as the reasons name it (see `_grid`)."""
+    return _grid(shape, affine)
+
+
 def _grid(shape: tuple[int, ...], affine: np.ndarray) -> str:
     """shape (512, 512, 300), spacing (0.7, 0.7, 1.25), origin (-90, 126, -72), axes LPS [oblique]."""
     spatial = min(len(shape), SPATIAL_AXES)
