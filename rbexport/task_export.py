@@ -214,6 +214,7 @@ def _segmentation(
     headers = images.dicom_headers(position, name, NEEDED_BY)
     data = encode_segmentation(
         segments,
+        index,
         label_map,
         headers,
         name,

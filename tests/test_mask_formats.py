@@ -19,7 +19,7 @@ import pytest
 from conftest import bucket_tree
 from PIL import Image
 
-from app.sample import AFFINE, TAXONOMY, box, nifti_bytes, write_sample_project
+from app.sample import AFFINE, TAXONOMY, box, nifti_bytes, write_sample_project, write_training_project
 from rbexport.options import ExportOptions
 from rbexport.storage import LocalStorage
 from rbexport.variants import Variant
@@ -382,6 +382,18 @@ def test_dicom_seg_from_the_cli_matches_the_nifti_masks_and_references_its_image
     assert result.returncode == 0, result.stderr
     repeated = pydicom.dcmread(again / "seg/segmentations/Brain_004/T2.dcm")
     assert repeated.SOPInstanceUID == overlapping.SOPInstanceUID
+
+
+def test_dicom_seg_of_series_stored_the_other_way_round_matches_the_nifti_masks(run_cli, tmp_path):
+    """Half the studies' DICOM stack their slices against the label's third axis; some overlap (BINARY)."""
+    source, out = tmp_path / "source", tmp_path / "out"
+    write_training_project(LocalStorage(source), tasks=6)
+    arguments = ["run", "--source", str(source), "--dest", str(out), "--engine", "local"]
+    result = run_cli(*arguments, "--variant", "nifti:binary_mask=true", "--variant", "seg:mask_format=dicom-seg")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert check_segmentations(out, source, "nifti", "seg", semantic=False) == 12
+    types = {pydicom.dcmread(path).SegmentationType for path in (out / "seg").rglob("*.dcm")}
+    assert types == {"BINARY", "LABELMAP"}
 
 
 def test_series_without_dicom_images_or_off_their_grid_fail_their_task_with_a_reason_the_others_export(

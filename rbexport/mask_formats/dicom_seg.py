@@ -33,7 +33,7 @@ from pydicom.uid import generate_uid
 
 from ..errors import TaskDataError
 from ..images.dicom import SeriesHeaders
-from ..images.geometry import grid_description, onto_label_grid
+from ..images.geometry import axis_mapping, grid_description, onto_label_grid
 from ..images.volume import ImageVolume
 from ..nifti import LabelMap, smallest_unsigned
 from ..segment_map import Instance
@@ -102,6 +102,7 @@ def plan_segments(
 
 def encode_segmentation(
     segments: Sequence[Segment],
+    index: VoxelIndex,
     label_map: LabelMap,
     headers: SeriesHeaders,
     series: str,
@@ -122,7 +123,7 @@ def encode_segmentation(
     overlap = _segments_overlap(segments)
     on_grid = _on_image_grid(label_map, headers, series)  # (columns, rows[, slices]) label values
     if overlap:
-        pixels, positions = _binary_frames(segments, on_grid, headers)
+        pixels, positions = _binary_frames(segments, on_grid, headers, label_map, index)
     else:
         pixels, positions = _labelmap_frames(segments, on_grid, headers), None
     sources = [_source_header(headers.datasets[file]) for file in _source_order(headers)]
@@ -210,32 +211,30 @@ def _labelmap_frames(segments: Sequence[Segment], on_grid: np.ndarray, headers: 
 
 
 def _binary_frames(
-    segments: Sequence[Segment], on_grid: np.ndarray, headers: SeriesHeaders
+    segments: Sequence[Segment],
+    on_grid: np.ndarray,
+    headers: SeriesHeaders,
+    label_map: LabelMap,
+    index: VoxelIndex,
 ) -> tuple[np.ndarray, list | None]:
     """Segments stacked on the last axis, for the slices with any segment voxel (with their
-    positions) when the source is single-frame images; every frame of a multi-frame source."""
+    positions) when the source is single-frame images; every frame of a multi-frame source.
+
+    The stack is laid out segment by segment in memory (a view with the segments last, as
+    highdicom takes it), so each (slice, segment) frame highdicom encodes is contiguous; a
+    sparse map is written voxel by voxel from its index, never slice by slice.
+    """
     import highdicom as hd
 
-    frames = _frames(on_grid)
-    claimed = np.zeros(int(on_grid.max()) + 1, dtype=bool)
-    for segment in segments:
-        claimed[[value for value in segment.values if value < len(claimed)]] = True
     multiframe = len(headers.datasets) == 1 and len(headers.slices) > 1
-    used = (
-        np.arange(frames.shape[0])
-        if multiframe
-        else np.flatnonzero([claimed[frame].any() for frame in frames])  # one slice at a time: no volume copy
-    )
-    if used.size == 0:
-        used = np.arange(1)
-    membership = np.zeros((len(claimed), len(segments)), dtype=bool)  # value -> the segments it is in
-    for position, segment in enumerate(segments):
-        membership[[value for value in segment.values if value < len(claimed)], position] = True
-    stacked = np.empty((used.size, *frames.shape[1:], len(segments)), dtype=bool)
-    for row, slice_index in enumerate(used):
-        stacked[row] = membership[frames[slice_index]]  # every segment of a slice in one look-up
+    placed = None if multiframe else _grid_positions(segments, label_map, headers, index)
+    if placed is None:
+        stacked, used = _binary_frames_by_slice(segments, on_grid, multiframe)
+    else:
+        stacked, used = placed
+    pixels = np.moveaxis(stacked, 0, -1)  # (frames, rows, columns, segments), segment-major in memory
     if multiframe:
-        return _in_source_order(stacked, headers), None
+        return _in_source_order(pixels, headers), None
     positions = [
         hd.PlanePositionSequence(
             hd.CoordinateSystemNames.PATIENT,
@@ -243,7 +242,58 @@ def _binary_frames(
         )
         for slice_index in used
     ]
-    return stacked, positions
+    return pixels, positions
+
+
+def _grid_positions(
+    segments: Sequence[Segment], label_map: LabelMap, headers: SeriesHeaders, index: VoxelIndex
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(segments, slices used, rows, columns) from the index's voxel positions, and the slices
+    used; None when the map is dense or not a 3D volume on a 3D grid (then: slice by slice)."""
+    shape = label_map.values.shape
+    if not index.sparse or len(shape) != 3 or len(headers.shape) != 3:
+        return None
+    mapping = axis_mapping(shape, label_map.header.get_best_affine(), headers.shape, headers.affine)
+    if mapping is None:
+        return None
+    order, flips = mapping
+    members = [np.concatenate([index.positions(value) for value in segment.values]) for segment in segments]
+    located = []
+    for positions in members:
+        label_axes = np.unravel_index(positions, shape, order="F")  # flat positions are in file order
+        grid = [
+            headers.shape[axis] - 1 - label_axes[order[axis]] if flips[axis] else label_axes[order[axis]]
+            for axis in range(3)
+        ]
+        located.append(grid)  # (column, row, slice) on the images' grid
+    used = np.unique(np.concatenate([grid[2] for grid in located]))
+    columns, rows, _ = headers.shape
+    stacked = np.zeros((len(segments), used.size, rows, columns), dtype=bool)  # pages stay unwritten where empty
+    for number, (column, row, slice_index) in enumerate(located):
+        stacked[number, np.searchsorted(used, slice_index), row, column] = True
+    return stacked, used
+
+
+def _binary_frames_by_slice(
+    segments: Sequence[Segment], on_grid: np.ndarray, every_slice: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    frames = _frames(on_grid)
+    membership = np.zeros((len(segments), int(on_grid.max()) + 1), dtype=bool)  # segment, value -> in it
+    for position, segment in enumerate(segments):
+        membership[position, [value for value in segment.values if value < membership.shape[1]]] = True
+    claimed: np.ndarray = np.asarray(membership.any(axis=0))
+    used = (
+        np.arange(frames.shape[0])
+        if every_slice
+        else np.flatnonzero([claimed[frame].any() for frame in frames])  # one slice at a time: no volume copy
+    )
+    if used.size == 0:
+        used = np.arange(1)
+    stacked = np.zeros((len(segments), used.size, *frames.shape[1:]), dtype=bool)
+    for position in range(len(segments)):
+        for row, slice_index in enumerate(used):
+            stacked[position, row] = membership[position, frames[slice_index]]
+    return stacked, used
 
 
 def _in_source_order(frames: np.ndarray, headers: SeriesHeaders) -> np.ndarray:
