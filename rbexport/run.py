@@ -32,6 +32,7 @@ from .model import (
     TaskResult,
 )
 from .naming import deduplicate, task_folder_name
+from .options import ExportOptions
 from .report import REPORT_NAME, Failure, FileRecord, RunReport
 from .source import (
     MaskReader,
@@ -103,6 +104,11 @@ def _category_numbers(source: Storage, targets: Sequence[Target]) -> dict[str, i
     if any(target.options.semantic_mask for target in targets):
         return read_category_numbers(source)
     return None
+
+
+def _reads_images(options: ExportOptions) -> bool:
+    """Whether a variant's files depend on the image items (exported, or referenced by a DICOM SEG)."""
+    return bool(options.images) or options.mask_format == "dicom-seg"
 
 
 def check_layout(destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool) -> None:
@@ -217,7 +223,7 @@ def _decide_exports(
             plan.failures += cases[plan.target.name][1]
             plan.warnings += cases[plan.target.name][2]
     decided = []
-    wants_images = any(plan.target.options.images for plan in target_plans)
+    wants_images = any(_reads_images(plan.target.options) for plan in target_plans)
     image_versions: dict[str, str | None] = {}
     for job in jobs:
         masks = mask_references(job.task)
@@ -240,7 +246,7 @@ def _decide_exports(
                 job_cases[name] = cases[name][0][job.task_id]
                 case_ids = [case.case_id for case in job_cases[name]]
                 listed = True  # dataset.json is made from the state
-            inputs = {**versions, **image_versions} if plan.target.options.images else versions
+            inputs = {**versions, **image_versions} if _reads_images(plan.target.options) else versions
             fingerprint = task_fingerprint(job.task, job.folder, inputs, plan.target.options, case_ids)
             plan.fingerprints[job.task_id] = fingerprint
             record = plan.state.tasks.get(job.task_id)

@@ -485,12 +485,24 @@ def test_dataset_layouts_refuse_another_mask_format_in_one_line(run_cli, sample_
     assert result.returncode == 2 and "the msd layout writes NIfTI labels only" in result.stderr
 
 
-def test_changing_the_mask_format_exports_the_tasks_again(sample_with_images, tmp_path):
+def test_changing_the_mask_format_or_a_segs_images_exports_the_tasks_again(sample_with_images, tmp_path):
     from rbexport.engine import run_export
 
     out = tmp_path / "out"
     [first] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="mhd"))
     [same] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="mhd"))
-    [changed] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="nifti"))
+    [changed] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="dicom-seg"))
     assert len(first.exported) == 6 and len(same.skipped) == 6 and len(changed.exported) == 6
-    assert (out / "segmentations/Brain_001/T1.nii.gz").exists()
+    assert (out / "segmentations/Brain_001/T1.dcm").exists()
+
+    # A DICOM SEG references its images: a new version of one of them exports its task again.
+    tasks = json.loads((sample_with_images / "tasks.json").read_text())
+    item = sample_with_images / tasks[0]["series"][0]["items"][0]
+    image = pydicom.dcmread(item)
+    image.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["a new version"])
+    image.save_as(item)
+    [again] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="dicom-seg"))
+    assert again.exported == ["task-001"] and len(again.skipped) == 5
+    seg = pydicom.dcmread(out / "segmentations/Brain_001/T1.dcm")
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert image.SOPInstanceUID in referenced
