@@ -3,7 +3,8 @@
 Inputs (generated once into benchmarks/.data/): the CT task of the other benchmarks
 (512x512x300 uint16, 20 instances, 5 of them overlapping, so the standard structure writes
 the label map and 20 instance files, and DICOM SEG is BINARY), with a 300-slice DICOM
-series on its grid as its items; and 200 small 2D tasks (256x256, 3 instances) for PNG,
+series on its grid as its items; the same task with each overlap given to one instance
+(no overlaps: one NIfTI file, and a LABELMAP SEG); and 200 small 2D tasks (256x256, 3 instances) for PNG,
 which is 2D only. Each figure is the median of `runs` exports of the standard structure
 with the local engine and one worker, every format measured in the same run as its
 NIfTI baseline; the peak RSS is the CLI's (`benchmarks.rss`), once per format.
@@ -24,6 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
 CT_WITH_IMAGES = DATA / "ct-with-dicom-1"
+CT_NO_OVERLAP = DATA / "ct-no-overlap-with-dicom-1"
 SMALL_2D = DATA / "small-2d-200"
 
 
@@ -47,6 +49,29 @@ def ct_with_images() -> Path:
     (CT_WITH_IMAGES / "tasks.json").write_text(json.dumps(tasks))
     (CT_WITH_IMAGES / "done").touch()
     return CT_WITH_IMAGES
+
+
+def ct_without_overlaps() -> Path:
+    """The CT task with every overlap given to the earlier instance: a LABELMAP SEG (same images)."""
+    if (CT_NO_OVERLAP / "done").exists():
+        return CT_NO_OVERLAP
+    import numpy as np
+
+    from benchmarks.data import ct_label_map, nifti_gz
+
+    source = ct_with_images()
+    shutil.rmtree(CT_NO_OVERLAP, ignore_errors=True)
+    shutil.copytree(source, CT_NO_OVERLAP)
+    volume, segment_map = ct_label_map(seed=0)
+    for group in np.unique(volume[volume >= 1000]):
+        volume[volume == group] = group - 1000 - 1  # group 1000 + i: instances i - 1 and i overlap
+    for entry in segment_map.values():
+        entry.pop("overlappingGroups", None)
+    (CT_NO_OVERLAP / "masks/ct-000.nii.gz").write_bytes(nifti_gz(volume))
+    tasks = json.loads((CT_NO_OVERLAP / "tasks.json").read_text())
+    tasks[0]["series"][0]["segmentMap"] = segment_map
+    (CT_NO_OVERLAP / "tasks.json").write_text(json.dumps(tasks))
+    return CT_NO_OVERLAP
 
 
 def small_2d() -> Path:
@@ -91,7 +116,8 @@ def bench_formats(runs: int = 3) -> list[list[str]]:
     """Rows: input, format, seconds, vs NIfTI, peak RSS."""
     rows = []
     for label, source, formats in (
-        ("CT 512x512x300, 20 instances", ct_with_images(), ["nifti", "mhd", "dicom-seg"]),
+        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg"]),
+        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg"]),
         ("200 2D tasks 256x256", small_2d(), ["nifti", "png", "mhd"]),
     ):
         export_seconds(source, "dicom-seg" if "dicom-seg" in formats else formats[1])  # warm imports and caches
