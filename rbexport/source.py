@@ -153,6 +153,12 @@ class MaskReader:
             needed += volume_bytes(*volume) if volume else 0
         return needed
 
+    def announced_voxels(self, reference: object) -> int:
+        """The voxels a fetched (not yet decoded) mask's header announces; 0 when unknown."""
+        raw = self._downloaded.get(reference) if isinstance(reference, str) else None
+        volume = peek_volume(raw) if raw else None
+        return volume[0] if volume else 0
+
     def release(self) -> None:
         """Forget every mask read: the task is done with them."""
         self._decoded.clear()

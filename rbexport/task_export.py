@@ -22,6 +22,7 @@ from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
 from .mask_formats import encode_mask_file
 from .mask_formats.dicom_seg import NEEDED_BY, encode_segmentation, plan_segments, segmentation_entry
+from .mask_formats.dicom_seg import working_memory as segmentation_memory
 from .mask_formats.png import planar_shape
 from .memory import process_budget
 from .model import ExportSettings, Target, TaskFailed, TaskJob, TaskOutcome, TaskResult
@@ -59,6 +60,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     targets = [target for target in settings.targets if target.name in job.targets]
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
     needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
+    needed += _segmentation_memory(job, targets, reader)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
             for target in targets:
@@ -95,6 +97,23 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
         for target in wanting:
             outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
         return 0
+
+
+def _segmentation_memory(job: TaskJob, targets: list[Target], reader: MaskReader) -> int:
+    """What encoding the task's largest DICOM SEG holds (series are encoded one at a time)."""
+    largest = 0
+    for target in targets:
+        if target.options.mask_format != "dicom-seg":
+            continue
+        try:
+            annotations = annotations_of(job.task, target.options)
+        except TaskDataError:
+            continue  # the variant's export reports it
+        for annotation in annotations:
+            for series in annotation.series:
+                voxels = reader.announced_voxels(series.get("segmentations"))
+                largest = max(largest, segmentation_memory(series, voxels))
+    return largest
 
 
 def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:

@@ -506,3 +506,19 @@ def test_changing_the_mask_format_or_a_segs_images_exports_the_tasks_again(sampl
     seg = pydicom.dcmread(out / "segmentations/Brain_001/T1.dcm")
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert image.SOPInstanceUID in referenced
+
+
+def test_a_task_reserves_the_memory_its_binary_segmentation_holds(sample_with_images, tmp_path):
+    """A BINARY SEG holds a byte per voxel and segment, and highdicom's int64 sum over segments."""
+    from rbexport.engine import run_export
+    from rbexport.memory import process_budget
+
+    tasks = json.loads((sample_with_images / "tasks.json").read_text())
+    (sample_with_images / "tasks.json").write_text(json.dumps([task for task in tasks if task["taskId"] == "task-004"]))
+    budget = process_budget()
+    budget.peak = 0
+    [report] = run_export(str(sample_with_images), str(tmp_path / "out"), ExportOptions(mask_format="dicom-seg"))
+    assert report.exported == ["task-004"]
+    voxels = 48 * 48 * 16
+    decoding = voxels * (2 + 6)  # the uint16 map and its working bytes (rbexport.memory)
+    assert budget.peak >= decoding + voxels * (8 + 3)  # and the SEG of three overlapping instances

@@ -62,6 +62,24 @@ PATIENT_AND_STUDY = (
 )
 
 
+# Bytes per voxel of a label map a SEG holds beside it while encoding: LABELMAP, the
+# segment numbers on the images' grid and their frames (2 x 16 bits); BINARY, a byte per
+# segment (the stack highdicom takes) and the int64 sum over segments highdicom makes.
+LABELMAP_BYTES_PER_VOXEL = 4
+BINARY_BYTES_PER_VOXEL = 8  # plus one per segment
+
+
+def working_memory(series: dict, voxels: int) -> int:
+    """The most a series' SEG holds while it is encoded, from its segmentMap (before decoding)."""
+    segment_map = series.get("segmentMap")
+    entries = (
+        [entry for entry in segment_map.values() if isinstance(entry, dict)] if isinstance(segment_map, dict) else []
+    )
+    if any(entry.get("overlappingGroups") for entry in entries):
+        return voxels * (BINARY_BYTES_PER_VOXEL + len(entries))
+    return voxels * LABELMAP_BYTES_PER_VOXEL
+
+
 @dataclass(frozen=True)
 class Segment:
     """One segment: its number in the SEG, what it is, and the label values that belong to it."""
