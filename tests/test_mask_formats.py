@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import bucket_tree
+from conftest import bucket_tree, copy_tree
 from PIL import Image
 
 from app.sample import AFFINE, TAXONOMY, box, nifti_bytes, write_sample_project, write_training_project
@@ -384,12 +384,19 @@ def test_dicom_seg_from_the_cli_matches_the_nifti_masks_and_references_its_image
     assert repeated.SOPInstanceUID == overlapping.SOPInstanceUID
 
 
-def test_dicom_seg_of_series_stored_the_other_way_round_matches_the_nifti_masks(run_cli, tmp_path):
-    """Half the studies' DICOM stack their slices against the label's third axis; some overlap (BINARY)."""
+def test_dicom_seg_from_s3_of_series_stored_the_other_way_round_matches_the_nifti_masks(
+    run_cli, make_bucket, seaweed, tmp_path
+):
+    """Half the studies' DICOM stack their slices against the label's third axis; some overlap
+    (BINARY). The images' headers are streamed from S3, each read up to its pixel data."""
     source, out = tmp_path / "source", tmp_path / "out"
     write_training_project(LocalStorage(source), tasks=6)
-    arguments = ["run", "--source", str(source), "--dest", str(out), "--engine", "local"]
-    result = run_cli(*arguments, "--variant", "nifti:binary_mask=true", "--variant", "seg:mask_format=dicom-seg")
+    origin = make_bucket("studies")
+    copy_tree(source, origin)
+    arguments = ["run", "--source", origin.url, "--dest", str(out), "--endpoint-url", seaweed.endpoint_url]
+    result = run_cli(
+        *arguments, "--engine", "local", "--variant", "nifti:binary_mask=true", "--variant", "seg:mask_format=dicom-seg"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert check_segmentations(out, source, "nifti", "seg", semantic=False) == 12
     types = {pydicom.dcmread(path).SegmentationType for path in (out / "seg").rglob("*.dcm")}

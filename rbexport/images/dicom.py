@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any
+from io import BytesIO, RawIOBase
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -44,7 +44,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from ..errors import TaskDataError
+from ..errors import StorageError, TaskDataError
 from .messages import listed, mm, one_line
 from .volume import ImageVolume
 
@@ -111,13 +111,32 @@ class SeriesHeaders:
 def read_dicom_headers(items: Sequence[tuple[str, bytes]]) -> SeriesHeaders:
     """One series' DICOM files, (name, bytes) in any order: their headers and grid, checked
     as `read_dicom_series` checks them; TaskDataError if they are not one series."""
-    if not items:
+    return series_headers([(name, parse_dicom_header(name, raw)) for name, raw in items])
+
+
+def parse_dicom_header(name: str, source: bytes | BinaryIO | RawIOBase) -> Dataset:
+    """A DICOM file's header, read up to its pixel data (from bytes, or a file that is read no further)."""
+    try:
+        return pydicom.dcmread(
+            BytesIO(source) if isinstance(source, bytes) else source, stop_before_pixels=True, force=True
+        )
+    except TaskDataError:
+        raise
+    except StorageError:
+        raise
+    except Exception as error:  # truncated or not DICOM at all: any exception pydicom's parser raises
+        raise TaskDataError(f"not a readable DICOM file ({one_line(error)})", name) from None
+
+
+def series_headers(headers: Sequence[tuple[str, Dataset]]) -> SeriesHeaders:
+    """The grid of one series from its files' headers, (name, header) in any order; checked
+    as `read_dicom_series` checks a series; TaskDataError if they are not one series."""
+    if not headers:
         raise TaskDataError("the series has no image files")
     datasets: list[Dataset] = []
     frames: list[Frame] = []
     where: dict[int, tuple[int, int]] = {}
-    for file_index, (name, raw) in enumerate(items):
-        dataset = _parse_header(name, raw)
+    for file_index, (name, dataset) in enumerate(headers):
         try:
             if "Rows" not in dataset or "Columns" not in dataset:
                 raise TaskDataError("not a DICOM image (no Rows or Columns)", name)
@@ -144,13 +163,6 @@ def read_dicom_headers(items: Sequence[tuple[str, bytes]]) -> SeriesHeaders:
         (columns, rows, len(ordered)),
         _affine(ordered[0], slice_spacing),
     )
-
-
-def _parse_header(name: str, raw: bytes) -> Dataset:
-    try:
-        return pydicom.dcmread(BytesIO(raw), stop_before_pixels=True, force=True)
-    except Exception as error:  # truncated or not DICOM at all: any exception pydicom's parser raises
-        raise TaskDataError(f"not a readable DICOM file ({one_line(error)})", name) from None
 
 
 # --- files ------------------------------------------------------------------------------
