@@ -61,7 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export consensus tasks as plain tasks (super truth, else first annotator)",
     )
-    run.add_argument("--uncompressed", action="store_true", help="write .nii instead of .nii.gz")
+    run.add_argument(
+        "--uncompressed", action="store_true", help="write .nii instead of .nii.gz (MetaImage: .raw, not .zraw)"
+    )
+    run.add_argument(
+        "--mask-format",
+        choices=["nifti", "png", "mhd", "dicom-seg"],
+        default="nifti",
+        help="file format of the masks: nifti (default); png (2D series only, with class_map.json); "
+        "mhd (MetaImage); dicom-seg (one DICOM SEG per series, referencing its DICOM items)",
+    )
     run.add_argument(
         "--with-images",
         action="store_true",
@@ -273,6 +282,7 @@ def _run(arguments: argparse.Namespace) -> int:
         binary_mask=arguments.binary_mask,
         no_consensus=arguments.no_consensus,
         compress=not arguments.uncompressed,
+        mask_format=arguments.mask_format,
         with_images=arguments.with_images or arguments.images_as_nifti,
         image_format="nifti" if arguments.images_as_nifti else "original",
     )

@@ -6,7 +6,7 @@ fastest codec installed), the RedBrick SDK's converter in a venv of its own, and
 export without Prefect. Inputs are generated into benchmarks/.data (kept between runs).
 The image benchmarks (`--only images`) are in benchmarks/images.py (DICOM to NIfTI) and
 benchmarks/copies.py (image copies S3 to S3); each also runs alone: `python -m benchmarks.images`,
-`python -m benchmarks.copies`.
+`python -m benchmarks.copies`. Mask formats against NIfTI (`--only formats`): benchmarks/formats.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SDK_VENV = HERE / ".sdk-venv"
 PYTHON = sys.executable
 RBEXPORT = str(Path(sys.executable).with_name("rbexport"))
 STRUCTURES = ["standard", "binary", "semantic", "semantic-binary"]
-PARTS = ["single", "images", "tiny", "six", "small", "memory"]
+PARTS = ["single", "images", "formats", "tiny", "six", "small", "memory"]
 
 
 def median_of(runs: int, measure) -> float:
@@ -440,6 +440,10 @@ def main() -> int:
         )
     if "images" in parts:
         print_image_tables(arguments.runs)
+    if "formats" in parts:
+        from benchmarks.formats import HEADERS, TITLE, bench_formats
+
+        print(table(TITLE, HEADERS, bench_formats(min(arguments.runs, 3))), flush=True)
     server = PrefectServer() if parts & {"tiny", "six", "small", "memory"} else None
     try:
         if "tiny" in parts:

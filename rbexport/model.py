@@ -13,6 +13,7 @@ from .errors import TaskDataError
 from .incremental import CaseRecord, ExportState
 from .layouts.cases import Case
 from .lease import WAIT_SECONDS
+from .mask_formats.segment_codes import SegmentCode
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
 from .storage import S3Access
@@ -52,6 +53,8 @@ class ExportSettings:
     source: str
     targets: tuple[Target, ...]
     category_numbers: Mapping[str, int] | None = None
+    category_colours: Mapping[str, tuple[int, int, int]] | None = None  # PNG and DICOM SEG masks
+    segment_codes: Mapping[str, SegmentCode] | None = None  # DICOM SEG masks
     access: S3Access = S3Access()
     allowed_buckets: tuple[str, ...] = ()
 

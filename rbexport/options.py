@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .naming import safe_name
 
 Layout = Literal["redbrick", "nnunet", "msd"]
+MaskFormat = Literal["nifti", "png", "mhd", "dicom-seg"]
+# The file each mask is written as, by mask_format (NIfTI: by compress).
+MASK_SUFFIXES = {"png": ".png", "mhd": ".mhd", "dicom-seg": ".dcm"}
 
 
 class ExportOptions(BaseModel):
@@ -33,7 +36,17 @@ class ExportOptions(BaseModel):
         description="Export consensus tasks as plain tasks, from the super truth when there "
         "is one, else from the first annotator.",
     )
-    compress: bool = Field(True, description="Write .nii.gz (true) or .nii (false).")
+    compress: bool = Field(
+        True, description="Write .nii.gz (true) or .nii (false); MetaImage: .zraw (true) or .raw (false)."
+    )
+    mask_format: MaskFormat = Field(
+        "nifti",
+        description="The file format of each mask (the structure stays the same). nifti: .nii.gz. png: "
+        "8- or 16-bit greyscale PNG, 2D series only, with class_map.json at the export root. mhd: "
+        "MetaImage (.mhd header and .zraw data). dicom-seg: one DICOM Segmentation per series, "
+        "referencing the series' DICOM images (its items); SNOMED CT codes from segment_codes.json "
+        "in the source when present.",
+    )
     with_images: bool = Field(
         False,
         description="Also put the images of every series (its items) in the export, under "
@@ -85,6 +98,11 @@ class ExportOptions(BaseModel):
     def _check_layout(self) -> ExportOptions:
         if self.layout == "redbrick":
             return self
+        if self.mask_format != "nifti":
+            raise ValueError(
+                f"the {self.layout} layout writes NIfTI labels only (its framework reads nothing else); "
+                f"mask_format {self.mask_format} is for the redbrick layout"
+            )
         for channel in self.channels or ():
             if safe_name(channel) != channel:
                 raise ValueError(f"channel {channel!r} is not a series name a task can have")
@@ -106,6 +124,9 @@ class ExportOptions(BaseModel):
 
     @property
     def mask_suffix(self) -> str:
+        """The extension of each mask file (a MetaImage's is its .mhd header)."""
+        if self.mask_format != "nifti":
+            return MASK_SUFFIXES[self.mask_format]
         return ".nii.gz" if self.compress else ".nii"
 
     def binary_for(self, has_overlaps: bool) -> bool:

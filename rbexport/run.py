@@ -20,6 +20,7 @@ from .images.export import image_references
 from .incremental import STATE_KEY, TASKS_JSON, ExportState, TaskRecord, export_roots, is_unchanged, task_fingerprint
 from .layouts.labels import training_labels
 from .lease import DestinationLease
+from .mask_formats.png import CLASS_MAP, class_map
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -32,8 +33,16 @@ from .model import (
     TaskResult,
 )
 from .naming import deduplicate, task_folder_name
+from .options import ExportOptions
 from .report import REPORT_NAME, Failure, FileRecord, RunReport
-from .source import MaskReader, SourceTask, read_category_numbers, read_tasks
+from .source import (
+    MaskReader,
+    SourceTask,
+    read_category_colours,
+    read_category_numbers,
+    read_segment_codes,
+    read_tasks,
+)
 from .storage import Location, S3Access, Storage
 from .task_export import SEGMENTATIONS_FOLDER, storage_for
 from .variants import resolve_variants
@@ -60,10 +69,13 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     variant_folders = [v.name for v in resolved] if len(resolved) > 1 else None
     check_layout(destination_location, access, variant_folders, request.replace_layout)
     category_numbers = _category_numbers(source_storage, targets)
+    formats = {target.options.mask_format for target in targets}
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
         category_numbers=category_numbers,
+        category_colours=read_category_colours(source_storage) if formats & {"png", "dicom-seg"} else None,
+        segment_codes=read_segment_codes(source_storage) if "dicom-seg" in formats else None,
         access=access,
         allowed_buckets=request.allowed_buckets,
     )
@@ -102,6 +114,11 @@ def destination_lease(
     storage = storage_for(destination.url, request.access)
     storage.check_reachable()
     return DestinationLease(storage, owner, notify)
+
+
+def _reads_images(options: ExportOptions) -> bool:
+    """Whether a variant's files depend on the image items (exported, or referenced by a DICOM SEG)."""
+    return bool(options.images) or options.mask_format == "dicom-seg"
 
 
 def check_layout(destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool) -> None:
@@ -212,7 +229,7 @@ def _decide_exports(
             plan.failures += cases[plan.target.name][1]
             plan.warnings += cases[plan.target.name][2]
     decided = []
-    wants_images = any(plan.target.options.images for plan in target_plans)
+    wants_images = any(_reads_images(plan.target.options) for plan in target_plans)
     image_versions: dict[str, str | None] = {}
     for job in jobs:
         masks = mask_references(job.task)
@@ -235,7 +252,7 @@ def _decide_exports(
                 job_cases[name] = cases[name][0][job.task_id]
                 case_ids = [case.case_id for case in job_cases[name]]
                 listed = True  # dataset.json is made from the state
-            inputs = {**versions, **image_versions} if plan.target.options.images else versions
+            inputs = {**versions, **image_versions} if _reads_images(plan.target.options) else versions
             fingerprint = task_fingerprint(job.task, job.folder, inputs, plan.target.options, case_ids)
             plan.fingerprints[job.task_id] = fingerprint
             record = plan.state.tasks.get(job.task_id)
@@ -300,14 +317,11 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
         + [notice for job in plan.tasks if job.task_id in results for notice in results[job.task_id].warnings],
         files=[record for job in plan.tasks if job.task_id in results for record in results[job.task_id].files],
     )
-    tasks_json = (
-        None if target.options.dataset else _publish_tasks_json(destination, plan, target_plan, results, report)
-    )
+    indexes = {} if target.options.dataset else _publish_tasks_json(destination, plan, target_plan, results, report)
 
     state = _next_state(target_plan, results, failures, plan.source_task_ids)
     state.images = bool(target.options.images) and not target.options.dataset
-    if tasks_json is not None:
-        state.indexes[TASKS_JSON] = tasks_json
+    state.indexes.update(indexes)
     if target.options.dataset:
         # Files a re-exported task no longer writes would be cases dataset.json does not list:
         # prune them at once (every task of the state kept).
@@ -330,20 +344,31 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
 
 def _publish_tasks_json(
     destination: Storage, plan: RunPlan, target_plan: TargetPlan, results: dict[str, TaskResult], report: RunReport
-) -> str:
+) -> dict[str, str]:
     """tasks.json: the entry of every task exported now or skipped as unchanged, in source
-    order. Returns its checksum (`sha256:<hex>`), for the state."""
+    order (and before it, for PNG masks, class_map.json). Returns their checksums
+    (`sha256:<hex>`), for the state."""
     entries = [
         results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
         for job in plan.tasks
         if job.task_id in results or job.task_id in target_plan.skipped
     ]
+    options = target_plan.target.options
+    indexes: dict[str, str] = {}
+    if options.mask_format == "png":  # what the values mean, before tasks.json points at the files
+        settings = plan.settings
+        mapping = class_map(entries, options.semantic_mask, settings.category_numbers, settings.category_colours)
+        class_map_record = FileRecord.of(CLASS_MAP, mapping)
+        destination.write(CLASS_MAP, mapping, class_map_record.sha256)
+        report.files.append(class_map_record)
+        indexes[CLASS_MAP] = f"sha256:{class_map_record.sha256}"
     tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     record = FileRecord.of(TASKS_JSON, tasks_json)
     if tasks_json != target_plan.previous_tasks_json:
         destination.write(TASKS_JSON, tasks_json, record.sha256)
         report.files.append(record)
-    return f"sha256:{record.sha256}"
+    indexes[TASKS_JSON] = f"sha256:{record.sha256}"
+    return indexes
 
 
 def _next_state(

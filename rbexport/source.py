@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 
 from .errors import ConfigurationError, ObjectNotFoundError, TaskDataError
+from .mask_formats.colours import taxonomy_colours
+from .mask_formats.segment_codes import SEGMENT_CODES_FILE, SegmentCode, parse_segment_codes
 from .memory import volume_bytes
 from .nifti import LabelMap, peek_volume, read_label_map
 from .storage import Location, S3Access, Storage, normalize_key, open_storage
@@ -89,6 +91,20 @@ def read_category_numbers(source: Storage, needed_by: str = "a semantic export")
     return category_numbers(_read_json(source, TAXONOMY_FILE), source.url_of(TAXONOMY_FILE))
 
 
+def read_category_colours(source: Storage) -> dict[str, tuple[int, int, int]]:
+    """The taxonomy's category colours, when the source has a taxonomy.json ({} when not)."""
+    if not source.exists(TAXONOMY_FILE):
+        return {}
+    return taxonomy_colours(_read_json(source, TAXONOMY_FILE))
+
+
+def read_segment_codes(source: Storage) -> dict[str, SegmentCode]:
+    """The source's segment_codes.json (DICOM SEG codes by category), {} when it has none."""
+    if not source.exists(SEGMENT_CODES_FILE):
+        return {}
+    return parse_segment_codes(_read_json(source, SEGMENT_CODES_FILE), source.url_of(SEGMENT_CODES_FILE))
+
+
 def _read_json(source: Storage, key: str) -> object:
     try:
         return json.loads(source.read(key))
@@ -136,6 +152,12 @@ class MaskReader:
             volume = peek_volume(self._downloaded[reference])
             needed += volume_bytes(*volume) if volume else 0
         return needed
+
+    def announced_voxels(self, reference: object) -> int:
+        """The voxels a fetched (not yet decoded) mask's header announces; 0 when unknown."""
+        raw = self._downloaded.get(reference) if isinstance(reference, str) else None
+        volume = peek_volume(raw) if raw else None
+        return volume[0] if volume else 0
 
     def release(self) -> None:
         """Forget every mask read: the task is done with them."""

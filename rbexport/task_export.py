@@ -20,10 +20,16 @@ from .annotations import annotations_of, assemble_task
 from .dataset_export import case_annotation, export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
+from .mask_formats import encode_mask_file
+from .mask_formats.dicom_seg import NEEDED_BY, encode_segmentation, plan_segments, segmentation_entry
+from .mask_formats.dicom_seg import working_memory as segmentation_memory
+from .mask_formats.png import planar_shape
 from .memory import process_budget
 from .model import ExportSettings, Target, TaskFailed, TaskJob, TaskOutcome, TaskResult
-from .nifti import LabelMap, encode_fill, mask_header
+from .nifti import LabelMap, mask_header
+from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
+from .segment_map import parse_segment_map
 from .source import MaskReader
 from .storage import Location, S3Access, Storage, open_storage
 from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
@@ -40,6 +46,7 @@ class _PlannedSeries:
     reference: str
     label_map: LabelMap
     export: SeriesExport
+    encoded: tuple[tuple[str, bytes], ...] = ()  # files already encoded (a DICOM SEG)
 
 
 def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
@@ -53,6 +60,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     targets = [target for target in settings.targets if target.name in job.targets]
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
     needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
+    needed += _segmentation_memory(job, targets, reader)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
             for target in targets:
@@ -76,15 +84,36 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
 
     A missing or unreadable item fails those variants at once, before anything is written.
     """
-    wanting = [target for target in targets if target.options.images]
+    wanting = [target for target in targets if target.options.images or target.options.mask_format == "dicom-seg"]
     if not wanting:
         return 0
-    try:
-        return images.check(convert=any(target.options.images == "nifti" for target in wanting))  # datasets too
+    try:  # a DICOM SEG holds its series' items while it reads their headers
+        return images.check(
+            convert=any(
+                target.options.images == "nifti" or target.options.mask_format == "dicom-seg" for target in wanting
+            )
+        )  # datasets too
     except TaskDataError as error:
         for target in wanting:
             outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
         return 0
+
+
+def _segmentation_memory(job: TaskJob, targets: list[Target], reader: MaskReader) -> int:
+    """What encoding the task's largest DICOM SEG holds (series are encoded one at a time)."""
+    largest = 0
+    for target in targets:
+        if target.options.mask_format != "dicom-seg":
+            continue
+        try:
+            annotations = annotations_of(job.task, target.options)
+        except TaskDataError:
+            continue  # the variant's export reports it
+        for annotation in annotations:
+            for series in annotation.series:
+                voxels = reader.announced_voxels(series.get("segmentations"))
+                largest = max(largest, segmentation_memory(series, voxels))
+    return largest
 
 
 def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
@@ -131,9 +160,23 @@ def _export_variant(
             paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", options.mask_suffix)
             try:
                 export = export_series(series, reader.index(reference), paths, options, settings.category_numbers)
+                encoded: tuple[tuple[str, bytes], ...] = ()
+                if options.mask_format == "dicom-seg":
+                    export, encoded = _segmentation(
+                        export,
+                        series,
+                        reader.index(reference),
+                        label_map,
+                        images,
+                        position,
+                        name,
+                        paths,
+                        target,
+                        settings,
+                    )
             except TaskDataError as error:
                 raise TaskDataError(error.reason, error.file or reference) from None
-            planned.append(_PlannedSeries(reference, label_map, export))
+            planned.append(_PlannedSeries(reference, label_map, export, encoded))
             exported_series.append(export.series)
             prefix = f"{annotation.label}, " if annotation.label != "task" else ""
             warnings += [Notice(job.task_id, reference, f"{prefix}series {name}: {text}") for text in export.warnings]
@@ -141,10 +184,11 @@ def _export_variant(
     entry, task_warnings = assemble_task(job.task, options, exported_annotations)
     warnings += [Notice(job.task_id, None, text) for text in task_warnings]
     _refuse_colliding_paths(planned)
+    _check_mask_format(planned, options)
     image_plan = images.plan(options.images, options.compress, labels) if options.images else None
 
     destination = storage_for(target.root, settings.access)
-    files = _write_files(destination, planned, options.compress)
+    files = _write_files(destination, planned, options)
     if image_plan is not None:
         entry = with_image_items(entry, image_plan.items)
         files += images.write(destination, image_plan)
@@ -167,28 +211,86 @@ def _export_dataset(
     return TaskResult(job.position, job.task_id, {}, files, warnings, cases)
 
 
-def _write_files(destination: Storage, planned: list[_PlannedSeries], compress: bool) -> list[FileRecord]:
+def _segmentation(
+    export: SeriesExport,
+    series: dict,
+    index,
+    label_map: LabelMap,
+    images: TaskImages,
+    position: int,
+    name: str,
+    paths: SeriesPaths,
+    target: Target,
+    settings: ExportSettings,
+) -> tuple[SeriesExport, tuple[tuple[str, bytes], ...]]:
+    """A series as one DICOM SEG (its structure's masks as segments): its entry and its file."""
+    segments = plan_segments(
+        parse_segment_map(series.get("segmentMap")), index, target.options.semantic_mask, settings.category_numbers
+    )
+    entry = segmentation_entry(export.series, paths.label_map if segments else None, segments)
+    if not segments:
+        return SeriesExport(entry, [], [*export.warnings, "no annotated voxels: no DICOM SEG written"]), ()
+    headers = images.dicom_headers(position, name, NEEDED_BY)
+    data = encode_segmentation(
+        segments,
+        index,
+        label_map,
+        headers,
+        name,
+        f"{target.name}:{paths.label_map}",
+        settings.category_colours,
+        settings.segment_codes,
+    )
+    return SeriesExport(entry, [], export.warnings), ((paths.label_map, data),)
+
+
+def _check_mask_format(planned: list[_PlannedSeries], options: ExportOptions) -> None:
+    """Refuse, before anything is written, a series its mask format cannot hold (3D to PNG)."""
+    if options.mask_format != "png":
+        return
+    for item in planned:
+        try:
+            planar_shape(item.label_map.header)
+        except TaskDataError as error:
+            raise TaskDataError(error.reason, item.reference) from None
+
+
+def _write_files(destination: Storage, planned: list[_PlannedSeries], options: ExportOptions) -> list[FileRecord]:
     """Encode, compress and store every file, several at once (the codecs release the GIL)."""
     heads: dict[tuple[int, type | np.dtype], bytes] = {}
     work = []
     for item in planned:
         for mask_file in item.export.files:
-            key = (id(item.label_map), mask_file.fill.dtype)
-            if key not in heads:
-                heads[key] = mask_header(item.label_map.header, mask_file.fill.dtype)
-            work.append((mask_file, item.label_map.header, heads[key]))
+            head = None
+            if options.mask_format == "nifti":
+                key = (id(item.label_map), mask_file.fill.dtype)
+                if key not in heads:
+                    heads[key] = mask_header(item.label_map.header, mask_file.fill.dtype)
+                head = heads[key]
+            work.append((mask_file, item.label_map.header, head))
     pool = _file_pool()
     futures = [
-        pool.submit(_write_file, destination, mask_file, header, head, compress) for mask_file, header, head in work
+        pool.submit(_write_file, destination, mask_file, header, head, options) for mask_file, header, head in work
     ]
-    return [future.result() for future in futures]
+    futures += [pool.submit(_store, destination, path, data) for item in planned for path, data in item.encoded]
+    return [record for future in futures for record in future.result()]
 
 
-def _write_file(destination: Storage, mask_file: MaskFile, header, head: bytes, compress: bool) -> FileRecord:
-    data = encode_fill(mask_file.fill, header, compress, head)
-    record = FileRecord.of(mask_file.path, data)
-    destination.write(mask_file.path, data, record.sha256)
-    return record
+def _store(destination: Storage, path: str, data: bytes) -> list[FileRecord]:
+    record = FileRecord.of(path, data)
+    destination.write(path, data, record.sha256)
+    return [record]
+
+
+def _write_file(
+    destination: Storage, mask_file: MaskFile, header, head: bytes | None, options: ExportOptions
+) -> list[FileRecord]:
+    records = []
+    for path, data in encode_mask_file(mask_file, header, options, head):
+        record = FileRecord.of(path, data)
+        destination.write(path, data, record.sha256)
+        records.append(record)
+    return records
 
 
 @lru_cache(maxsize=1)
@@ -206,10 +308,10 @@ def _file_pool() -> ThreadPoolExecutor:
 def _refuse_colliding_paths(planned: list[_PlannedSeries]) -> None:
     seen: set[str] = set()
     for item in planned:
-        for mask_file in item.export.files:
-            if mask_file.path in seen:
-                raise TaskDataError(f"two series would both write {mask_file.path}; rename one of them", item.reference)
-            seen.add(mask_file.path)
+        for path in [mask_file.path for mask_file in item.export.files] + [path for path, _ in item.encoded]:
+            if path in seen:
+                raise TaskDataError(f"two series would both write {path}; rename one of them", item.reference)
+            seen.add(path)
 
 
 @lru_cache(maxsize=64)

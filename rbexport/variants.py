@@ -18,7 +18,8 @@ from .options import ExportOptions
 
 
 class Preset(StrEnum):
-    """Named structures; with them, `no_consensus` and `compress` come from the run's options."""
+    """Named structures; with them, `no_consensus`, `compress` and `mask_format` (with the
+    image options) come from the run's options: a preset changes the structure, not the file format."""
 
     standard = "standard"
     binary = "binary"

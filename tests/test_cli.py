@@ -194,6 +194,7 @@ def test_options_reach_the_export(run_cli, sample_source, tmp_path):
         "binary_mask": True,
         "no_consensus": True,
         "compress": False,
+        "mask_format": "nifti",
         "with_images": False,
         "image_format": "original",
         **NO_DATASET,

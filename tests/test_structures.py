@@ -840,6 +840,7 @@ def test_report_lists_counts_files_with_sha256_options_and_time(tmp_path):
         "binary_mask": None,
         "no_consensus": False,
         "compress": True,
+        "mask_format": "nifti",
         "with_images": False,
         "image_format": "original",
         **NO_DATASET,

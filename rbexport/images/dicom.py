@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any
+from io import BytesIO, RawIOBase
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -44,7 +44,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from ..errors import TaskDataError
+from ..errors import StorageError, TaskDataError
 from .messages import listed, mm, one_line
 from .volume import ImageVolume
 
@@ -92,6 +92,77 @@ def read_dicom_series(items: Sequence[tuple[str, bytes]]) -> ImageVolume:
         return ImageVolume(_voxels(frames)[:, :, 0], _affine(frames[0], slice_spacing=1.0), modality)
     ordered, slice_spacing = _ordered_along_normal(frames)
     return ImageVolume(_voxels(ordered), _affine(ordered[0], slice_spacing), modality)
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesHeaders:
+    """A DICOM series' headers and voxel grid, without its pixels (what a DICOM SEG references).
+
+    `slices[k]` is (file index, frame index) of slice k in the order `read_dicom_series`
+    stacks them (along the slice normal); `shape` and `affine` are that volume's grid.
+    """
+
+    datasets: list[Dataset]  # one per file, pixel data not read
+    slices: list[tuple[int, int]]
+    shape: tuple[int, ...]  # (columns, rows) or (columns, rows, slices)
+    affine: np.ndarray  # RAS+
+
+
+def read_dicom_headers(items: Sequence[tuple[str, bytes]]) -> SeriesHeaders:
+    """One series' DICOM files, (name, bytes) in any order: their headers and grid, checked
+    as `read_dicom_series` checks them; TaskDataError if they are not one series."""
+    return series_headers([(name, parse_dicom_header(name, raw)) for name, raw in items])
+
+
+def parse_dicom_header(name: str, source: bytes | BinaryIO | RawIOBase) -> Dataset:
+    """A DICOM file's header, read up to its pixel data (from bytes, or a file that is read no further)."""
+    try:
+        return pydicom.dcmread(
+            BytesIO(source) if isinstance(source, bytes) else source, stop_before_pixels=True, force=True
+        )
+    except TaskDataError:
+        raise
+    except StorageError:
+        raise
+    except Exception as error:  # truncated or not DICOM at all: any exception pydicom's parser raises
+        raise TaskDataError(f"not a readable DICOM file ({one_line(error)})", name) from None
+
+
+def series_headers(headers: Sequence[tuple[str, Dataset]]) -> SeriesHeaders:
+    """The grid of one series from its files' headers, (name, header) in any order; checked
+    as `read_dicom_series` checks a series; TaskDataError if they are not one series."""
+    if not headers:
+        raise TaskDataError("the series has no image files")
+    datasets: list[Dataset] = []
+    frames: list[Frame] = []
+    where: dict[int, tuple[int, int]] = {}
+    for file_index, (name, dataset) in enumerate(headers):
+        try:
+            if "Rows" not in dataset or "Columns" not in dataset:
+                raise TaskDataError("not a DICOM image (no Rows or Columns)", name)
+            count = int(dataset.get("NumberOfFrames") or 1)
+            blank = np.broadcast_to(np.uint16(0), (int(dataset.Rows), int(dataset.Columns)))
+            for index in range(count):
+                frame = _frame(dataset, name, index, count, blank)
+                where[id(frame)] = (file_index, index)
+                frames.append(frame)
+        except TaskDataError:
+            raise
+        except Exception as error:  # pydicom raises many kinds on malformed values
+            raise TaskDataError(f"unreadable DICOM header ({one_line(error)})", name) from None
+        datasets.append(dataset)
+    _check_one_series(frames)
+    _check_same_format(frames)
+    rows, columns = frames[0].stored.shape
+    if len(frames) == 1:
+        return SeriesHeaders(datasets, [where[id(frames[0])]], (columns, rows), _affine(frames[0], 1.0))
+    ordered, slice_spacing = _ordered_along_normal(frames)
+    return SeriesHeaders(
+        datasets,
+        [where[id(frame)] for frame in ordered],
+        (columns, rows, len(ordered)),
+        _affine(ordered[0], slice_spacing),
+    )
 
 
 # --- files ------------------------------------------------------------------------------

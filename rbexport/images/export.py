@@ -14,17 +14,23 @@ label the same images). `TaskImages` serves one task for every variant of a run:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
-from ..errors import ObjectNotFoundError, TaskDataError
+from pydicom.dataset import Dataset
+
+from ..errors import ObjectNotFoundError, TaskDataError, TransientStorageError
 from ..naming import image_file_names, series_names
 from ..nifti import LabelMap
 from ..report import FileRecord
 from ..storage import Storage
+from .dicom import SeriesHeaders, parse_dicom_header, series_headers
 from .geometry import onto_label_grid
-from .read import read_image_series
+from .messages import one_line
+from .read import KIND_NAMES, SNIFF_BYTES, item_kind, read_image_series
 from .volume import ImageVolume, encode_nifti
 
 IMAGES_FOLDER = "images"
@@ -101,6 +107,7 @@ class TaskImages:
         self._sizes: dict[str, int] = dict(known_sizes or {})
         self._converted: dict[tuple[int, bool], bytes] = {}
         self._volumes: dict[tuple[int, int | None], ImageVolume] = {}
+        self._headers: dict[int, SeriesHeaders] = {}
 
     def check(self, convert: bool) -> int:
         """Find every item (those the source's listing did not show are looked up); the
@@ -167,6 +174,43 @@ class TaskImages:
             self._volumes[key] = volume
         return self._volumes[key]
 
+    def dicom_headers(self, position: int, name: str, needed_by: str) -> SeriesHeaders:
+        """The DICOM headers and grid of the series at `position` (called `name`), read once;
+        TaskDataError when it has no items or they are not DICOM (`needed_by` says what needs them).
+
+        Each item is read only up to its pixel data (streamed: a CT series' hundreds of
+        megabytes of pixels are never downloaded for its headers)."""
+        if position not in self._headers:
+            series = next((item for item in self.series if item.position == position), None)
+            if series is None:
+                raise TaskDataError(f"series {name} has no image items: {needed_by} references its DICOM images")
+
+            def header(reference: str) -> tuple[str, Dataset]:
+                return reference, self._dicom_header(reference, name, needed_by)
+
+            self._headers[position] = series_headers(list(self.pool.map(header, series.references)))
+        return self._headers[position]
+
+    def _dicom_header(self, reference: str, name: str, needed_by: str) -> Dataset:
+        storage, key = self._locate(reference)
+        try:
+            stream = storage.open(key)
+        except ObjectNotFoundError:
+            raise TaskDataError("image item not found", reference) from None
+        try:
+            head = _StreamHead(stream, storage.url_of(key))
+            kind = item_kind(reference, head.read(SNIFF_BYTES))
+            if kind != "dicom":
+                raise TaskDataError(
+                    f"series {name}: its images are {KIND_NAMES[kind]}, not DICOM; {needed_by} references "
+                    "DICOM images (export this series with another mask_format)",
+                    reference,
+                )
+            head.seek(0)
+            return parse_dicom_header(reference, head)
+        finally:
+            stream.close()
+
     def _read(self, reference: str) -> bytes:
         storage, key = self._locate(reference)
         try:
@@ -183,6 +227,56 @@ class TaskImages:
     def release(self) -> None:
         self._converted.clear()
         self._volumes.clear()
+        self._headers.clear()
+
+
+class _StreamHead(io.RawIOBase):
+    """A stream read from the start as a seekable file: what was read is kept, nothing more is
+    fetched than a reader asks for (pydicom stops at the pixel data)."""
+
+    CHUNK = 16 * 1024  # a header is a few kB; pixel data starts after it
+
+    def __init__(self, stream: BinaryIO, url: str) -> None:
+        self.stream = stream
+        self.url = url
+        self.data = bytearray()
+        self.position = 0
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            self._fill(None)
+            offset += len(self.data)
+        elif whence == io.SEEK_CUR:
+            offset += self.position
+        self.position = max(0, offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        self._fill(self.position + len(buffer))
+        piece = self.data[self.position : self.position + len(buffer)]
+        buffer[: len(piece)] = piece
+        self.position += len(piece)
+        return len(piece)
+
+    def _fill(self, upto: int | None) -> None:
+        while not self.ended and (upto is None or len(self.data) < upto):
+            try:
+                chunk = self.stream.read(self.CHUNK)
+            except Exception as error:  # the store's stream broke off (a reset, a timeout): try again later
+                raise TransientStorageError(f"reading {self.url} broke off ({one_line(error)})") from None
+            if not chunk:
+                self.ended = True
+            self.data += chunk
 
 
 def _store(destination: Storage, path: str, data: bytes) -> FileRecord:

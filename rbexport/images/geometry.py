@@ -45,6 +45,17 @@ def onto_label_grid(
     return ImageVolume(reoriented, label_affine.copy(), image.modality, image.scaling)
 
 
+def axis_mapping(
+    shape: tuple[int, ...], affine: np.ndarray, target_shape: tuple[int, ...], target_affine: np.ndarray
+) -> tuple[list[int], list[bool]] | None:
+    """How a grid of the same rank lies on a target grid: for each target axis, the axis of
+    `shape` that runs along it and whether it runs backwards; None when it does not lie on it."""
+    if len(shape) != len(target_shape):
+        return None
+    target_shape = tuple(int(size) for size in target_shape)
+    return _axis_mapping(tuple(int(size) for size in shape), affine, target_shape, np.asarray(target_affine, float))
+
+
 def _with_rank(data: np.ndarray, rank: int) -> np.ndarray | None:
     """`data` with `rank` axes: a 2D image gets a last axis of size 1, or loses it; None if it cannot."""
     if data.ndim == rank:
@@ -105,6 +116,11 @@ def _same_step(column: np.ndarray, label_column: np.ndarray) -> bool:
 def _unit(vector: np.ndarray) -> np.ndarray:
     length = np.linalg.norm(vector)
     return vector / length if length else vector
+
+
+def grid_description(shape: tuple[int, ...], affine: np.ndarray) -> str:
+    """A grid as the reasons name it (see `_grid`)."""
+    return _grid(shape, affine)
 
 
 def _grid(shape: tuple[int, ...], affine: np.ndarray) -> str:

@@ -38,6 +38,7 @@ class SeriesPaths:
 class MaskFile:
     path: str
     fill: Fill  # writes its voxels into a zeroed array when the file is written
+    binary: bool = False  # a 0/1 instance or category file (PNG writes it as 0/255)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def instance_structure(
         instance.id: paths.instance(instance.id) for instance in instances if instance_voxels(instance, index.counts)
     }
     files = [label_map] + [
-        MaskFile(instance_files[instance.id], selection(index, instance.values))
+        MaskFile(instance_files[instance.id], selection(index, instance.values), binary=True)
         for instance in instances
         if instance.id in instance_files
     ]

@@ -50,7 +50,7 @@ def semantic_structure(
             members = sorted(values_of_category[number])
             if any(counts[value] for value in members if value < len(counts)):
                 category_files[number] = paths.category(number)
-                files.append(MaskFile(category_files[number], selection(index, members)))
+                files.append(MaskFile(category_files[number], selection(index, members), binary=True))
 
     segment_map = {
         str(number): without_overlap_fields(first_instance[number].entry, category_files.get(number))

@@ -1,0 +1,157 @@
+"""Mask formats against NIfTI: `python -m benchmarks.formats [--runs N]` (or `python -m benchmarks --only formats`).
+
+Inputs (generated once into benchmarks/.data/): the CT task of the other benchmarks
+(512x512x300 uint16, 20 instances, 5 of them overlapping, so the standard structure writes
+the label map and 20 instance files, and DICOM SEG is BINARY), with a 300-slice DICOM
+series on its grid as its items; the same task with each overlap given to one instance
+(no overlaps: one NIfTI file, and a LABELMAP SEG); and 200 small 2D tasks (256x256, 3 instances) for PNG,
+which is 2D only. Each figure is the median of `runs` exports of the standard structure
+with the local engine and one worker, every format measured in the same run as its
+NIfTI baseline; the peak RSS is the CLI's (`benchmarks.rss`), once per format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data"
+CT_WITH_IMAGES = DATA / "ct-with-dicom-1"
+CT_NO_OVERLAP = DATA / "ct-no-overlap-with-dicom-1"
+SMALL_2D = DATA / "small-2d-200"
+
+
+def ct_with_images() -> Path:
+    """The CT task, its DICOM series (zero-valued pixels: only headers matter) on its label's grid."""
+    if (CT_WITH_IMAGES / "done").exists():
+        return CT_WITH_IMAGES
+    import numpy as np
+
+    from app.sample_images import dicom_series_on_grid
+    from benchmarks.data import CT_SHAPE, write_ct_project
+
+    shutil.rmtree(CT_WITH_IMAGES, ignore_errors=True)
+    write_ct_project(CT_WITH_IMAGES, 1)
+    tasks = json.loads((CT_WITH_IMAGES / "tasks.json").read_text())
+    slices = dicom_series_on_grid(np.zeros(CT_SHAPE, np.int16), np.diag([0.7, 0.7, 1.25, 1.0]), patient_id="CT^BENCH")
+    (CT_WITH_IMAGES / "images").mkdir()
+    for name, raw in slices:
+        (CT_WITH_IMAGES / "images" / name).write_bytes(raw)
+    tasks[0]["series"][0]["items"] = [f"images/{name}" for name, _ in slices]
+    (CT_WITH_IMAGES / "tasks.json").write_text(json.dumps(tasks))
+    (CT_WITH_IMAGES / "done").touch()
+    return CT_WITH_IMAGES
+
+
+def ct_without_overlaps() -> Path:
+    """The CT task with every overlap given to the earlier instance: a LABELMAP SEG (same images)."""
+    if (CT_NO_OVERLAP / "done").exists():
+        return CT_NO_OVERLAP
+    import numpy as np
+
+    from benchmarks.data import ct_label_map, nifti_gz
+
+    source = ct_with_images()
+    shutil.rmtree(CT_NO_OVERLAP, ignore_errors=True)
+    shutil.copytree(source, CT_NO_OVERLAP)
+    volume, segment_map = ct_label_map(seed=0)
+    for group in np.unique(volume[volume >= 1000]):
+        volume[volume == group] = group - 1000 - 1  # group 1000 + i: instances i - 1 and i overlap
+    for entry in segment_map.values():
+        entry.pop("overlappingGroups", None)
+    (CT_NO_OVERLAP / "masks/ct-000.nii.gz").write_bytes(nifti_gz(volume))
+    tasks = json.loads((CT_NO_OVERLAP / "tasks.json").read_text())
+    tasks[0]["series"][0]["segmentMap"] = segment_map
+    (CT_NO_OVERLAP / "tasks.json").write_text(json.dumps(tasks))
+    return CT_NO_OVERLAP
+
+
+def small_2d() -> Path:
+    if not (SMALL_2D / "tasks.json").exists():
+        from benchmarks.data import write_small_project
+
+        shutil.rmtree(SMALL_2D, ignore_errors=True)
+        write_small_project(SMALL_2D, 200)
+    return SMALL_2D
+
+
+def export_seconds(source: Path, mask_format: str) -> float:
+    from rbexport.engine import run_export
+    from rbexport.options import ExportOptions
+
+    out = Path(tempfile.mkdtemp(prefix="rbexport-formats-bench-"))
+    try:
+        started = time.perf_counter()
+        [report] = run_export(
+            str(source), str(out), ExportOptions(mask_format=mask_format), incremental=False, workers=1
+        )
+        seconds = time.perf_counter() - started
+        if not report.succeeded:
+            raise RuntimeError(f"{mask_format} export failed: {report.failures}")
+        return seconds
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def peak_rss_mb(source: Path, mask_format: str) -> float:
+    out = Path(tempfile.mkdtemp(prefix="rbexport-formats-rss-"))
+    try:
+        command = [sys.executable, "-m", "benchmarks.rss", "run", "--source", str(source), "--dest", str(out)]
+        command += ["--mask-format", mask_format, "--engine", "local", "--workers", "1", "--full"]
+        result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=HERE.parent)
+        return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss"] / 1024**2
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_formats(runs: int = 3) -> list[list[str]]:
+    """Rows: input, format, seconds, vs NIfTI, peak RSS."""
+    rows = []
+    for label, source, formats in (
+        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg"]),
+        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg"]),
+        ("200 2D tasks 256x256", small_2d(), ["nifti", "png", "mhd"]),
+    ):
+        export_seconds(source, "dicom-seg" if "dicom-seg" in formats else formats[1])  # warm imports and caches
+        seconds: dict[str, list[float]] = {name: [] for name in formats}
+        for _ in range(runs):  # interleaved, so a busy moment of the machine hits every format alike
+            for name in formats:
+                seconds[name].append(export_seconds(source, name))
+        medians = {name: statistics.median(times) for name, times in seconds.items()}
+        for name in formats:
+            rows.append(
+                [
+                    label,
+                    name,
+                    f"{medians[name]:.2f}",
+                    f"{medians[name] / medians['nifti']:.2f}x",
+                    f"{peak_rss_mb(source, name):.0f}",
+                ]
+            )
+    return rows
+
+
+HEADERS = ["input", "mask_format", "seconds", "vs nifti", "peak RSS MB"]
+TITLE = "Mask formats, standard structure, local engine, one worker (median seconds)"
+
+
+def main() -> int:
+    from benchmarks.__main__ import table
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.formats", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median); default 3")
+    arguments = parser.parse_args()
+    print(table(TITLE, HEADERS, bench_formats(arguments.runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
