@@ -21,13 +21,19 @@ from pathlib import Path
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-# Prefect's server on SQLite runs most transactions DEFERRED; under load (its services and a
-# busy test writing at once) one of them fails at once with this when it wants to write, and
-# the service logs it and tries again on its next loop. SQLite's single writer, not a fault of
-# the versions installed, which is what the log check is for: the tests' own assertions see
-# whatever such a miss breaks. (PostgreSQL would avoid it; the one that installs from the
-# registry, pgserver, lacks the pg_trgm extension Prefect's migrations need.)
-SQLITE_LOCKED = "(sqlite3.OperationalError) database is locked"
+# Tracebacks Prefect 3.8.8's server logs under load that are its own, not a sign of the
+# dependency breakage the log check is for; the tests' own assertions see whatever such a
+# miss breaks, and each becomes a pytest warning instead of a failure:
+# - SQLite runs most of Prefect's transactions DEFERRED; when its services and a busy test
+#   write at once, one fails at once with "database is locked" and is tried again on the
+#   service's next loop. (PostgreSQL would avoid it; the one that installs from the
+#   registry, pgserver, lacks the pg_trgm extension Prefect's migrations need.)
+# - An events client that reconnects under load sends its auth message to a socket the
+#   server accepted in legacy mode, which reads it as an Event ("4 validation errors").
+KNOWN_SERVER_NOISE = {
+    "(sqlite3.OperationalError) database is locked": "SQLite's single writer",
+    "input_value={'type': 'auth', 'token': None}": "an events client's auth message read as an event",
+}
 _CHAINED = (
     "The above exception was the direct cause of the following exception:",
     "During handling of the above exception, another exception occurred:",
@@ -63,7 +69,7 @@ class PrefectServer:
         self.scheduler_loop_seconds = scheduler_loop_seconds
         self.process: subprocess.Popen | None = None
         self._checked = 0
-        self.locked = 0  # SQLite lock errors the server logged (see logged_errors)
+        self.noise = 0  # tracebacks of KNOWN_SERVER_NOISE the server logged
 
     @property
     def api_url(self) -> str:
@@ -124,13 +130,13 @@ class PrefectServer:
 
     def new_tracebacks(self) -> str:
         """What the log gained since the last call, when that holds a traceback other than
-        SQLite's `database is locked` (counted in `locked`); else ''."""
+        the KNOWN_SERVER_NOISE (those are counted in `noise`); else ''."""
         text = self.log()
         gained, self._checked = text[self._checked :], len(text)
         errors = logged_errors(gained)
-        locked = [error for error in errors if SQLITE_LOCKED in error[-1]]
-        self.locked += len(locked)
-        return gained if len(errors) > len(locked) else ""
+        noise = [error for error in errors if any(known in error[-1] for known in KNOWN_SERVER_NOISE)]
+        self.noise += len(noise)
+        return gained if len(errors) > len(noise) else ""
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -156,8 +156,7 @@ def test_a_stuck_shutdown_still_ends_after_the_grace_period(tmp_path):
         "import sys, time\n"
         "from deployments.serve import stop_within\n"
         "stop_within(2, lambda: print('runs marked', flush=True))\n"
-        "print('serving', flush=True)\n"
-        "try:\n    time.sleep(60)\n"
+        "try:\n    print('serving', flush=True)\n    time.sleep(60)\n"
         "except KeyboardInterrupt:\n    time.sleep(60)  # a shutdown that never ends\n"
     )
     process = subprocess.Popen(
