@@ -390,18 +390,29 @@ class LocalStorage(Storage):
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Every compare-and-swap on this root, one at a time across processes: an flock on
-        the root folder itself (no file of ours beside the export)."""
+        the root folder itself (no file of ours beside the export). A release that removed
+        the (empty) root meanwhile makes the next one lock the folder made anew."""
         import fcntl
 
-        try:
-            if not self.root.exists():
-                self.root.mkdir(parents=True, exist_ok=True)
-                self._made_root = True
-            handle = os.open(self.root, os.O_RDONLY)
-        except OSError as error:
-            raise ConfigurationError(f"cannot use {self.root}: {error.strerror or error}") from None
-        try:
+        while True:
+            try:
+                if not self.root.exists():
+                    self.root.mkdir(parents=True, exist_ok=True)
+                    self._made_root = True
+                handle = os.open(self.root, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # removed between the two steps: make it again
+            except OSError as error:
+                raise ConfigurationError(f"cannot use {self.root}: {error.strerror or error}") from None
             fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                still_there = os.stat(self.root).st_ino == os.fstat(handle).st_ino
+            except FileNotFoundError:
+                still_there = False
+            if still_there:
+                break
+            os.close(handle)  # locked a folder that was removed meanwhile: lock the one there now
+        try:
             yield
         finally:
             os.close(handle)

@@ -214,22 +214,26 @@ def test_a_writer_that_waited_too_long_exits_2_naming_the_holder(
 def test_one_holder_at_a_time_among_racing_writers(tmp_path):
     """Eight threads take a folder's lease at once, repeatedly: never two holders."""
     storage = LocalStorage(tmp_path / "export")
-    holders, overlaps = [], []
+    holders, overlaps, errors = [], [], []
 
     def writer() -> None:
-        for _ in range(5):
-            with DestinationLease(storage, seconds=1).held(timeout=60):
-                holders.append(threading.get_ident())
-                if len(holders) > 1:
-                    overlaps.append(list(holders))
-                time.sleep(0.01)
-                holders.remove(threading.get_ident())
+        try:
+            for _ in range(5):
+                with DestinationLease(storage, seconds=1).held(timeout=60):
+                    holders.append(threading.get_ident())
+                    if len(holders) > 1:
+                        overlaps.append(list(holders))
+                    time.sleep(0.01)
+                    holders.remove(threading.get_ident())
+        except Exception as error:  # noqa: BLE001 - a writer that failed is the test's failure
+            errors.append(repr(error))
 
     threads = [threading.Thread(target=writer) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert errors == []
     assert overlaps == []
     assert not storage.exists(LEASE_KEY)
 
