@@ -67,6 +67,16 @@ class Lease:
     def describe(self) -> str:
         return f"since {_utc(self.since)} by {self.owner}"
 
+    @property
+    def live(self) -> bool:
+        return self.expires > time.time()
+
+
+def read_lease(storage: Storage) -> Lease | None:
+    """The lease in `storage` now (None: none, or an object that is not one)."""
+    current = storage.read_tagged(LEASE_KEY)
+    return Lease.parse(current[0]) if current else None
+
 
 def default_owner() -> str:
     """This process, as a person reading the lease would look for it."""
@@ -146,7 +156,8 @@ class DestinationLease:
                     continue  # a store that ignored the condition let another writer overwrite it
                 if held is not None:
                     self.notify(
-                        f"took over the lease on {self.storage.url} from {held.owner} (held {held.describe().split(' by ')[0]}, expired {_utc(held.expires)})"
+                        f"took over the lease on {self.storage.url} from {held.owner} "
+                        f"(held since {_utc(held.since)}, expired {_utc(held.expires)})"
                     )
                 return
             if time.monotonic() >= deadline:

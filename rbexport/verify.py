@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigurationError, ObjectNotFoundError, TransientStorageError
 from .incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
-from .lease import LEASE_KEY, WAIT_SECONDS, DestinationBusy, Lease
+from .lease import WAIT_SECONDS, DestinationBusy, Lease, read_lease
 from .report import human_bytes
 from .storage import Location, ObjectInfo, S3Access, Storage, normalize_key, open_storage
 
@@ -179,11 +179,10 @@ def _states(storage: Storage) -> dict[str, str]:
 
 def _live_lease(storage: Storage) -> Lease | None:
     try:
-        current = storage.read_tagged(LEASE_KEY)
+        held = read_lease(storage)
     except (ConfigurationError, TransientStorageError, ObjectNotFoundError):
         return None  # a parent outside what these keys may read: only the destination's own counts
-    held = Lease.parse(current[0]) if current else None
-    return held if held is not None and held.expires > time.time() else None
+    return held if held is not None and held.live else None
 
 
 def _wait_for_writers(guards: list[Storage], deadline: float, notify: Callable[[str], None]) -> None:

@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 
-from rbexport.lease import LEASE_KEY, DestinationBusy, DestinationLease, Lease, default_owner
+from rbexport.lease import DestinationBusy, DestinationLease, default_owner, read_lease
 from rbexport.model import ExportRequest
 from rbexport.run import destination_lease
 
@@ -134,8 +134,7 @@ def _ensure_limit(name: str) -> None:
 
 def _held_since(lease: DestinationLease) -> str:
     """` since ... by ...` from the destination's lease object (the slot's holder wrote it), or ""."""
-    current = lease.storage.read_tagged(LEASE_KEY)
-    held = Lease.parse(current[0]) if current else None
+    held = read_lease(lease.storage)
     return f" {held.describe()}" if held else ""
 
 
