@@ -98,11 +98,17 @@ class ExportState:
 
 
 def task_fingerprint(
-    task: dict, folder: str, mask_versions: dict[str, str | None], options: ExportOptions, cases: Sequence[str] = ()
+    task: dict,
+    folder: str,
+    mask_versions: dict[str, str | None],
+    options: ExportOptions,
+    cases: Sequence[str] = (),
+    written_with: dict | None = None,
 ) -> str:
     """What an export of this task is made of; equal fingerprints give equal files.
 
     `cases`: the ids a dataset layout gives the task's cases (they name its files).
+    `written_with`: project files the masks' bytes depend on (a DICOM SEG's colours and codes).
     """
     material = {
         "format": EXPORT_FORMAT,
@@ -113,6 +119,8 @@ def task_fingerprint(
     }
     if cases:
         material["cases"] = list(cases)
+    if written_with:
+        material["written_with"] = written_with
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 

@@ -253,7 +253,14 @@ def _decide_exports(
                 case_ids = [case.case_id for case in job_cases[name]]
                 listed = True  # dataset.json is made from the state
             inputs = {**versions, **image_versions} if _reads_images(plan.target.options) else versions
-            fingerprint = task_fingerprint(job.task, job.folder, inputs, plan.target.options, case_ids)
+            fingerprint = task_fingerprint(
+                job.task,
+                job.folder,
+                inputs,
+                plan.target.options,
+                case_ids,
+                _written_with(plan.target.options, settings),
+            )
             plan.fingerprints[job.task_id] = fingerprint
             record = plan.state.tasks.get(job.task_id)
             if incremental and is_unchanged(record, fingerprint, present[name], listed):
@@ -263,6 +270,14 @@ def _decide_exports(
         weight += sum(item_sizes.values())
         decided.append(replace(job, targets=tuple(targets), item_sizes=item_sizes, cases=job_cases, weight=weight))
     return decided
+
+
+def _written_with(options: ExportOptions, settings: ExportSettings) -> dict | None:
+    """What else a variant's files are made from: a DICOM SEG holds the taxonomy's colours
+    and segment_codes.json, so a change to either exports its tasks again."""
+    if options.mask_format != "dicom-seg":
+        return None
+    return {"colours": settings.category_colours, "segment_codes": settings.segment_codes}
 
 
 def known_sizes(reader: MaskReader, references: list[str], source_sizes: dict[str, int]) -> dict[str, int]:

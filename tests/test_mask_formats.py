@@ -514,9 +514,30 @@ def test_changing_the_mask_format_or_a_segs_images_exports_the_tasks_again(sampl
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert image.SOPInstanceUID in referenced
 
+    # Its segments' codes and colours: a new segment_codes.json, then a new colour in the taxonomy.
+    (sample_with_images / "segment_codes.json").write_text(
+        json.dumps({"Glioma": {"code": "393564001", "meaning": "Glioma"}})
+    )
+    [recoded] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="dicom-seg"))
+    assert len(recoded.exported) == 6, recoded
+    seg = pydicom.dcmread(out / "segmentations/Brain_001/T1.dcm")
+    glioma = next(item for item in seg.SegmentSequence if item.SegmentLabel == "Glioma")
+    assert glioma.SegmentedPropertyTypeCodeSequence[0].CodeValue == "393564001"
+    red = list(glioma.RecommendedDisplayCIELabValue)
+    taxonomy = json.loads((sample_with_images / "taxonomy.json").read_text())
+    next(kind for kind in taxonomy["objectTypes"] if kind["category"] == "Glioma")["color"] = "#010203"
+    (sample_with_images / "taxonomy.json").write_text(json.dumps(taxonomy))
+    [recoloured] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="dicom-seg"))
+    assert len(recoloured.exported) == 6, recoloured
+    seg = pydicom.dcmread(out / "segmentations/Brain_001/T1.dcm")
+    glioma = next(item for item in seg.SegmentSequence if item.SegmentLabel == "Glioma")
+    assert list(glioma.RecommendedDisplayCIELabValue) != red
+    [unchanged] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="dicom-seg"))
+    assert len(unchanged.skipped) == 6
+
 
 def test_a_task_reserves_the_memory_its_binary_segmentation_holds(sample_with_images, tmp_path):
-    """A BINARY SEG holds a byte per voxel and segment, and highdicom's int64 sum over segments."""
+    """A BINARY SEG holds one segment's frames at a time (a byte a voxel), its file, and every segment's bits."""
     from rbexport.engine import run_export
     from rbexport.memory import process_budget
 
@@ -528,4 +549,4 @@ def test_a_task_reserves_the_memory_its_binary_segmentation_holds(sample_with_im
     assert report.exported == ["task-004"]
     voxels = 48 * 48 * 16
     decoding = voxels * (2 + 6)  # the uint16 map and its working bytes (rbexport.memory)
-    assert budget.peak >= decoding + voxels * (8 + 3)  # and the SEG of three overlapping instances
+    assert budget.peak >= decoding + voxels * (2 + 1)  # and the SEG of three overlapping instances

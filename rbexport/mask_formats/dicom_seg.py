@@ -23,7 +23,7 @@ A series whose items are not DICOM, or that has none, fails the task with a reas
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -39,6 +39,7 @@ from ..nifti import LabelMap, smallest_unsigned
 from ..segment_map import Instance
 from ..structures.masks import VoxelIndex
 from .colours import RGB, colour_of
+from .seg_writer import NotPatientCoordinates, binary_segmentation, labelmap_segmentation, source_planes
 from .segment_codes import SegmentCode, code_of
 
 # highdicom warns when a source's PatientName has one component: the source's business, not the export's.
@@ -62,11 +63,12 @@ PATIENT_AND_STUDY = (
 )
 
 
-# Bytes per voxel of a label map a SEG holds beside it while encoding: LABELMAP, the
-# segment numbers on the images' grid and their frames (2 x 16 bits); BINARY, a byte per
-# segment (the stack highdicom takes) and the int64 sum over segments highdicom makes.
+# Bytes per voxel of a label map a SEG holds beside it while encoding (rbexport.mask_formats.seg_writer):
+# LABELMAP, the segment numbers on the images' grid and their frames (2 x 16 bits); BINARY,
+# one segment's frames at a time (a byte a voxel) and the file's copy of them, plus every
+# segment's frames as bits and the file's copy of those (2 bits a voxel and segment, rounded up).
 LABELMAP_BYTES_PER_VOXEL = 4
-BINARY_BYTES_PER_VOXEL = 8  # plus one per segment
+BINARY_BYTES_PER_VOXEL = 2  # plus one per four segments
 
 
 def working_memory(series: dict, voxels: int) -> int:
@@ -76,7 +78,7 @@ def working_memory(series: dict, voxels: int) -> int:
         [entry for entry in segment_map.values() if isinstance(entry, dict)] if isinstance(segment_map, dict) else []
     )
     if any(entry.get("overlappingGroups") for entry in entries):
-        return voxels * (BINARY_BYTES_PER_VOXEL + len(entries))
+        return voxels * (BINARY_BYTES_PER_VOXEL + (len(entries) + 3) // 4)
     return voxels * LABELMAP_BYTES_PER_VOXEL
 
 
@@ -128,9 +130,62 @@ def encode_segmentation(
     colours: Mapping[str, RGB] | None = None,
     codes: Mapping[str, SegmentCode] | None = None,
 ) -> bytes:
-    """The SEG file of one series: `segments` of `label_map`, on the grid of the images `headers` describe."""
+    """The SEG file of one series: `segments` of `label_map`, on the grid of the images `headers` describe.
+
+    Written by rbexport.mask_formats.seg_writer (highdicom's dataset, made directly) when
+    the images are in the patient coordinate system, else by highdicom's constructor.
+    """
+    _check_encodable(label_map, headers, series)
+    descriptions = [_description(segment, colours, codes) for segment in segments]
+    identity = _identity(headers, series, uid_seed)
+    try:
+        planes = source_planes([headers.datasets[file] for file in _source_order(headers)])
+    except NotPatientCoordinates:
+        return highdicom_segmentation(segments, index, label_map, headers, series, uid_seed, colours, codes)
+    on_grid = _on_image_grid(label_map, headers, series)  # (columns, rows[, slices]) label values
+    if _segments_overlap(segments):
+        by_segment = _binary_frames_by_segment(segments, on_grid, headers, label_map, index)
+        return binary_segmentation(planes, descriptions, by_segment, identity)
+    plane_indices, frames = _labelmap_planes(segments, on_grid, headers, label_map, index)
+    return labelmap_segmentation(planes, descriptions, plane_indices, frames, identity)
+
+
+def highdicom_segmentation(
+    segments: Sequence[Segment],
+    index: VoxelIndex,
+    label_map: LabelMap,
+    headers: SeriesHeaders,
+    series: str,
+    uid_seed: str,
+    colours: Mapping[str, RGB] | None = None,
+    codes: Mapping[str, SegmentCode] | None = None,
+) -> bytes:
+    """The same SEG by highdicom's `Segmentation` constructor: for images without patient
+    coordinates, and the reference tests/test_seg_writer.py holds the fast writer to."""
     import highdicom as hd
 
+    _check_encodable(label_map, headers, series)
+    overlap = _segments_overlap(segments)
+    on_grid = _on_image_grid(label_map, headers, series)
+    if overlap:
+        pixels = _binary_frames(segments, on_grid, headers)
+    else:
+        pixels = _labelmap_frames(segments, on_grid, headers, label_map, index)
+    sources = [_source_header(headers.datasets[file]) for file in _source_order(headers)]
+    segmentation = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY if overlap else hd.seg.SegmentationTypeValues.LABELMAP,
+        segment_descriptions=[_description(segment, colours, codes) for segment in segments],
+        omit_empty_frames=True,
+        **_identity(headers, series, uid_seed),
+    )
+    stream = BytesIO()
+    segmentation.save_as(stream, enforce_file_format=True)
+    return stream.getvalue()
+
+
+def _check_encodable(label_map: LabelMap, headers: SeriesHeaders, series: str) -> None:
     if label_map.values.ndim > 3:
         raise TaskDataError(f"series {series}: a DICOM SEG holds 2D or 3D masks, and this label map is 4D")
     if len({file for file, _ in headers.slices}) != len(headers.slices) and len(headers.datasets) > 1:
@@ -138,36 +193,25 @@ def encode_segmentation(
             f"series {series}: {len(headers.datasets)} multi-frame files; a DICOM SEG references one "
             "multi-frame image or single-frame images"
         )
-    overlap = _segments_overlap(segments)
-    on_grid = _on_image_grid(label_map, headers, series)  # (columns, rows[, slices]) label values
-    if overlap:
-        pixels, positions = _binary_frames(segments, on_grid, headers, label_map, index)
-    else:
-        pixels, positions = _labelmap_frames(segments, on_grid, headers), None
-    sources = [_source_header(headers.datasets[file]) for file in _source_order(headers)]
-    source_series = str(sources[0].get("SeriesInstanceUID", ""))
-    segmentation = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY if overlap else hd.seg.SegmentationTypeValues.LABELMAP,
-        segment_descriptions=[_description(segment, colours, codes) for segment in segments],
-        series_instance_uid=generate_uid(UID_PREFIX, [source_series, uid_seed, "series"]),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(UID_PREFIX, [source_series, uid_seed, "instance"]),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MANUFACTURER,
-        software_versions=_version(),
-        device_serial_number="0",
-        series_description=f"{series} segmentation"[:64],
-        content_label="SEGMENTATION",
-        content_description=f"{series} (rbexport)"[:64],
-        plane_positions=positions,
-        omit_empty_frames=True,
-    )
-    stream = BytesIO()
-    segmentation.save_as(stream, enforce_file_format=True)
-    return stream.getvalue()
+
+
+def _identity(headers: SeriesHeaders, series: str, uid_seed: str) -> dict:
+    """What names the SEG (highdicom's keyword arguments): UIDs derived from the source series
+    and the SEG's path, so exporting the same series again gives the same SOP Instance UID."""
+    source_series = str(headers.datasets[0].get("SeriesInstanceUID", ""))
+    return {
+        "series_instance_uid": generate_uid(UID_PREFIX, [source_series, uid_seed, "series"]),
+        "series_number": SERIES_NUMBER,
+        "sop_instance_uid": generate_uid(UID_PREFIX, [source_series, uid_seed, "instance"]),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": MANUFACTURER,
+        "software_versions": _version(),
+        "device_serial_number": "0",
+        "series_description": f"{series} segmentation"[:64],
+        "content_label": "SEGMENTATION",
+        "content_description": f"{series} (rbexport)"[:64],
+    }
 
 
 def segmentation_entry(entry: dict, path: str | None, segments: Sequence[Segment]) -> dict:
@@ -219,55 +263,96 @@ def _frames(volume: np.ndarray) -> np.ndarray:
     return stack.transpose(2, 1, 0)
 
 
-def _labelmap_frames(segments: Sequence[Segment], on_grid: np.ndarray, headers: SeriesHeaders) -> np.ndarray:
-    """Every slice as segment numbers, in the source frames' order."""
-    table = np.zeros(int(on_grid.max()) + 1, dtype=smallest_unsigned(len(segments)))
-    for segment in segments:
-        table[[value for value in segment.values if value < len(table)]] = segment.number
-    frames = np.ascontiguousarray(_frames(table[on_grid]))
-    return _in_source_order(frames, headers)
-
-
-def _binary_frames(
+def _labelmap_planes(
     segments: Sequence[Segment],
     on_grid: np.ndarray,
     headers: SeriesHeaders,
     label_map: LabelMap,
     index: VoxelIndex,
-) -> tuple[np.ndarray, list | None]:
-    """Segments stacked on the last axis, for the slices with any segment voxel (with their
-    positions) when the source is single-frame images; every frame of a multi-frame source.
-
-    The stack is laid out segment by segment in memory (a view with the segments last, as
-    highdicom takes it), so each (slice, segment) frame highdicom encodes is contiguous; a
-    sparse map is written voxel by voxel from its index, never slice by slice.
-    """
-    import highdicom as hd
-
-    multiframe = len(headers.datasets) == 1 and len(headers.slices) > 1
-    placed = None if multiframe else _grid_positions(segments, label_map, headers, index)
-    if placed is None:
-        stacked, used = _binary_frames_by_slice(segments, on_grid, multiframe)
-    else:
-        stacked, used = placed
-    pixels = np.moveaxis(stacked, 0, -1)  # (frames, rows, columns, segments), segment-major in memory
-    if multiframe:
-        return _in_source_order(pixels, headers), None
-    positions = [
-        hd.PlanePositionSequence(
-            hd.CoordinateSystemNames.PATIENT,
-            [float(value) for value in headers.datasets[headers.slices[slice_index][0]].ImagePositionPatient],
-        )
-        for slice_index in used
-    ]
-    return pixels, positions
+) -> tuple[np.ndarray, np.ndarray]:
+    """The source planes with segment voxels, and their frames as segment numbers (planes,
+    rows, columns): a sparse map's from its index's voxel positions, a dense map's slice by slice."""
+    dtype = smallest_unsigned(len(segments))
+    plane_of = _plane_numbers(headers)
+    located = _located(segments, label_map, headers, index)
+    if located is not None:
+        used = np.unique(np.concatenate([slice_index for _, _, slice_index in located]))
+        columns, rows, _ = headers.shape
+        frames = np.zeros((used.size, rows, columns), dtype=dtype)
+        for segment, (column, row, slice_index) in zip(segments, located, strict=True):
+            frames[np.searchsorted(used, slice_index), row, column] = segment.number
+        return plane_of[used], frames
+    table = np.zeros(int(on_grid.max()) + 1, dtype=dtype)
+    for segment in segments:
+        table[[value for value in segment.values if value < len(table)]] = segment.number
+    kept, frames_kept = [], []
+    for position, frame in enumerate(_frames(on_grid)):
+        numbers = table[frame]
+        if numbers.any():
+            kept.append(position)
+            frames_kept.append(numbers)
+    if not kept:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, *_frames(on_grid).shape[1:]), dtype=dtype)
+    return plane_of[np.array(kept)], np.stack(frames_kept)
 
 
-def _grid_positions(
+def _labelmap_frames(
+    segments: Sequence[Segment], on_grid: np.ndarray, headers: SeriesHeaders, label_map: LabelMap, index: VoxelIndex
+) -> np.ndarray:
+    """Every source plane as segment numbers, in the source frames' order (as highdicom takes them)."""
+    planes, frames = _labelmap_planes(segments, on_grid, headers, label_map, index)
+    full = np.zeros((len(headers.slices), *frames.shape[1:]), dtype=frames.dtype)
+    full[planes] = frames
+    return full
+
+
+def _binary_frames_by_segment(
+    segments: Sequence[Segment],
+    on_grid: np.ndarray,
+    headers: SeriesHeaders,
+    label_map: LabelMap,
+    index: VoxelIndex,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each segment in turn: the source planes it has voxels in and its frames there
+    (planes, rows, columns; bool). One segment's frames at a time; a sparse map's from its
+    index's voxel positions, a dense map's from the slices that hold one of its values."""
+    plane_of = _plane_numbers(headers)
+    located = _located(segments, label_map, headers, index)
+    if located is not None:
+        columns, rows, _ = headers.shape
+        for column, row, slice_index in located:
+            used = np.unique(slice_index)
+            frames = np.zeros((used.size, rows, columns), dtype=bool)
+            frames[np.searchsorted(used, slice_index), row, column] = True
+            yield plane_of[used], frames
+        return
+    stack = _frames(on_grid)  # (slices, rows, columns), a view
+    values = int(on_grid.max()) + 1
+    present = np.zeros((stack.shape[0], values), dtype=bool)  # slice, value -> any voxel
+    for slice_number, frame in enumerate(stack):
+        present[slice_number] = np.bincount(frame.ravel(), minlength=values) > 0
+    for segment in segments:
+        members = np.zeros(values, dtype=bool)
+        members[[value for value in segment.values if value < values]] = True
+        used = np.flatnonzero(present[:, members].any(axis=1))
+        frames = np.empty((used.size, *stack.shape[1:]), dtype=bool)
+        for page, used_slice in enumerate(used):
+            frames[page] = members[stack[used_slice]]
+        yield plane_of[used], frames
+
+
+def _plane_numbers(headers: SeriesHeaders) -> np.ndarray:
+    """Slice k's plane among the SEG's sources: its frame in a multi-frame file, else k (files go in slice order)."""
+    if len(headers.datasets) == 1 and len(headers.slices) > 1:
+        return np.array([frame for _, frame in headers.slices])
+    return np.arange(len(headers.slices))
+
+
+def _located(
     segments: Sequence[Segment], label_map: LabelMap, headers: SeriesHeaders, index: VoxelIndex
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(segments, slices used, rows, columns) from the index's voxel positions, and the slices
-    used; None when the map is dense or not a 3D volume on a 3D grid (then: slice by slice)."""
+) -> list[list[np.ndarray]] | None:
+    """Each segment's voxels as (column, row, slice) on the images' grid, from the index's
+    positions; None when the map is dense or not a 3D volume on a 3D grid."""
     shape = label_map.values.shape
     if not index.sparse or len(shape) != 3 or len(headers.shape) != 3:
         return None
@@ -275,43 +360,31 @@ def _grid_positions(
     if mapping is None:
         return None
     order, flips = mapping
-    members = [np.concatenate([index.positions(value) for value in segment.values]) for segment in segments]
     located = []
-    for positions in members:
+    for segment in segments:
+        positions = np.concatenate([index.positions(value) for value in segment.values])
         label_axes = np.unravel_index(positions, shape, order="F")  # flat positions are in file order
-        grid = [
-            headers.shape[axis] - 1 - label_axes[order[axis]] if flips[axis] else label_axes[order[axis]]
-            for axis in range(3)
-        ]
-        located.append(grid)  # (column, row, slice) on the images' grid
-    used = np.unique(np.concatenate([grid[2] for grid in located]))
-    columns, rows, _ = headers.shape
-    stacked = np.zeros((len(segments), used.size, rows, columns), dtype=bool)  # pages stay unwritten where empty
-    for number, (column, row, slice_index) in enumerate(located):
-        stacked[number, np.searchsorted(used, slice_index), row, column] = True
-    return stacked, used
+        located.append(
+            [
+                headers.shape[axis] - 1 - label_axes[order[axis]] if flips[axis] else label_axes[order[axis]]
+                for axis in range(3)
+            ]
+        )
+    return located
 
 
-def _binary_frames_by_slice(
-    segments: Sequence[Segment], on_grid: np.ndarray, every_slice: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _binary_frames(segments: Sequence[Segment], on_grid: np.ndarray, headers: SeriesHeaders) -> np.ndarray:
+    """(frames, rows, columns, segments) bool for every source frame, as highdicom's constructor
+    takes a BINARY segmentation (it omits the empty frames itself)."""
     frames = _frames(on_grid)
     membership = np.zeros((len(segments), int(on_grid.max()) + 1), dtype=bool)  # segment, value -> in it
     for position, segment in enumerate(segments):
         membership[position, [value for value in segment.values if value < membership.shape[1]]] = True
-    claimed: np.ndarray = np.asarray(membership.any(axis=0))
-    used = (
-        np.arange(frames.shape[0])
-        if every_slice
-        else np.flatnonzero([claimed[frame].any() for frame in frames])  # one slice at a time: no volume copy
-    )
-    if used.size == 0:
-        used = np.arange(1)
-    stacked = np.zeros((len(segments), used.size, *frames.shape[1:]), dtype=bool)
+    stacked = np.zeros((len(segments), *frames.shape), dtype=bool)
     for position in range(len(segments)):
-        for row, slice_index in enumerate(used):
-            stacked[position, row] = membership[position, frames[slice_index]]
-    return stacked, used
+        for slice_index, frame in enumerate(frames):
+            stacked[position, slice_index] = membership[position, frame]
+    return _in_source_order(np.moveaxis(stacked, 0, -1), headers)
 
 
 def _in_source_order(frames: np.ndarray, headers: SeriesHeaders) -> np.ndarray:
