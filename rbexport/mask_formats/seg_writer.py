@@ -137,8 +137,12 @@ def labelmap_segmentation(
     _dimensions(dataset, planes, included, channels=False)
     items = _frame_items(planes, included, [(None, included)])
     row_of = {int(plane): row for row, plane in enumerate(plane_indices)}
-    blank = np.zeros(frames.shape[1:], dtype=frames.dtype)
-    pixels = b"".join((frames[row_of[int(plane)]] if int(plane) in row_of else blank).tobytes() for plane in included)
+    if all(int(plane) in row_of for plane in included):
+        rows = np.array([row_of[int(plane)] for plane in included], dtype=np.int64)
+        in_order = bool(np.array_equal(rows, np.arange(len(frames))))
+        pixels = np.ascontiguousarray(frames if in_order else frames[rows]).reshape(-1).view(np.uint8).data
+    else:  # no plane has a segment voxel: every plane, empty (as highdicom writes it)
+        pixels = np.zeros((len(included), *frames.shape[1:]), dtype=frames.dtype).reshape(-1).view(np.uint8).data
     return _encode(dataset, planes, items, len(included), pixels)
 
 
@@ -317,7 +321,7 @@ def _frame_items(planes: Planes, included: np.ndarray, channels: list[tuple[int 
     """The Per-Frame Functional Groups Sequence's items: for each channel (segment number, or
     None for a LABELMAP), a frame for each of its planes in sorted order."""
     position_rank = {int(plane): rank for rank, plane in enumerate(included, 1)}
-    derivations = [_derivation(planes, plane) for plane in range(planes.count)]
+    derivations = {int(plane): _derivation(planes, int(plane)) for plane in included}
     positions = [
         _sequence(0x0020, 0x9113, _element(0x0020, 0x0032, b"DS", "\\".join(map(str, value)).encode("ascii")))
         for value in planes.position_values
@@ -379,18 +383,24 @@ def _sequence(group: int, element: int, *items: bytes) -> bytes:
     return _element(group, element, b"SQ", b"".join(_item(item) for item in items))
 
 
-def _encode(dataset: Dataset, planes: Planes, items: bytes, frame_count: int, pixels: bytes) -> bytes:
+def _encode(dataset: Dataset, planes: Planes, items: bytes, frame_count: int, pixels: bytes | memoryview) -> bytes:
     """The file: pydicom writes the small elements; the references, the frames' functional
-    groups and the pixel data go in as the bytes made here, each at its place in tag order."""
+    groups and the pixel data go in as the bytes made here, each at its place in tag order
+    (the pixels are copied once, into the file)."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
 
     dataset.NumberOfFrames = frame_count
-    if len(pixels) % 2:
-        pixels += b"0"  # as highdicom pads
-    raw = _references(planes)
-    raw[PER_FRAME_GROUPS] = _element(0x5200, 0x9230, b"SQ", items)
-    raw[PIXEL_DATA] = _element(0x7FE0, 0x0010, b"OW" if dataset.BitsAllocated > 8 else b"OB", pixels)
+    padding = b"0" if len(pixels) % 2 else b""  # as highdicom pads
+    raw: dict[int, list[bytes | memoryview]] = {tag: [value] for tag, value in _references(planes).items()}
+    raw[PER_FRAME_GROUPS] = [_element(0x5200, 0x9230, b"SQ", items)]
+    vr = b"OW" if dataset.BitsAllocated > 8 else b"OB"
+    raw[PIXEL_DATA] = [
+        struct.pack("<HH", 0x7FE0, 0x0010) + vr + b"\0\0" + struct.pack("<I", len(pixels) + len(padding)),
+        pixels,
+        padding,
+    ]
+    pieces: list[bytes | memoryview] = []
     stream = DicomBytesIO()
     stream.is_little_endian, stream.is_implicit_VR = True, False
     stream.write(b"\0" * 128 + b"DICM")
@@ -400,9 +410,12 @@ def _encode(dataset: Dataset, planes: Planes, items: bytes, frame_count: int, pi
     for tag in sorted({*dataset.keys(), *raw}):
         if tag in raw:
             write_dataset(stream, chunk, encoding)
-            stream.write(raw[tag])
+            pieces += [stream.getvalue(), *raw[tag]]
+            stream = DicomBytesIO()
+            stream.is_little_endian, stream.is_implicit_VR = True, False
             chunk = Dataset()
         else:
             chunk.add(dataset[tag])
     write_dataset(stream, chunk, encoding)
-    return stream.getvalue()
+    pieces.append(stream.getvalue())
+    return b"".join(pieces)
