@@ -21,7 +21,7 @@ from .dataset_export import case_annotation, export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
 from .mask_formats import encode_mask_file
-from .mask_formats.dicom_seg import NEEDED_BY, encode_segmentation, plan_segments, segmentation_entry
+from .mask_formats.dicom_seg import NEEDED_BY, encode_segmentation, load_highdicom, plan_segments, segmentation_entry
 from .mask_formats.dicom_seg import working_memory as segmentation_memory
 from .mask_formats.png import planar_shape
 from .memory import process_budget
@@ -59,6 +59,8 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     outcome = TaskOutcome(job.task_id)
     targets = [target for target in settings.targets if target.name in job.targets]
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
+    if any(target.options.mask_format == "dicom-seg" for target in targets):
+        load_highdicom()
     needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
     needed += _segmentation_memory(job, targets, reader)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
@@ -88,7 +90,7 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
     if not wanting:
         return 0
     try:  # a DICOM SEG holds its series' items while it reads their headers
-        return images.check(
+        needed = images.check(
             convert=any(
                 target.options.images == "nifti" or target.options.mask_format == "dicom-seg" for target in wanting
             )
@@ -97,6 +99,9 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
         for target in wanting:
             outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
         return 0
+    if any(target.options.mask_format == "dicom-seg" for target in wanting):
+        images.read_dicom_headers_ahead(NEEDED_BY, _header_pool())
+    return needed
 
 
 def _segmentation_memory(job: TaskJob, targets: list[Target], reader: MaskReader) -> int:
@@ -297,6 +302,13 @@ def _write_file(
 def _image_pool() -> ThreadPoolExecutor:
     """The threads that look up, read and copy image objects, shared by every task of this process."""
     return ThreadPoolExecutor(max_workers=IMAGE_IO_THREADS, thread_name_prefix="rbexport-image")
+
+
+@lru_cache(maxsize=1)
+def _header_pool() -> ThreadPoolExecutor:
+    """The threads that parse DICOM headers read ahead (Python: as many as there are cores),
+    shared by every task of this process; they wait on the image threads, never the reverse."""
+    return ThreadPoolExecutor(max_workers=FILE_THREADS, thread_name_prefix="rbexport-headers")
 
 
 @lru_cache(maxsize=1)

@@ -412,6 +412,10 @@ def test_series_without_dicom_images_or_off_their_grid_fail_their_task_with_a_re
     (sample_with_images / "images/chest.png").write_bytes(picture.getvalue())
     tasks[5]["series"][0]["items"] = ["images/chest.png"]  # task-006: a PNG picture, not DICOM
     del tasks[0]["series"][0]["items"]  # task-001: no images at all
+    # task-002: its FLAIR series has no annotated voxels, so nothing needs its images (a PNG)
+    tasks[1]["series"][1]["items"] = ["images/chest.png"]
+    flair = sample_with_images / "masks/brain-002-FLAIR.nii.gz"
+    flair.write_bytes(nifti_bytes(np.zeros_like(nifti_array(flair)), AFFINE))
     (sample_with_images / "tasks.json").write_text(json.dumps(tasks))
     shifted = AFFINE.copy()  # task-003: its label map 5 mm off its images
     shifted[0, 3] += 5.0
@@ -434,6 +438,13 @@ def test_series_without_dicom_images_or_off_their_grid_fail_their_task_with_a_re
         in (reasons["task-003"]["reason"])
     )
     assert len(report["exported"]) == 3 and (out / "segmentations/Brain_004/T2.dcm").exists()
+    assert (out / "segmentations/Brain_002/T1.dcm").exists()
+    assert not (out / "segmentations/Brain_002/FLAIR.dcm").exists()
+    assert {
+        "taskId": "task-002",
+        "file": "masks/brain-002-FLAIR.nii.gz",
+        "message": "series FLAIR: no annotated voxels: no DICOM SEG written",
+    } in report["warnings"]
     assert "Traceback" not in result.stdout + result.stderr
 
 

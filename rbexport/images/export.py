@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
-
-from pydicom.dataset import Dataset
 
 from ..errors import ObjectNotFoundError, TaskDataError, TransientStorageError
 from ..naming import image_file_names, series_names
@@ -108,6 +106,7 @@ class TaskImages:
         self._converted: dict[tuple[int, bool], bytes] = {}
         self._volumes: dict[tuple[int, int | None], ImageVolume] = {}
         self._headers: dict[int, SeriesHeaders] = {}
+        self._reading: dict[int, Future[SeriesHeaders]] = {}  # headers read ahead, by series position
 
     def check(self, convert: bool) -> int:
         """Find every item (those the source's listing did not show are looked up); the
@@ -174,6 +173,14 @@ class TaskImages:
             self._volumes[key] = volume
         return self._volumes[key]
 
+    def read_dicom_headers_ahead(self, needed_by: str, pool: Executor) -> None:
+        """Start reading every series' DICOM headers on `pool` (threads of their own, which
+        wait on the I/O threads), while the task decodes its masks; `dicom_headers` takes
+        what they read, or raises what reading them raised."""
+        for series in self.series:
+            if series.position not in self._headers and series.position not in self._reading:
+                self._reading[series.position] = pool.submit(self._read_headers, series, needed_by)
+
     def dicom_headers(self, position: int, name: str, needed_by: str) -> SeriesHeaders:
         """The DICOM headers and grid of the series at `position` (called `name`), read once;
         TaskDataError when it has no items or they are not DICOM (`needed_by` says what needs them).
@@ -181,24 +188,37 @@ class TaskImages:
         Each item is read only up to its pixel data (streamed: a CT series' hundreds of
         megabytes of pixels are never downloaded for its headers)."""
         if position not in self._headers:
-            series = next((item for item in self.series if item.position == position), None)
-            if series is None:
-                raise TaskDataError(f"series {name} has no image items: {needed_by} references its DICOM images")
-
-            def header(reference: str) -> tuple[str, Dataset]:
-                return reference, self._dicom_header(reference, name, needed_by)
-
-            self._headers[position] = series_headers(list(self.pool.map(header, series.references)))
+            reading = self._reading.pop(position, None)
+            if reading is not None:
+                self._headers[position] = reading.result()
+            else:
+                series = next((item for item in self.series if item.position == position), None)
+                if series is None:
+                    raise TaskDataError(f"series {name} has no image items: {needed_by} references its DICOM images")
+                self._headers[position] = self._read_headers(series, needed_by)
         return self._headers[position]
 
-    def _dicom_header(self, reference: str, name: str, needed_by: str) -> Dataset:
+    def _read_headers(self, series: SeriesImages, needed_by: str) -> SeriesHeaders:
+        # Fetching the heads waits on the store, several at once on the I/O threads; parsing
+        # them is Python under the GIL, faster in one thread than spread over those.
+        futures = [self.pool.submit(self._dicom_head, item, series.name, needed_by) for item in series.references]
+        try:
+            heads = [future.result() for future in futures]
+            return series_headers([(reference, parse_dicom_header(reference, head)) for reference, head in heads])
+        finally:
+            for future in futures:
+                if not future.cancel() and future.exception() is None:
+                    future.result()[1].close()
+
+    def _dicom_head(self, reference: str, name: str, needed_by: str) -> tuple[str, _StreamHead]:
+        """The item's stream with its first chunk read, checked to be DICOM (close it when done)."""
         storage, key = self._locate(reference)
         try:
             stream = storage.open(key)
         except ObjectNotFoundError:
             raise TaskDataError("image item not found", reference) from None
+        head = _StreamHead(stream, storage.url_of(key))
         try:
-            head = _StreamHead(stream, storage.url_of(key))
             kind = item_kind(reference, head.read(SNIFF_BYTES))
             if kind != "dicom":
                 raise TaskDataError(
@@ -207,9 +227,10 @@ class TaskImages:
                     reference,
                 )
             head.seek(0)
-            return parse_dicom_header(reference, head)
-        finally:
-            stream.close()
+        except BaseException:
+            head.close()
+            raise
+        return reference, head
 
     def _read(self, reference: str) -> bytes:
         storage, key = self._locate(reference)
@@ -228,6 +249,9 @@ class TaskImages:
         self._converted.clear()
         self._volumes.clear()
         self._headers.clear()
+        for reading in self._reading.values():
+            reading.cancel()  # one already reading closes its streams when it ends
+        self._reading.clear()
 
 
 class _StreamHead(io.RawIOBase):
@@ -245,6 +269,11 @@ class _StreamHead(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.close()
+        super().close()
 
     def seekable(self) -> bool:
         return True

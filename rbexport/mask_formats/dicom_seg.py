@@ -22,9 +22,11 @@ A series whose items are not DICOM, or that has none, fails the task with a reas
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from io import BytesIO
 
 import numpy as np
@@ -80,6 +82,24 @@ def working_memory(series: dict, voxels: int) -> int:
     if any(entry.get("overlappingGroups") for entry in entries):
         return voxels * (BINARY_BYTES_PER_VOXEL + (len(entries) + 3) // 4)
     return voxels * LABELMAP_BYTES_PER_VOXEL
+
+
+@lru_cache(maxsize=1)
+def load_highdicom() -> None:
+    """Import highdicom and load the tables of the standard it reads on first use, once per
+    process, then leave everything loaded so far out of the cyclic collector's walks
+    (gc.freeze). Those tables are some 200,000 objects that live as long as the process;
+    every full collection the export's garbage set off walked them (0.1 s, mid-task)."""
+    import highdicom  # noqa: F401
+
+    try:
+        from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+    except ImportError:  # another highdicom: its tables load on first use, unfrozen
+        pass
+    else:
+        for table in (get_module_attribute_map, get_iod_module_map, get_sop_class_iod_map):
+            table()
+    gc.freeze()
 
 
 @dataclass(frozen=True)
@@ -146,7 +166,7 @@ def encode_segmentation(
     if _segments_overlap(segments):
         by_segment = _binary_frames_by_segment(segments, on_grid, headers, label_map, index)
         return binary_segmentation(planes, descriptions, by_segment, identity)
-    plane_indices, frames = _labelmap_planes(segments, on_grid, headers, label_map, index)
+    plane_indices, frames = _labelmap_planes(segments, on_grid, headers, label_map, index, planes.order)
     return labelmap_segmentation(planes, descriptions, plane_indices, frames, identity)
 
 
@@ -269,31 +289,43 @@ def _labelmap_planes(
     headers: SeriesHeaders,
     label_map: LabelMap,
     index: VoxelIndex,
+    plane_order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The source planes with segment voxels, and their frames as segment numbers (planes,
-    rows, columns): a sparse map's from its index's voxel positions, a dense map's slice by slice."""
+    rows, columns), in `plane_order` (the planes in the order the SEG stores them; default,
+    by plane index): a sparse map's from its index's voxel positions, a dense map's slice by slice."""
     dtype = smallest_unsigned(len(segments))
-    plane_of = _plane_numbers(headers)
+    plane_of = _plane_numbers(headers)  # slice -> plane
+    order = np.arange(len(plane_of)) if plane_order is None else np.asarray(plane_order)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    slice_rank = rank[plane_of]  # slice -> its place in `order`
     located = _located(segments, label_map, headers, index)
     if located is not None:
-        used = np.unique(np.concatenate([slice_index for _, _, slice_index in located]))
         columns, rows, _ = headers.shape
+        present = np.zeros(len(order), dtype=bool)
+        for _, _, slice_index in located:
+            present[slice_rank[slice_index]] = True
+        used = np.flatnonzero(present)
+        page_of = np.cumsum(present) - 1  # rank -> its frame among those used
         frames = np.zeros((used.size, rows, columns), dtype=dtype)
+        flat = frames.reshape(-1)
         for segment, (column, row, slice_index) in zip(segments, located, strict=True):
-            frames[np.searchsorted(used, slice_index), row, column] = segment.number
-        return plane_of[used], frames
+            flat[(page_of[slice_rank[slice_index]] * rows + row) * columns + column] = segment.number
+        return order[used], frames
     table = np.zeros(int(on_grid.max()) + 1, dtype=dtype)
     for segment in segments:
         table[[value for value in segment.values if value < len(table)]] = segment.number
+    stack = _frames(on_grid)
     kept, frames_kept = [], []
-    for position, frame in enumerate(_frames(on_grid)):
-        numbers = table[frame]
+    for slice_index in np.argsort(slice_rank):
+        numbers = table[stack[slice_index]]
         if numbers.any():
-            kept.append(position)
+            kept.append(plane_of[slice_index])
             frames_kept.append(numbers)
     if not kept:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, *_frames(on_grid).shape[1:]), dtype=dtype)
-    return plane_of[np.array(kept)], np.stack(frames_kept)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, *stack.shape[1:]), dtype=dtype)
+    return np.array(kept), np.stack(frames_kept)
 
 
 def _labelmap_frames(
@@ -319,11 +351,14 @@ def _binary_frames_by_segment(
     plane_of = _plane_numbers(headers)
     located = _located(segments, label_map, headers, index)
     if located is not None:
-        columns, rows, _ = headers.shape
+        columns, rows, slices = headers.shape
         for column, row, slice_index in located:
-            used = np.unique(slice_index)
+            present = np.zeros(slices, dtype=bool)
+            present[slice_index] = True
+            used = np.flatnonzero(present)
+            page_of = np.cumsum(present) - 1  # slice -> its frame among those used
             frames = np.zeros((used.size, rows, columns), dtype=bool)
-            frames[np.searchsorted(used, slice_index), row, column] = True
+            frames.reshape(-1)[(page_of[slice_index] * rows + row) * columns + column] = True
             yield plane_of[used], frames
         return
     stack = _frames(on_grid)  # (slices, rows, columns), a view
