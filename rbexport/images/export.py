@@ -9,7 +9,10 @@ label the same images). `TaskImages` serves one task for every variant of a run:
   gets in tasks.json; a series converted to NIfTI is read, converted and put on its
   label map's grid once, whatever the number of variants;
 - `write(...)` stores them: copies go store to store where the store can (S3 to S3 on one
-  endpoint), else stream through here, never a whole series in memory.
+  endpoint), else stream through here, never a whole series in memory;
+- `dicom_headers(...)` gives a series' DICOM headers for a DICOM SEG, read only up to the
+  pixel data, and `read_dicom_headers_ahead(...)` starts reading them while the task
+  decodes its masks.
 """
 
 from __future__ import annotations
