@@ -92,9 +92,15 @@ def test_the_store_stopped_mid_run_and_started_again(prefect_api, tmp_path):
 
 
 def test_an_export_killed_mid_run_leaves_the_previous_export_whole(prefect_api, tmp_path):
-    project = write_small_project(tmp_path / "project", tasks=300)
+    project = write_small_project(tmp_path / "project", tasks=100)
     destination = tmp_path / "export"
-    environment = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home")}
+    # A short lease, so that the next run need not wait two minutes for the killed run's to expire.
+    environment = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "RBEXPORT_LEASE_SECONDS": "3",
+    }
     command = [RBEXPORT, "run", "--source", str(project), "--dest", str(destination)]
     assert subprocess.run(command, env=environment, capture_output=True).returncode == 0
     previous = (destination / "tasks.json").read_bytes()
@@ -107,7 +113,7 @@ def test_an_export_killed_mid_run_leaves_the_previous_export_whole(prefect_api, 
         text=True,
     )
     line = ""
-    while "[30/300]" not in line:  # a tenth of the tasks written again: mid-run
+    while "[10/100]" not in line:  # a tenth of the tasks written again: mid-run
         line = process.stderr.readline()
         assert line or process.poll() is None, "the export ended before it could be killed"
     process.send_signal(signal.SIGKILL)
@@ -119,4 +125,5 @@ def test_an_export_killed_mid_run_leaves_the_previous_export_whole(prefect_api, 
             assert (destination / series["segmentations"]).exists()
     result = subprocess.run(command, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "300 skipped as unchanged" in result.stdout  # the killed run published nothing
+    assert "100 skipped as unchanged" in result.stdout  # the killed run published nothing
+    assert "took over the lease" in result.stdout + result.stderr  # the killed run's, once expired
