@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ def test_a_flaky_store_is_retried_through_and_the_export_is_byte_identical(
     assert without_report(bucket_tree(flaky)) == without_report(bucket_tree(clean))
 
 
-def test_the_store_stopped_mid_run_and_started_again(prefect_api, tmp_path):
+def test_the_store_stopped_mid_run_and_started_again(prefect_api, s3_credentials, tmp_path):
     """The run retries through the outage (or fails saying so); a re-run gives the clean export."""
     from flows.export import export_project
     from rbexport.errors import ExportIncomplete
@@ -64,7 +65,9 @@ def test_the_store_stopped_mid_run_and_started_again(prefect_api, tmp_path):
             except Exception as error:  # noqa: BLE001 - what the run ended with is the point
                 outcome["error"] = error
 
-        runner = threading.Thread(target=run)
+        # In this test's context: a new thread would start with Prefect's default settings,
+        # and run the flow on an ephemeral API of its own instead of the session's server.
+        runner = threading.Thread(target=contextvars.copy_context().run, args=(run,))
         runner.start()
         wait_for(lambda: sum(1 for _ in destination.list("segmentations/")) >= 10, 120, "the first masks")
         server.kill()
