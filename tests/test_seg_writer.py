@@ -73,7 +73,9 @@ def organization_uids(dataset: Dataset) -> set[str]:
     }
 
 
-def make_case(volume: np.ndarray, segment_map: dict, *, flipped: bool = False, **series_options):
+def make_case(
+    volume: np.ndarray, segment_map: dict, *, flipped: bool = False, frames_backwards: bool = False, **series_options
+):
     affine = AFFINE.copy()
     if flipped:  # the images' slices run the other way along the label's third axis
         affine[2, 2], affine[2, 3] = -2.0, 40.0
@@ -81,7 +83,15 @@ def make_case(volume: np.ndarray, segment_map: dict, *, flipped: bool = False, *
     image.header.set_data_dtype(volume.dtype)
     label_map = LabelMap(volume, image.header)
     pixels = np.zeros(volume.shape, np.int16)
-    headers = read_dicom_headers(dicom_series_on_grid(pixels, affine, **series_options))
+    series = dicom_series_on_grid(pixels, affine, **series_options)
+    if frames_backwards:  # a multi-frame file whose frames go from the last slice to the first
+        [(name, raw)] = series
+        dataset = pydicom.dcmread(BytesIO(raw))
+        dataset.PerFrameFunctionalGroupsSequence = DicomSequence(list(dataset.PerFrameFunctionalGroupsSequence)[::-1])
+        stream = BytesIO()
+        dataset.save_as(stream, enforce_file_format=True)
+        series = [(name, stream.getvalue())]
+    headers = read_dicom_headers(series)
     index = VoxelIndex(volume)
     segments = plan_segments(parse_segment_map(segment_map), index, False, None)
     return segments, index, label_map, headers
@@ -119,6 +129,7 @@ def labelled_volume(shape=(6, 5, 4)) -> tuple[np.ndarray, dict]:
         pytest.param({"multiframe": True}, id="multi-frame"),
         pytest.param({"flipped": True}, id="slices-the-other-way"),
         pytest.param({"multiframe": True, "flipped": True}, id="multi-frame-the-other-way"),
+        pytest.param({"multiframe": True, "frames_backwards": True}, id="multi-frame-stored-backwards"),
     ],
 )
 @pytest.mark.parametrize("overlapping", [(), (3,)], ids=["labelmap", "binary"])
@@ -138,13 +149,21 @@ def test_a_gap_between_labelled_slices_is_not_a_3d_organization_and_empty_slices
     assert_same(ours, theirs)
 
 
-def test_a_dense_map_and_frames_of_whole_bytes():
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="single-frame"),
+        pytest.param({"flipped": True}, id="slices-the-other-way"),
+        pytest.param({"multiframe": True, "frames_backwards": True}, id="multi-frame-stored-backwards"),
+    ],
+)
+def test_a_dense_map_and_frames_of_whole_bytes(options):
     """More than half the voxels labelled (the index keeps counts, not positions), 8x4 frames."""
     rng = np.random.default_rng(3)
     volume = rng.integers(0, 4, size=(8, 4, 5)).astype(np.uint8)
     volume[:, :, 2] = 0
     segment_map = {"1": {"category": "Liver"}, "2": {"category": "Spleen"}, "3": {"category": "Tumor"}}
-    case = make_case(volume, segment_map)
+    case = make_case(volume, segment_map, **options)
     assert not case[1].sparse
     for overlapping in ((), (1,)):
         ours, theirs = both(case, overlapping)
@@ -171,10 +190,24 @@ def test_more_than_255_segments_take_16_bit_labels():
     assert_same(ours, theirs)
 
 
-@pytest.mark.parametrize("multiframe", [False, True], ids=["single-frame", "multi-frame"])
-def test_highdicom_reads_each_segment_back_as_the_label_map_holds_it(multiframe):
+@pytest.mark.parametrize(
+    ("options", "dense"),
+    [
+        pytest.param({}, False, id="single-frame"),
+        pytest.param({"multiframe": True}, False, id="multi-frame"),
+        pytest.param({"flipped": True}, False, id="slices-the-other-way"),
+        pytest.param({"multiframe": True, "frames_backwards": True}, False, id="multi-frame-stored-backwards"),
+        pytest.param({"multiframe": True, "frames_backwards": True}, True, id="dense-multi-frame-stored-backwards"),
+        pytest.param({"flipped": True}, True, id="dense-slices-the-other-way"),
+    ],
+)
+def test_highdicom_reads_each_segment_back_as_the_label_map_holds_it(options, dense):
     volume, segment_map = labelled_volume((6, 5, 5))
-    segments, index, label_map, headers = make_case(volume, segment_map, multiframe=multiframe)
+    if dense:  # most voxels labelled, no two slices alike
+        volume = np.random.default_rng(5).integers(0, 4, size=(6, 5, 5)).astype(np.uint8)
+        volume[:, :, 1] = 0
+    segments, index, label_map, headers = make_case(volume, segment_map, **options)
+    assert index.sparse != dense
     overlapping = [
         Segment(s.number, s.key, s.category, (*s.values, 3) if s.number == 1 else s.values) for s in segments
     ]
