@@ -59,8 +59,6 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     outcome = TaskOutcome(job.task_id)
     targets = [target for target in settings.targets if target.name in job.targets]
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
-    if any(target.options.mask_format == "dicom-seg" for target in targets):
-        load_highdicom()
     needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
     needed += _segmentation_memory(job, targets, reader)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
@@ -100,6 +98,7 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
             outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
         return 0
     if any(target.options.mask_format == "dicom-seg" for target in wanting):
+        load_highdicom()
         images.read_dicom_headers_ahead(NEEDED_BY, _header_pool())
     return needed
 

@@ -303,15 +303,12 @@ def _labelmap_planes(
     located = _located(segments, label_map, headers, index)
     if located is not None:
         columns, rows, _ = headers.shape
-        present = np.zeros(len(order), dtype=bool)
-        for _, _, slice_index in located:
-            present[slice_rank[slice_index]] = True
-        used = np.flatnonzero(present)
-        page_of = np.cumsum(present) - 1  # rank -> its frame among those used
+        ranks = [slice_rank[slice_index] for _, _, slice_index in located]
+        used, page_of = _pages(ranks, len(order))
         frames = np.zeros((used.size, rows, columns), dtype=dtype)
         flat = frames.reshape(-1)
-        for segment, (column, row, slice_index) in zip(segments, located, strict=True):
-            flat[(page_of[slice_rank[slice_index]] * rows + row) * columns + column] = segment.number
+        for segment, (column, row, _), voxel_ranks in zip(segments, located, ranks, strict=True):
+            flat[(page_of[voxel_ranks] * rows + row) * columns + column] = segment.number
         return order[used], frames
     table = np.zeros(int(on_grid.max()) + 1, dtype=dtype)
     for segment in segments:
@@ -326,6 +323,15 @@ def _labelmap_planes(
     if not kept:
         return np.zeros(0, dtype=np.int64), np.zeros((0, *stack.shape[1:]), dtype=dtype)
     return np.array(kept), np.stack(frames_kept)
+
+
+def _pages(keys: Sequence[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of 0..count-1 occur in `keys` (ascending: the frames to write), and each one's
+    frame among them (a running count: no sort of the voxels' keys)."""
+    present = np.zeros(count, dtype=bool)
+    for part in keys:
+        present[part] = True
+    return np.flatnonzero(present), np.cumsum(present) - 1
 
 
 def _labelmap_frames(
@@ -353,10 +359,7 @@ def _binary_frames_by_segment(
     if located is not None:
         columns, rows, slices = headers.shape
         for column, row, slice_index in located:
-            present = np.zeros(slices, dtype=bool)
-            present[slice_index] = True
-            used = np.flatnonzero(present)
-            page_of = np.cumsum(present) - 1  # slice -> its frame among those used
+            used, page_of = _pages([slice_index], slices)
             frames = np.zeros((used.size, rows, columns), dtype=bool)
             frames.reshape(-1)[(page_of[slice_index] * rows + row) * columns + column] = True
             yield plane_of[used], frames
