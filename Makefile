@@ -25,11 +25,13 @@ demo: $(READY)
 test: $(READY)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# ruff (F, I, B, UP), ruff's formatter and mypy, as configured in pyproject.toml; CI runs it first.
+# ruff (F, I, B, UP), ruff's formatter, mypy and codespell, as configured in pyproject.toml;
+# CI runs it first. .pre-commit-config.yaml runs the same tools before each commit.
 lint: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/codespell
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
