@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from app import runner
 from app.runner import say
+from rbexport import __version__
 
 EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export RedBrick-format annotation projects from and to S3-compatible storage or local folders.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,demo}")
 
     run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")

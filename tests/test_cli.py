@@ -262,3 +262,14 @@ def test_progress_bar_on_a_terminal(prefect_api, sample_source, tmp_path):
     assert "━" in text and "6/6" in text  # the bar, at its end
     assert "[6/6]" not in text  # not the plain lines
     assert "6 tasks exported, 0 failed" in text
+
+
+def test_version_is_the_installed_distributions(run_cli):
+    from importlib.metadata import version
+
+    import rbexport
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"rbexport {rbexport.__version__}"
+    assert version("rbexport") == rbexport.__version__  # pyproject.toml reads the one place

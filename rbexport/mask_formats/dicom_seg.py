@@ -468,9 +468,6 @@ def _description(segment: Segment, colours: Mapping[str, RGB] | None, codes: Map
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from rbexport import __version__
 
-    try:
-        return version("rbexport")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
