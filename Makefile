@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup clean check-datasets check-datasets-venv
+.PHONY: demo test lint docs bench setup clean check-datasets check-datasets-venv
 
 setup: $(READY)
 
@@ -15,7 +15,7 @@ $(READY): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("rbexport needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dask,lint]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dask,lint,docs]"
 	touch $(READY)
 
 demo: $(READY)
@@ -32,6 +32,11 @@ lint: $(READY)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/codespell
+
+# The docs site (docs/, mkdocs.yml) into build/site; its reference pages are generated from
+# the code (docs/hooks.py, mkdocstrings). Strict: a broken link or a stale reference fails.
+docs: $(READY)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
