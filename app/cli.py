@@ -298,15 +298,15 @@ def _run(arguments: argparse.Namespace) -> int:
         from rbexport.storage import S3Access
 
         request = ExportRequest(
-            arguments.source,
-            arguments.dest,
-            options,
-            tuple(variants),
-            not arguments.full,
-            arguments.prune,
-            arguments.replace_layout,
-            S3Access(_endpoint(arguments.endpoint_url)),
-            tuple(arguments.allow_bucket),
+            source=arguments.source,
+            destination=arguments.dest,
+            options=options,
+            variants=tuple(variants),
+            incremental=not arguments.full,
+            prune=arguments.prune,
+            replace_layout=arguments.replace_layout,
+            access=S3Access(_endpoint(arguments.endpoint_url)),
+            allowed_buckets=tuple(arguments.allow_bucket),
             **lock_timeout,
         )
         reports = runner.run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)

@@ -110,16 +110,16 @@ def export_project(
         if quiet_seconds > 0:
             wait_for_uploads(source, quiet_seconds, access, return_state=True).result()
         request = ExportRequest(
-            source,
-            destination,
-            options,
-            (*variants, *custom_variants),
-            incremental,
-            prune,
-            replace_layout,
-            access,
-            tuple(allowed_buckets or ()),
-            lock_timeout,
+            source=source,
+            destination=destination,
+            options=options,
+            variants=(*variants, *custom_variants),
+            incremental=incremental,
+            prune=prune,
+            replace_layout=replace_layout,
+            access=access,
+            allowed_buckets=tuple(allowed_buckets or ()),
+            lock_timeout=lock_timeout,
         )
         with one_writer(request, notify=tell_watchers) as lease:
             plan = read_source(request, return_state=True).result()

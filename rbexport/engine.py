@@ -224,14 +224,14 @@ def run_export(
 ) -> list[RunReport]:
     """`run_local` with the request spelled out; `endpoint_url` may also be an S3Access."""
     request = ExportRequest(
-        source,
-        destination,
-        options or ExportOptions(),
-        tuple(variants or ()),
-        incremental,
-        prune,
-        replace_layout,
-        S3Access.of(endpoint_url),
-        tuple(allowed_buckets),
+        source=source,
+        destination=destination,
+        options=options or ExportOptions(),
+        variants=tuple(variants or ()),
+        incremental=incremental,
+        prune=prune,
+        replace_layout=replace_layout,
+        access=S3Access.of(endpoint_url),
+        allowed_buckets=tuple(allowed_buckets),
     )
     return run_local(request, workers=workers, batch_size=batch_size)

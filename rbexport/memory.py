@@ -28,15 +28,26 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self.peak = 0
+        self.waiting = 0  # reservations held back until others are released
         self._changed = threading.Condition()
+
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """Wait until `predicate(self)` holds (checked whenever the budget changes), at most `timeout` s."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
 
     @contextmanager
     def reserve(self, amount: int) -> Iterator[None]:
         with self._changed:
-            while self.used and self.used + amount > self.limit:
-                self._changed.wait()
+            if self.used and self.used + amount > self.limit:
+                self.waiting += 1
+                self._changed.notify_all()
+                while self.used and self.used + amount > self.limit:
+                    self._changed.wait()
+                self.waiting -= 1
             self.used += amount
             self.peak = max(self.peak, self.used)
+            self._changed.notify_all()
         try:
             yield
         finally:

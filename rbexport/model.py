@@ -20,10 +20,10 @@ from .storage import S3Access
 from .variants import Preset, Variant
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportRequest:
     """Everything a run is asked to do, built once (from the CLI's flags or the flow's
-    parameters) and passed whole."""
+    parameters) and passed whole. Keyword-only: three adjacent booleans never swap."""
 
     source: str
     destination: str

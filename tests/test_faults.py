@@ -42,9 +42,8 @@ def test_a_flaky_store_is_retried_through_and_the_export_is_byte_identical(
 
 
 def test_the_store_stopped_mid_run_and_started_again(prefect_api, s3_credentials, tmp_path):
-    """The run retries through the outage (or fails saying so); a re-run gives the clean export."""
+    """The run retries through the outage and gives the clean export; a re-run gives it too."""
     from flows.export import export_project
-    from rbexport.errors import ExportIncomplete
 
     project = write_small_project(tmp_path / "project", tasks=120)
     with SeaweedServer(tmp_path / "store", access_key=ACCESS_KEY, secret_key=SECRET_KEY) as server:
@@ -75,14 +74,12 @@ def test_the_store_stopped_mid_run_and_started_again(prefect_api, s3_credentials
         server.restart()
         runner.join(timeout=300)
         assert not runner.is_alive()
-        if "error" in outcome:  # failing is allowed, but only with a clear message
-            error = outcome["error"]
-            assert isinstance(error, ExportIncomplete), repr(error)
-            assert "storage kept failing after retries" in json.dumps(
-                [failure.reason for report in error.report for failure in report.failures]
-            )
-        else:
-            assert len(outcome["reports"][0].exported) == 120
+        # A 3 s outage and a restart are well inside the retries' back-off (2 + 4 + 8 s per
+        # task, on top of botocore's own attempts): the run must come through whole. With
+        # retries off (STORAGE_RETRIES = 0) it fails here.
+        assert "error" not in outcome, f"the run did not survive the restart: {outcome.get('error')!r}"
+        report = outcome["reports"][0]
+        assert len(report.exported) == 120 and not report.failures, [f.reason for f in report.failures]
 
         [again] = run_export(source.url, destination.url, ExportOptions(), server.endpoint_url, incremental=False)
         assert len(again.exported) == 120

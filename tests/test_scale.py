@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -51,19 +50,25 @@ def test_the_memory_budget_holds_tasks_back_but_never_a_lone_one():
     budget = MemoryBudget(limit=100)
     order = []
 
-    def task(name: str, amount: int, hold: float) -> None:
-        with budget.reserve(amount):
-            order.append(f"{name} in")
-            time.sleep(hold)
-            order.append(f"{name} out")
+    def hold_until_b_waits() -> None:
+        with budget.reserve(70):
+            order.append("a in")
+            assert budget.wait_until(lambda b: b.waiting == 1, timeout=60), "b never waited"
+            order.append("a out")
 
-    first = threading.Thread(target=task, args=("a", 70, 0.3))
+    def b() -> None:
+        with budget.reserve(70):
+            order.append("b in")
+        order.append("b out")
+
+    first = threading.Thread(target=hold_until_b_waits)
     first.start()
-    time.sleep(0.05)
-    second = threading.Thread(target=task, args=("b", 70, 0))
+    assert budget.wait_until(lambda b: b.used == 70, timeout=60)  # a holds its 70
+    second = threading.Thread(target=b)
     second.start()
     first.join(), second.join()
     assert order == ["a in", "a out", "b in", "b out"]  # b waited: 140 > 100
+    assert budget.waiting == 0
     with budget.reserve(500):  # larger than the budget, but alone: let through
         assert budget.used == 500
     assert budget.used == 0 and budget.peak == 500
