@@ -23,7 +23,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..errors import ObjectNotFoundError, TaskDataError, TransientStorageError
+from ..errors import ObjectNotFoundError, RefusedObjectError, TaskDataError, TransientStorageError
 from ..naming import image_file_names, series_names
 from ..nifti import LabelMap
 from ..report import FileRecord
@@ -124,7 +124,10 @@ class TaskImages:
 
     def _size_of(self, reference: str) -> int:
         storage, key = self._locate(reference)
-        info = storage.stat(key)
+        try:
+            info = storage.stat(key)
+        except RefusedObjectError as error:  # a pipe, a device, a link out of the source
+            raise TaskDataError(f"image item: {error.reason}", reference) from None
         if info is None:
             raise TaskDataError("image item not found", reference)
         return info.size
@@ -220,6 +223,8 @@ class TaskImages:
             stream = storage.open(key)
         except ObjectNotFoundError:
             raise TaskDataError("image item not found", reference) from None
+        except RefusedObjectError as error:
+            raise TaskDataError(f"image item: {error.reason}", reference) from None
         head = _StreamHead(stream, storage.url_of(key))
         try:
             kind = item_kind(reference, head.read(SNIFF_BYTES))
@@ -241,6 +246,8 @@ class TaskImages:
             return storage.read(key)
         except ObjectNotFoundError:
             raise TaskDataError("image item not found", reference) from None
+        except RefusedObjectError as error:
+            raise TaskDataError(f"image item: {error.reason}", reference) from None
 
     def write(self, destination: Storage, plan: ImagePlan) -> list[FileRecord]:
         """Store the variant's images, several at once; a FileRecord for each."""
