@@ -13,8 +13,10 @@ from collections.abc import Iterable, Sequence
 
 # Every run of characters other than letters, digits and `_ . space # @ + ( ) , = [ ] { } ! ~ -`.
 _UNSAFE_RUN = re.compile(r"[^\w .#@+(),=\[\]{}!~-]+")
+# Windows counts the superscript digits ¹ ² ³ as digits here too (COM¹ is a device).
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"{device}{digit}" for device in ("COM", "LPT") for digit in [*"123456789", "\u00b9", "\u00b2", "\u00b3"]]
 )
 # A component may hold 255 bytes; keep room for `_<n>` and `.nii.gz` after a series name.
 MAX_NAME_BYTES = 200
@@ -28,8 +30,9 @@ def safe_name(name: object) -> str | None:
     safe = _UNSAFE_RUN.sub("-", name).rstrip(" .")
     if not safe:  # also covers "." and "..", which lose their dots above
         return None
-    # Windows reserves these names with any extension too (CON.nii.gz), in any case.
-    if safe.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+    # Windows reserves these names with any extension too (CON.nii.gz), in any case, and
+    # with spaces before the extension (`CON .nii`).
+    if safe.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
         safe = "_" + safe
     return _shorten(safe)
 
