@@ -6,12 +6,14 @@ Only what tasks.json names is read, and nothing is ever written to a source.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import time
 from dataclasses import dataclass
 
 from .display import shown
-from .errors import ConfigurationError, ObjectNotFoundError, RefusedObjectError, TaskDataError
+from .errors import AccessDeniedError, ConfigurationError, ObjectNotFoundError, RefusedObjectError, TaskDataError
 from .mask_formats.colours import taxonomy_colours
 from .mask_formats.segment_codes import SEGMENT_CODES_FILE, SegmentCode, parse_segment_codes
 from .memory import volume_bytes
@@ -26,6 +28,8 @@ TAXONOMY_FILE = "taxonomy.json"
 # Deepest nesting of lists and objects a source's JSON may have (a RedBrick task nests
 # about 6 levels; Python's own limit is near 1,000, and code that walks a task recurses).
 MAX_JSON_DEPTH = 100
+# The largest JSON file of a source read (tasks.json of ~500,000 tasks).
+MAX_JSON_BYTES = 1024**3
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -112,7 +116,14 @@ def read_segment_codes(source: Storage) -> dict[str, SegmentCode]:
 
 
 def _read_json(source: Storage, key: str) -> object:
-    return parse_json(source.read(key), source.url_of(key))
+    with source.open(key) as stream:
+        data = _read_bounded(stream, MAX_JSON_BYTES)
+    if data is None:
+        raise ConfigurationError(
+            f"{shown(source.url_of(key))} holds more than {size_text(MAX_JSON_BYTES)}, more than a JSON file "
+            "of a source can be (split the tasks into tasks/*.json)"
+        )
+    return parse_json(data, source.url_of(key))
 
 
 def parse_json(data: bytes, origin: str) -> object:
@@ -120,7 +131,7 @@ def parse_json(data: bytes, origin: str) -> object:
     `origin`) when it is not valid, nests deeper than MAX_JSON_DEPTH, or holds a number
     too long to read."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except json.JSONDecodeError as error:
         raise ConfigurationError(
             f"{shown(origin)} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
@@ -134,6 +145,17 @@ def parse_json(data: bytes, origin: str) -> object:
     if json_depth(value) > MAX_JSON_DEPTH:
         raise ConfigurationError(f"{shown(origin)} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is too large for a floating-point value")
+    return number
 
 
 def json_depth(value: object) -> int:
@@ -150,6 +172,32 @@ def json_depth(value: object) -> int:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def _read_bounded(stream, limit: int) -> bytes | None:
+    """The rest of a stream, or None when it holds more than `limit` bytes (known from its
+    size when the stream tells it, else found reading no more than `limit` + 1 bytes)."""
+    size = _size_hint(stream)
+    if size is not None and size - _position(stream) > limit:
+        return None
+    data = _read_up_to(stream, limit + 1)
+    return data if len(data) <= limit else None
+
+
+def _size_hint(stream) -> int | None:
+    """The size of a local file or an S3 object's body being read, when it is known."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        length = getattr(stream, "_content_length", None)  # botocore's StreamingBody
+        return int(length) if isinstance(length, int | str) and str(length).isdigit() else None
+
+
+def _position(stream) -> int:
+    try:
+        return stream.tell()
+    except (AttributeError, OSError, ValueError):
+        return getattr(stream, "_amount_read", 0)
 
 
 def _read_up_to(stream, count: int) -> bytes:
@@ -243,12 +291,14 @@ class MaskReader:
                 limit = max_file_bytes(head)
                 if limit is None or len(head) < MASK_HEAD_BYTES:
                     return head  # the decoder says what is wrong with it, or it is whole
-                rest = _read_up_to(stream, limit - len(head) + 1)
+                rest = _read_bounded(stream, limit - len(head))
         except ObjectNotFoundError:
             raise TaskDataError("mask file not found", reference) from None
         except RefusedObjectError as error:
             raise TaskDataError(error.reason, reference) from None
-        if len(head) + len(rest) > limit:
+        except AccessDeniedError:
+            raise TaskDataError("permission denied reading the mask file", reference) from None
+        if rest is None:
             raise TaskDataError(
                 f"the file holds more than {size_text(limit)}, far more than its header announces", reference
             )

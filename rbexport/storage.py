@@ -406,8 +406,9 @@ class LocalStorage(Storage):
         self._replace(key, lambda target: shutil.copyfileobj(stream, target, STREAM_CHUNK))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """The regular files under `prefix` (symbolic links to files inside the root too);
-        pipes, devices, sockets and links out of the root are not objects of this storage."""
+        """Everything under `prefix` but folders, without opening it: a symbolic link to a
+        file inside the root as that file; a pipe, device, socket or link out of the root
+        as itself (listed, so that reading it is refused with a reason, never skipped)."""
         base = self.root / prefix if prefix else self.root
         root = os.path.realpath(self.root)
         if not base.is_dir() or not _within(os.path.realpath(base), root):
@@ -417,14 +418,11 @@ class LocalStorage(Storage):
                 continue
             try:
                 info = path.lstat()
-                if stat.S_ISLNK(info.st_mode):
-                    real = os.path.realpath(path)
-                    if not _within(real, root):
-                        continue
-                    info = os.stat(real)
+                if stat.S_ISLNK(info.st_mode) and _within(os.path.realpath(path), root):
+                    info = os.stat(path)
             except OSError:
                 continue
-            if stat.S_ISREG(info.st_mode):
+            if not stat.S_ISDIR(info.st_mode):
                 yield ObjectInfo(
                     path.relative_to(self.root).as_posix(),
                     info.st_size,

@@ -188,6 +188,22 @@ def test_a_mask_that_is_a_socket_fails_its_task(tmp_path):
     assert_task_failed(result, tmp_path / "export", "socket", "masks/s.nii.gz", "socket, not a regular file")
 
 
+def test_a_task_file_that_is_a_named_pipe_is_a_usage_error_not_skipped(tmp_path):
+    source = project(tmp_path / "source")
+    (source / "tasks").mkdir()
+    (source / "tasks/a.json").write_text(json.dumps(task("a")))
+    os.mkfifo(source / "tasks/b.json")
+    assert_usage_error(run_local(source, tmp_path / "export", timeout=90), "tasks/b.json", "named pipe")
+
+
+def test_a_tasks_json_larger_than_any_source_json_is_not_read(tmp_path):
+    source = project(tmp_path / "source")
+    with open(source / "tasks.json", "r+b") as tasks:
+        tasks.truncate(3 * 1024**3)  # sparse
+    result = run_local(source, tmp_path / "export", memory=MEMORY_LIMIT)
+    assert_usage_error(result, "tasks.json", "holds more than 1.0 GiB")
+
+
 def test_a_tasks_json_that_is_a_named_pipe_is_a_usage_error(tmp_path):
     source = project(tmp_path / "source")
     (source / "tasks.json").unlink()
@@ -207,14 +223,15 @@ def test_an_image_item_that_is_a_named_pipe_fails_its_task(tmp_path):
     assert_task_failed(result, tmp_path / "export", "pipe", "images/i.dcm", "named pipe")
 
 
-def test_a_mask_far_larger_than_its_header_says_is_not_read_whole(tmp_path):
-    """An uncompressed mask whose header announces 120 bytes of voxels, in a 20 GB (sparse) file."""
-    source = project(tmp_path / "source", task("huge", "masks/huge.nii"))
-    with open(source / "masks" / "huge.nii", "wb") as huge:
-        huge.write(nifti_bytes(LABELS, compress=False))
+@pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
+def test_a_mask_far_larger_than_its_header_says_is_not_read_whole(tmp_path, name):
+    """A mask whose header announces 120 bytes of voxels, in a 20 GB (sparse) file."""
+    source = project(tmp_path / "source", task("huge", f"masks/{name}"))
+    with open(source / "masks" / name, "wb") as huge:
+        huge.write(nifti_bytes(LABELS, compress=name.endswith(".gz")))
         huge.truncate(20 * 1024**3)
     result = run_local(source, tmp_path / "export", memory=MEMORY_LIMIT)
-    assert_task_failed(result, tmp_path / "export", "huge", "masks/huge.nii", "more than", "header announces")
+    assert_task_failed(result, tmp_path / "export", "huge", f"masks/{name}", "more than", "header announces")
 
 
 def test_a_symlink_in_the_destination_is_never_written_through(tmp_path):
@@ -343,6 +360,15 @@ def test_a_task_nested_too_deeply_for_python_is_a_usage_error(tmp_path):
     assert_usage_error(run_local(source, tmp_path / "export"), "tasks.json", "nests deeper than")
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_number_that_json_does_not_have_is_a_usage_error(tmp_path, number):
+    """Python's json reads NaN and Infinity (and 1e400 as infinity); tasks.json would then
+    be written with values no other JSON reader accepts."""
+    source = project(tmp_path / "source")
+    (source / "tasks.json").write_text('[{"taskId": "t", "series": [], "metaData": {"score": ' + number + "}}]")
+    assert_usage_error(run_local(source, tmp_path / "export"), "tasks.json", "not JSON this export reads")
+
+
 def test_a_number_of_thousands_of_digits_is_a_usage_error(tmp_path):
     source = project(tmp_path / "source")
     (source / "tasks.json").write_text('[{"taskId": "big", "n": ' + "9" * 5000 + "}]")
@@ -393,6 +419,16 @@ def test_windows_reserved_names_with_superscript_digits_get_an_underscore(tmp_pa
     source = project(tmp_path / "source", task("reserved", name=name))
     assert run_local(source, tmp_path / "export").returncode == 0
     assert (tmp_path / "export/segmentations" / folder / "T1.nii.gz").is_file()
+
+
+def test_names_that_differ_only_in_unicode_normalization_are_repeats(tmp_path):
+    """`é` as one character and as `e` + a combining accent (as macOS writes it): one
+    name, a letter (not `e` and a character replaced by `-`), once."""
+    source = project(tmp_path / "source", task("composed", name="caf\u00e9"), task("decomposed", name="cafe\u0301"))
+    assert run_local(source, tmp_path / "export").returncode == 0
+    entries = json.loads((tmp_path / "export/tasks.json").read_text())
+    folders = [entry["series"][0]["segmentations"].split("/")[1] for entry in entries]
+    assert folders == ["good", "caf\u00e9", "caf\u00e9_1"]
 
 
 def test_text_that_is_not_unicode_is_kept_as_its_json_escape(tmp_path):
