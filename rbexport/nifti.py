@@ -300,9 +300,11 @@ def _parse_header(data: bytes) -> tuple[type, nib.Nifti1Header]:
     if min(header["dim"][1 : ndim + 1]) < 1:
         raise TaskDataError(f"corrupt header: empty dimension in {_shape(header)}")
     try:
-        header.get_data_dtype()
+        dtype = header.get_data_dtype()
     except Exception:
         raise TaskDataError(f"unknown voxel type code {int(header['datatype'])}") from None
+    if dtype.itemsize == 0:  # DT_UNKNOWN (0), or a type numpy has no size for here (float128)
+        raise TaskDataError(f"voxel type code {int(header['datatype'])} ({_dtype_name(header)}) has no voxel size")
     _check_numbers(header, ndim)
     return image_class, header
 

@@ -311,7 +311,7 @@ def patched(data: bytes, offset: int, fmt: str, *values) -> bytes:
     return gzip.compress(bytes(raw), mtime=0)
 
 
-VOX_OFFSET, SCL_INTER, PIXDIM_1, QFORM_CODE, QUATERN_B = 108, 116, 80, 252, 256
+DATATYPE, VOX_OFFSET, SCL_INTER, PIXDIM_1, QFORM_CODE, QUATERN_B = 70, 108, 116, 80, 252, 256
 QFORMED = patched(GOOD_MASK, QFORM_CODE, "hh", 1, 0)  # the qform decides (no sform)
 
 
@@ -325,6 +325,7 @@ QFORMED = patched(GOOD_MASK, QFORM_CODE, "hh", 1, 0)  # the qform decides (no sf
         (patched(GOOD_MASK, SCL_INTER, "f", float("nan")), "scaling"),
         (patched(GOOD_MASK, PIXDIM_1, "f", float("nan")), "voxel sizes (pixdim)"),
         (patched(QFORMED, QUATERN_B, "fff", 5.0, 5.0, 5.0), "no voxel-to-world transform"),
+        (patched(GOOD_MASK, DATATYPE, "h", 0), "voxel type code 0"),
     ],
     ids=[
         "vox-offset-nan",
@@ -334,6 +335,7 @@ QFORMED = patched(GOOD_MASK, QFORM_CODE, "hh", 1, 0)  # the qform decides (no sf
         "inter-nan",
         "pixdim-nan",
         "quaternion",
+        "datatype-unknown",
     ],
 )
 def test_a_header_number_that_is_nan_inf_or_out_of_range_fails_its_task(tmp_path, mask, reason):
