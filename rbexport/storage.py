@@ -418,10 +418,11 @@ class LocalStorage(Storage):
                 continue
             try:
                 info = path.lstat()
-                if stat.S_ISLNK(info.st_mode) and _within(os.path.realpath(path), root):
-                    info = os.stat(path)
             except OSError:
-                continue
+                continue  # gone meanwhile
+            if stat.S_ISLNK(info.st_mode) and _within(os.path.realpath(path), root):
+                with contextlib.suppress(OSError):  # else a broken link or a loop: listed as itself
+                    info = os.stat(path)
             if not stat.S_ISDIR(info.st_mode):
                 yield ObjectInfo(
                     path.relative_to(self.root).as_posix(),
@@ -439,6 +440,8 @@ class LocalStorage(Storage):
             return None
         except PermissionError:
             raise AccessDeniedError(f"permission denied reading {shown(self._path(key))}") from None
+        except OSError as error:  # a loop of symbolic links, a name too long
+            raise RefusedObjectError(shown(self._path(key)), f"cannot be read ({error.strerror})") from None
         if stat.S_ISDIR(info.st_mode):
             return None
         _regular_or_refuse(info.st_mode, self._path(key))
@@ -654,6 +657,8 @@ class S3Storage(Storage):
         return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"].timestamp())
 
     def delete(self, key: str) -> None:
+        if normalize_key(key) is None:  # `..` parts: a store that resolves them would reach past the prefix
+            raise RefusedObjectError(shown(self.url_of(key)), f"the key leaves {self.url}")
         with _s3_errors(self.url_of(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 

@@ -158,6 +158,13 @@ def test_a_tasks_json_symlinked_out_of_the_source_is_a_usage_error(tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_a_mask_that_is_a_loop_of_symlinks_fails_its_task(tmp_path):
+    source = project(tmp_path / "source", task("loop", "masks/loop.nii.gz"))
+    (source / "masks" / "loop.nii.gz").symlink_to("loop.nii.gz")
+    result = run_local(source, tmp_path / "export")
+    assert_task_failed(result, tmp_path / "export", "loop", "masks/loop.nii.gz", "Too many levels of symbolic links")
+
+
 def test_a_mask_symlinked_to_dev_zero_fails_its_task_at_once(tmp_path):
     source = project(tmp_path / "source", task("zero", "masks/zero.nii.gz"))
     (source / "masks" / "zero.nii.gz").symlink_to("/dev/zero")
