@@ -517,9 +517,21 @@ def test_a_tampered_state_never_makes_verify_read_outside_the_export(tmp_path):
     assert "state.json" in result.stdout and "victim" in result.stdout
 
 
+def test_verify_shows_paths_from_a_tampered_tasks_json_escaped(tmp_path):
+    _, destination = exported(tmp_path)
+    entries = json.loads((destination / "tasks.json").read_text())
+    entries[0]["series"][0]["segmentations"] = "segmentations/\x1b[2Jx\nrbexport: every file as recorded"
+    (destination / "tasks.json").write_text(json.dumps(entries))
+    result = rbexport("verify", str(destination))
+    assert_clean(result)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert r"segmentations/\e[2Jx\nrbexport: every file as recorded" in result.stdout
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
+        (lambda state, record: state.update(format=99), "format 99, not 1"),
         (lambda state, record: state.update(tasks=[]), "tasks is not a JSON object"),
         (lambda state, record: record["files"].update({"segmentations/good/T1.nii.gz": -5}), "-5"),
         (lambda state, record: record["files"].update({"segmentations/good/T1.nii.gz": 1e308}), "whole number"),
@@ -532,7 +544,7 @@ def test_a_tampered_state_never_makes_verify_read_outside_the_export(tmp_path):
         ),
         (lambda state, record: state.update(indexes={"../../x": "sha256:0"}), "index"),
     ],
-    ids=["tasks-list", "negative-size", "float-size", "fingerprint", "fold", "index-path"],
+    ids=["format", "tasks-list", "negative-size", "float-size", "fingerprint", "fold", "index-path"],
 )
 def test_a_state_with_values_a_run_cannot_use_is_a_usage_error_that_says_full(tmp_path, change, reason):
     source, destination = exported(tmp_path)
