@@ -257,7 +257,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from rbexport.errors import ConfigurationError
     from rbexport.options import ExportOptions
     from rbexport.run import check_locations
-    from rbexport.variants import Variant, parse_variant_argument
+    from rbexport.variants import Variant, parse_variant_argument, resolve_variants
 
     check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
     if arguments.dask_address and arguments.task_runner != "dask":
@@ -288,6 +288,8 @@ def _run(arguments: argparse.Namespace) -> int:
         with_images=arguments.with_images or arguments.images_as_nifti,
         image_format="nifti" if arguments.images_as_nifti else "original",
     )
+    resolved = resolve_variants(options, variants)  # the variant folders' places, before Prefect starts
+    check_locations(arguments.source, arguments.dest, [v.name for v in resolved] if len(resolved) > 1 else None)
     lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
     if arguments.engine == "local":
         if arguments.credentials_block:
@@ -345,9 +347,11 @@ def _verify(arguments: argparse.Namespace) -> int:
     else:
         access = S3Access(endpoint)
     result = verify_settled(arguments.destination, access, arguments.lock_timeout, notify=say)
+    from rbexport.display import shown
+
     for problem in result.problems:
-        print(problem.line())
-    print(result.summary())
+        print(shown(problem.line()))
+    print(shown(result.summary()))
     return EXIT_OK if result.ok else EXIT_TASKS_FAILED
 
 

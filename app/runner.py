@@ -86,14 +86,16 @@ def _print_reports(reports) -> None:
 
 
 def _print_report(report, prefix: str = "") -> None:
+    from rbexport.display import shown
     from rbexport.report import REPORT_NAME
 
+    prefix = shown(prefix)
     print(f"{prefix}{report.summary()}")
     if report.warnings:
         print(f"{prefix}{len(report.warnings)} warning{'s' * (len(report.warnings) != 1)} (see the report)")
     for failure in report.failures:
-        print(f"  failed {failure.line()}")
-    print(f"{prefix}report: {report.destination.rstrip('/')}/{REPORT_NAME}")
+        print(f"  failed {shown(failure.line())}")
+    print(f"{prefix}report: {shown(report.destination.rstrip('/'))}/{REPORT_NAME}")
 
 
 class EphemeralAPI:
@@ -195,7 +197,9 @@ class _PlainProgress:
     """Lines for logs and pipes: failures as they happen, and a line every 10%."""
 
     def __init__(self, title: str) -> None:
-        self.title = title
+        from rbexport.display import shown
+
+        self.title = shown(title)
         self.total = 0
         self.done = 0
         self.failed = 0
@@ -244,7 +248,7 @@ class _BarProgress(_PlainProgress):
     def started(self, total: int, skipped: int) -> None:
         self.total = total
         unchanged = f" ({skipped} unchanged, skipped)" if skipped else ""
-        self.bar.console.print(f"exporting {total} tasks{unchanged}: {self.title}", highlight=False)
+        self.bar.console.print(f"exporting {total} tasks{unchanged}: {self.title}", highlight=False, markup=False)
         self.task = self.bar.add_task("export", total=total)
         self.bar.start()
 
@@ -252,12 +256,16 @@ class _BarProgress(_PlainProgress):
         if error:
             from rich.text import Text
 
-            self.bar.console.print(Text.assemble(("failed ", "red"), f"{task_id}: {error}"))
+            from rbexport.display import shown
+
+            self.bar.console.print(Text.assemble(("failed ", "red"), shown(f"{task_id}: {error}")))
         if self.task is not None:
             self.bar.advance(self.task)
 
     def notice(self, message: str) -> None:
-        self.bar.console.print(f"rbexport: {message}", highlight=False)
+        from rbexport.display import shown
+
+        self.bar.console.print(f"rbexport: {shown(message)}", highlight=False, markup=False)
 
     def close(self) -> None:
         self.bar.stop()
@@ -268,5 +276,8 @@ def _progress_display(title: str) -> _PlainProgress:
 
 
 def say(message: str) -> None:
-    """One line for the user on stderr: `rbexport: <message>`."""
-    print(f"rbexport: {message}", file=sys.stderr)
+    """One line for the user on stderr: `rbexport: <message>` (what came from the input
+    with its control characters escaped: it stays one line, and moves no cursor)."""
+    from rbexport.display import shown
+
+    print(f"rbexport: {shown(message)}", file=sys.stderr)

@@ -21,6 +21,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from rbexport import progress
+from rbexport.display import shown
 from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
 from rbexport.errors import ConfigurationError, ExportIncomplete
 from rbexport.lease import WAIT_SECONDS
@@ -133,11 +134,16 @@ def export_project(
             reports = publish(plan, outcomes, return_state=True).result()
     except ConfigurationError as error:
         # An answer, not a crash: one line in the run's log and its state, no traceback.
-        get_run_logger().error("cannot export: %s", error)
+        get_run_logger().error("cannot export: %s", shown(error))
         emit_event(EXPORT_FAILED, resource=destination_resource(destination), payload={"error": str(error)})
         return failed(error)
     failures = [
-        {"variant": report.variant, "task": failure.taskId, "file": failure.file, "reason": failure.reason}
+        {
+            "variant": shown(report.variant),
+            "task": None if failure.taskId is None else shown(failure.taskId),
+            "file": None if failure.file is None else shown(failure.file),
+            "reason": shown(failure.reason),
+        }
         for report in reports
         for failure in report.failures
     ]
@@ -159,7 +165,7 @@ def export_project(
     create_markdown_artifact(
         key="export-report",
         markdown="\n".join(report.to_markdown() for report in reports),
-        description="; ".join(f"{report.variant}: {report.summary()}" for report in reports),
+        description=shown("; ".join(f"{report.variant}: {report.summary()}" for report in reports)),
     )
     for report in reports:
         if report.dataset:
@@ -169,12 +175,12 @@ def export_project(
                 description=f"{report.variant}: {report.dataset['cases']} cases; per fold "
                 + ", ".join(f"{fold}: {count}" for fold, count in report.dataset["cases_per_fold"].items()),
             )
-        get_run_logger().info("%s: %s", report.variant, report.summary())
+        get_run_logger().info("%s: %s", shown(report.variant), report.summary())
     failed_tasks = {failure.taskId for report in reports for failure in report.failures}
     if failed_tasks:
         message = (
             f"{len(failed_tasks)} of {len(plan.tasks) + len(plan.failures)} tasks failed; "
-            f"see {', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports)}"
+            f"see {shown(', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports))}"
         )
         return failed(ExportIncomplete(message, reports), message)
     return reports
@@ -182,7 +188,7 @@ def export_project(
 
 def tell_watchers(message: str) -> None:
     """A notice for the run's log and whoever watches it (the CLI's display)."""
-    get_run_logger().warning(message)
+    get_run_logger().warning("%s", shown(message))
     progress.current().notice(message)
 
 

@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows.export import refuse_placeholders
+from rbexport.display import shown
 from rbexport.errors import ConfigurationError, ExportDamaged
 from rbexport.lease import WAIT_SECONDS
 from rbexport.storage import S3Access
@@ -59,5 +60,5 @@ def verify_export_flow(
         return result
     create_table_artifact(key="verify-problems", table=result.rows(), description=result.summary())
     for problem in result.problems[:50]:
-        get_run_logger().error("%s", problem.line())
+        get_run_logger().error("%s", shown(problem.line()))
     return failed(ExportDamaged(result.summary(), result), result.summary())

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
 from . import progress
+from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
@@ -75,13 +76,13 @@ def _export_with_retries(
             if attempt == retries:
                 return TaskOutcome(job.task_id, failures=failure_of(job, error))
             delay = backoff_seconds * 2**attempt
-            logger.warning("%s: %s; retrying in %.0f s", job.task_id, error, delay)
+            logger.warning("%s: %s; retrying in %.0f s", shown(job.task_id), shown(error), delay)
             sleep(delay)
         except ConfigurationError:
             raise
         except Exception as error:  # noqa: BLE001 - bad data, or a bug: this task's failure, not the run's
             if not isinstance(error, TaskDataError):
-                logger.exception("%s: unexpected error", job.task_id)
+                logger.exception("%s: unexpected error", shown(job.task_id))
             return TaskOutcome(job.task_id, failures=failure_of(job, error))
     raise AssertionError("unreachable")
 
@@ -122,8 +123,8 @@ def make_batches(jobs: Sequence[TaskJob], workers: int, batch_size: int = 0) -> 
 def batch_label(batch: Sequence[TaskJob]) -> str:
     """What a batch holds, for its name: `task-001` or `task-001..task-200 (200 tasks)`."""
     if len(batch) == 1:
-        return batch[0].task_id
-    return f"{batch[0].task_id}..{batch[-1].task_id} ({len(batch)} tasks)"
+        return shown(batch[0].task_id)
+    return shown(f"{batch[0].task_id}..{batch[-1].task_id} ({len(batch)} tasks)")
 
 
 def export_all(
@@ -151,9 +152,9 @@ def export_all(
     observer.started(len(jobs) + len(plan.failures) + len(unplanned), len(plan.tasks) - len(jobs) - len(unplanned))
     for target_plan in plan.targets:
         for failure in target_plan.failures:
-            log.warning("[%s] %s", target_plan.target.name, failure.line())
+            log.warning("[%s] %s", shown(target_plan.target.name), shown(failure.line()))
     for failure in plan.failures:
-        log.warning(failure.line())
+        log.warning("%s", shown(failure.line()))
     for failure in [*plan.failures, *unplanned.values()]:
         observer.task_done(failure.taskId or "(no taskId)", failure.detail)
 
@@ -169,7 +170,7 @@ def export_all(
             outcomes.append(outcome)
             first: Failure | None = next(iter(outcome.failures.values()), None)
             if first:
-                log.warning(first.line())
+                log.warning("%s", shown(first.line()))
             observer.task_done(job.task_id, first.detail if first else None)
     if configuration_error is not None:
         raise configuration_error

@@ -7,6 +7,9 @@
 - `TransientStorageError`: the store did not answer this time (5xx, throttling, reset,
   timeout). The per-task step is retried with back-off.
 - `PreconditionFailed`: a conditional write lost a race (rbexport.lease handles it).
+- `RefusedObjectError`: a local file that is not a regular file inside its folder (a
+  pipe, a device, a symbolic link out of it): exit 2, or its task's failure for a mask or
+  an image.
 
 Every message is one line a person can act on. None of them ever holds a credential.
 All take their fields as positional arguments, so they survive pickling to workers.
@@ -33,6 +36,23 @@ class TransientStorageError(StorageError):
 
 class AccessDeniedError(StorageError, ConfigurationError):
     """The credentials in use may not do this: a configuration problem, never retried."""
+
+
+class RefusedObjectError(StorageError, ConfigurationError):
+    """An object a local folder will not read or write: a named pipe, a device or a socket
+    (not a regular file), a symbolic link that leads out of the folder, or a folder on the
+    way to a write that is a symbolic link. A configuration problem where the run's own
+    files are concerned; a task's mask or image that is one fails that task.
+
+    `path`: the file or folder (as shown); `reason`: what it is, one line."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 class ObjectNotFoundError(StorageError):

@@ -24,13 +24,20 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from .display import shown
+from .errors import ConfigurationError
 from .options import ExportOptions
-from .storage import Storage
+from .storage import Storage, normalize_key
 
 STATE_KEY = ".rbexport/state.json"
 TASKS_JSON = "tasks.json"
 # Bump when the same inputs would give different output files.
 EXPORT_FORMAT = 1
+# The folders of an export root that hold task files (masks, images, a dataset's cases):
+# every file a state records lies in one of them, so that no state, however it was
+# edited, makes a run read or delete anything else (the source, tasks.json, the state).
+EXPORT_FOLDERS = ("segmentations", "images", "imagesTr", "labelsTr")
+FOLDS = 5  # a dataset case's fold is 0 to 4 (rbexport.layouts.folds)
 
 
 @dataclass
@@ -63,29 +70,51 @@ class ExportState:
     images: bool = False  # the items tasks.json names are files of this export (images exported)
 
     @classmethod
-    def load(cls, storage: Storage) -> ExportState:
-        """The destination's state; empty (everything exported again) if absent or unreadable."""
+    def load(cls, storage: Storage, rebuild: bool = False) -> ExportState:
+        """The destination's state; empty when there is none (everything is exported).
+
+        A state that cannot be used (not JSON, another format, tampered with) stops the run
+        with a ConfigurationError that says how to rebuild it; with `rebuild` (a full
+        export) it is set aside and an empty one is used.
+        """
         if not storage.exists(STATE_KEY):
             return cls()
         try:
             return cls.parse(storage.read(STATE_KEY))
-        except ValueError:
-            return cls()
+        except ValueError as error:
+            if rebuild:
+                return cls()
+            raise ConfigurationError(
+                f"{shown(storage.url_of(STATE_KEY))} cannot be used ({shown(error)}): run with --full "
+                "(flow parameter incremental=false) to export everything again and rebuild it"
+            ) from None
 
     @classmethod
     def parse(cls, data: bytes) -> ExportState:
-        """A state from its JSON; ValueError when it is not one (or of another EXPORT_FORMAT)."""
+        """A state from its JSON; ValueError (one line, what is wrong) when it is not one,
+        is of another EXPORT_FORMAT, or holds a value a run could not safely use: a file
+        path that leaves the export or lies outside its folders, a size or fold that is not
+        a small whole number."""
         try:
             body = json.loads(data)
-            if body.get("format") != EXPORT_FORMAT:
-                raise ValueError(f"format {body.get('format')!r}, not {EXPORT_FORMAT}")
-            return cls(
-                {task_id: TaskRecord(**record) for task_id, record in body["tasks"].items()},
-                {str(name): str(value) for name, value in body.get("indexes", {}).items()},
-                bool(body.get("images", False)),
-            )
-        except (TypeError, KeyError, AttributeError) as error:
-            raise ValueError(f"malformed state ({type(error).__name__})") from None
+        except RecursionError:
+            raise ValueError("it nests too deeply") from None
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number
+            raise ValueError(f"not JSON: {' '.join(str(error).split())}") from None
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        if body.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"format {shown(repr(body.get('format')))[:40]}, not {EXPORT_FORMAT}")
+        tasks = _expect(body.get("tasks"), dict, "tasks")
+        indexes = _expect(body.get("indexes", {}), dict, "indexes")
+        images = body.get("images", False)
+        if not isinstance(images, bool):
+            raise ValueError("images is not true or false")
+        return cls(
+            {_text(task_id, "a task id"): _task_record(task_id, record) for task_id, record in tasks.items()},
+            {_index_name(name): _text(value, f"the checksum of {name}") for name, value in indexes.items()},
+            images,
+        )
 
     def to_json(self) -> bytes:
         body = {
@@ -143,4 +172,76 @@ def export_roots(keys: Iterable[str]) -> list[str]:
     at_root = [""] if STATE_KEY in keys or TASKS_JSON in keys else []
     return at_root + sorted(
         key.split("/", 1)[0] for key in keys if key.count("/") == 2 and key.endswith("/" + STATE_KEY)
+    )
+
+
+def _expect(value: object, kind: type, what: str):
+    if not isinstance(value, kind):
+        raise ValueError(f"{what} is not a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{shown(what)} is not a string")
+    return value
+
+
+def _count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{shown(what)} is {shown(repr(value))[:40]}, not a whole number of 0 or more")
+    return value
+
+
+def task_file_path(path: object) -> str:
+    """A file path a state records, checked: relative, inside one of the EXPORT_FOLDERS."""
+    text = _text(path, "a file path")
+    if normalize_key(text) != text or text.split("/", 1)[0] not in EXPORT_FOLDERS or "/" not in text:
+        raise ValueError(f"file {shown(repr(text))[:200]} is not a path inside {', '.join(EXPORT_FOLDERS)}")
+    return text
+
+
+def _index_name(name: object) -> str:
+    """An index (tasks.json, dataset.json, ...): a file at the export root."""
+    text = _text(name, "an index name")
+    if normalize_key(text) != text or "/" in text:
+        raise ValueError(f"index {shown(repr(text))[:200]} is not a file at the export root")
+    return text
+
+
+def _task_record(task_id: object, record: object) -> TaskRecord:
+    what = f"task {shown(repr(task_id))[:80]}"
+    fields: dict = _expect(record, dict, what)
+    fingerprint = fields.get("fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"{what}: fingerprint is not a string")
+    files = {
+        task_file_path(path): _count(size, f"the size of {path}")
+        for path, size in _expect(fields.get("files", {}), dict, f"{what}: files").items()
+    }
+    orphans = [task_file_path(path) for path in _expect(fields.get("orphans", []), list, f"{what}: orphans")]
+    checksums = {
+        task_file_path(path): _text(value, f"the checksum of {path}")
+        for path, value in _expect(fields.get("checksums", {}), dict, f"{what}: checksums").items()
+    }
+    cases = [_case(case, what) for case in _expect(fields.get("cases", []), list, f"{what}: cases")]
+    unknown = set(fields) - {"fingerprint", "files", "orphans", "cases", "checksums"}
+    if unknown:
+        raise ValueError(f"{what}: unknown field {shown(repr(sorted(unknown)[0]))[:80]}")
+    return TaskRecord(fingerprint, files, orphans, cases, checksums)
+
+
+def _case(case: object, what: str) -> CaseRecord:
+    fields: dict = _expect(case, dict, f"{what}: a case")
+    fold = fields.get("fold")
+    if fold is not None and (_count(fold, f"{what}: a fold") >= FOLDS):
+        raise ValueError(f"{what}: fold {fold} is not one of 0 to {FOLDS - 1}")
+    modalities = _expect(fields.get("modalities"), list, f"{what}: modalities")
+    voxels = _expect(fields.get("voxels"), dict, f"{what}: voxels")
+    return CaseRecord(
+        _text(fields.get("id"), f"{what}: a case id"),
+        _text(fields.get("group"), f"{what}: a case group"),
+        [_text(modality, f"{what}: a modality") for modality in modalities],
+        {_text(label, f"{what}: a label"): _count(count, f"{what}: a voxel count") for label, count in voxels.items()},
+        fold,
     )

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 # Every run of characters other than letters, digits and `_ . space # @ + ( ) , = [ ] { } ! ~ -`.
 _UNSAFE_RUN = re.compile(r"[^\w .#@+(),=\[\]{}!~-]+")
+# Windows counts the superscript digits ¹ ² ³ as digits here too (COM¹ is a device).
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"{device}{digit}" for device in ("COM", "LPT") for digit in [*"123456789", "\u00b9", "\u00b2", "\u00b3"]]
 )
 # A component may hold 255 bytes; keep room for `_<n>` and `.nii.gz` after a series name.
 MAX_NAME_BYTES = 200
@@ -25,11 +28,14 @@ def safe_name(name: object) -> str | None:
     """The name made safe for a path component, or None when nothing usable is left."""
     if not isinstance(name, str):
         return None
-    safe = _UNSAFE_RUN.sub("-", name).rstrip(" .")
+    # Composed first (NFC): `e` + a combining accent, as macOS writes names, is `é`, a
+    # letter, not `e` and a character to replace.
+    safe = _UNSAFE_RUN.sub("-", unicodedata.normalize("NFC", name)).rstrip(" .")
     if not safe:  # also covers "." and "..", which lose their dots above
         return None
-    # Windows reserves these names with any extension too (CON.nii.gz), in any case.
-    if safe.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+    # Windows reserves these names with any extension too (CON.nii.gz), in any case, and
+    # with spaces before the extension (`CON .nii`).
+    if safe.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
         safe = "_" + safe
     return _shorten(safe)
 
@@ -41,6 +47,12 @@ def _shorten(name: str) -> str:
     digest = hashlib.sha256(encoded).hexdigest()[:_HASH_CHARS]
     head = encoded[: MAX_NAME_BYTES - _HASH_CHARS - 1].decode("utf-8", errors="ignore").rstrip(" .")
     return f"{head}-{digest}"
+
+
+def fold(name: str) -> str:
+    """What two names have in common when a file system takes them for one: case and
+    Unicode normalization ignored (Unicode's canonical caseless match)."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
 
 
 def series_letter(position: int) -> str:
@@ -77,20 +89,22 @@ def deduplicate(names: Iterable[str], taken: set[str] | None = None) -> list[str
     """Later repeats of a name get `_1`, `_2`, ..., never a name already taken.
 
     Names that differ only in case are repeats (`T1`, `t1` -> `T1`, `t1_1`): on macOS
-    and Windows they would be one file. `taken` holds names used elsewhere; the names
+    and Windows they would be one file; so are names that differ only in how their
+    accents are encoded (`é` as one character or as `e` and a combining accent), which
+    macOS's file systems also take for one name. `taken` holds names used elsewhere; the names
     chosen here are added to it.
     """
     taken = set() if taken is None else taken
-    folded = {name.casefold() for name in taken}
+    folded = {fold(name) for name in taken}
     counters: dict[str, int] = {}
     unique = []
     for name in names:
         candidate = name
-        while candidate.casefold() in folded:
-            counters[name.casefold()] = counters.get(name.casefold(), 0) + 1
-            candidate = f"{name}_{counters[name.casefold()]}"
+        while fold(candidate) in folded:
+            counters[fold(name)] = counters.get(fold(name), 0) + 1
+            candidate = f"{name}_{counters[fold(name)]}"
         taken.add(candidate)
-        folded.add(candidate.casefold())
+        folded.add(fold(candidate))
         unique.append(candidate)
     return unique
 
@@ -102,9 +116,9 @@ def image_file_names(references: Sequence[str]) -> list[str]:
     the item count) before the extension."""
     width = len(str(len(references)))
     bases = [safe_name(reference.rsplit("/", 1)[-1]) or f"item{_extension(reference)}" for reference in references]
-    folded = [base.casefold() for base in bases]
+    folded = [fold(base) for base in bases]
     return [
-        f"{_stem(base)}-{position:0{width}d}{_extension(base)}" if folded.count(base.casefold()) > 1 else base
+        f"{_stem(base)}-{position:0{width}d}{_extension(base)}" if folded.count(fold(base)) > 1 else base
         for position, base in enumerate(bases)
     ]
 

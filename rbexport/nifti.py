@@ -37,6 +37,8 @@ _CHUNK = 64 * 1024**2
 _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
 _MAX_HEADER_BYTES = 1024**2  # header and extensions
+# What a mask reader takes first, to learn from the header how much more the file may hold.
+MASK_HEAD_BYTES = _MAX_HEADER_BYTES
 UINT16_MAX = np.iinfo(np.uint16).max
 
 # What a corrupt gzip stream raises (isal has no type hints: mypy sees Any).
@@ -65,7 +67,13 @@ def read_label_map(raw: bytes) -> LabelMap:
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "uif":
         raise TaskDataError(f"voxel type {_dtype_name(header)} is not a label map type (integers or floats)")
-    slope, inter = header.get_slope_inter()
+    try:
+        slope, inter = header.get_slope_inter()
+    except Exception:  # nibabel's HeaderDataError: a valid slope with a NaN or infinite intercept
+        raise TaskDataError(
+            f"corrupt header: scaling scl_slope {_number(header['scl_slope'])}, "
+            f"scl_inter {_number(header['scl_inter'])} is not finite"
+        ) from None
     if slope is not None and (slope, inter or 0.0) != (1.0, 0.0):
         voxels = voxels * np.float64(slope) + np.float64(inter or 0.0)
     return LabelMap(values=to_label_values(voxels), header=header)
@@ -90,6 +98,23 @@ def peek_volume(raw: bytes) -> tuple[int, int] | None:
         return _voxel_count(header), header.get_data_dtype().itemsize
     except (TaskDataError, GZIP_ERRORS[0]):
         return None
+
+
+def max_file_bytes(head: bytes) -> int | None:
+    """The most bytes a label map file starting with `head` may hold, from its header: the
+    voxels it announces, gzip's overhead, and what a reader tolerates after them; None when
+    the header cannot be read (decoding `head` says why)."""
+    try:
+        compressed = head[:2] == GZIP_MAGIC
+        start = isal_zlib.decompressobj(31).decompress(head, _NIFTI2_HEADER_BYTES) if compressed else head
+        sizes = _header_sizes(start)
+        _, header = _parse_header(start if _NIFTI2_HEADER_BYTES in sizes else start[:_NIFTI1_HEADER_BYTES])
+        expected = _expected_bytes(header)
+    except (TaskDataError, GZIP_ERRORS[0]):
+        return None
+    if expected > MAX_DATA_BYTES:
+        return None
+    return expected + (expected // 64 if compressed else 0) + _CHUNK
 
 
 def to_label_values(voxels: np.ndarray) -> np.ndarray:
@@ -275,10 +300,30 @@ def _parse_header(data: bytes) -> tuple[type, nib.Nifti1Header]:
     if min(header["dim"][1 : ndim + 1]) < 1:
         raise TaskDataError(f"corrupt header: empty dimension in {_shape(header)}")
     try:
-        header.get_data_dtype()
+        dtype = header.get_data_dtype()
     except Exception:
         raise TaskDataError(f"unknown voxel type code {int(header['datatype'])}") from None
+    if dtype.itemsize == 0:  # DT_UNKNOWN (0), or a type numpy has no size for here (float128)
+        raise TaskDataError(f"voxel type code {int(header['datatype'])} ({_dtype_name(header)}) has no voxel size")
+    _check_numbers(header, ndim)
     return image_class, header
+
+
+def _check_numbers(header: nib.Nifti1Header, ndim: int) -> None:
+    """The header's numbers that reading and writing use, refused when NaN, infinite or out
+    of range: where the voxels start, the voxel sizes and the voxel-to-world transform."""
+    offset = float(header["vox_offset"])
+    if not math.isfinite(offset) or not 0 <= offset <= _MAX_HEADER_BYTES:
+        raise TaskDataError(f"corrupt header: vox_offset is {_number(header['vox_offset'])}")
+    zooms = [float(size) for size in header["pixdim"][1 : ndim + 1]]
+    if not all(math.isfinite(size) for size in zooms):
+        raise TaskDataError(f"corrupt header: voxel sizes (pixdim) {zooms} are not finite")
+    try:
+        affine = header.get_best_affine()
+    except Exception as error:  # nibabel's checks of the quaternion
+        raise TaskDataError(f"corrupt header: no voxel-to-world transform ({_one_line(error)})") from None
+    if not np.isfinite(affine).all():
+        raise TaskDataError("corrupt header: the voxel-to-world transform (qform/sform) holds NaN or infinite values")
 
 
 def _dims(header: nib.Nifti1Header) -> tuple[int, ...]:
@@ -314,6 +359,11 @@ def _dtype_name(header: nib.Nifti1Header) -> str:
         return f"code {int(header['datatype'])}"
 
 
+def size_text(count: int) -> str:
+    """A byte count as a person reads it: `1.5 GiB`."""
+    return _size(count)
+
+
 def _size(count: int) -> str:
     for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if count >= scale:
@@ -322,7 +372,8 @@ def _size(count: int) -> str:
 
 
 def _number(value: np.generic) -> str:
-    return str(int(value)) if float(value).is_integer() else str(float(value))
+    number = float(value)
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 def _one_line(error: BaseException) -> str:

@@ -7,6 +7,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from .display import shown
+
 REPORT_NAME = "export-report.json"
 
 
@@ -85,7 +87,8 @@ class RunReport:
                 del record["etag"]
         body["seconds"] = round(self.seconds, 3)
         body["timings"] = {name: round(value, 3) for name, value in self.timings.items()}
-        return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        # Text from the input that is not Unicode (a lone surrogate) is kept as an escape.
+        return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
     def summary(self) -> str:
         """One line: what happened."""
@@ -104,7 +107,7 @@ class RunReport:
         lines = [
             f"# Export{variant} {status}",
             "",
-            f"`{self.source}` → `{self.destination}`",
+            f"{_code(self.source)} → {_code(self.destination)}",
             "",
             "| tasks exported | skipped (unchanged) | failed | warnings | files written | bytes | pruned | seconds |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -171,5 +174,11 @@ def human_bytes(count: int) -> str:
     return f"{count} B"
 
 
+def _code(text: str) -> str:
+    """Markdown code for a location: control characters escaped, no backtick to end it early."""
+    return "`" + shown(text).replace("`", "'") + "`"
+
+
 def _cell(text: str | None) -> str:
-    return "" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+    """A markdown table cell: control characters escaped (rbexport.display), `|` too."""
+    return "" if text is None else shown(text).replace("|", "\\|")

@@ -15,9 +15,19 @@ from dataclasses import replace
 
 from .annotations import mask_references
 from .dataset_run import plan_cases, publish_dataset
+from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .images.export import image_references
-from .incremental import STATE_KEY, TASKS_JSON, ExportState, TaskRecord, export_roots, is_unchanged, task_fingerprint
+from .incremental import (
+    EXPORT_FOLDERS,
+    STATE_KEY,
+    TASKS_JSON,
+    ExportState,
+    TaskRecord,
+    export_roots,
+    is_unchanged,
+    task_fingerprint,
+)
 from .layouts.labels import training_labels
 from .lease import DestinationLease
 from .mask_formats.png import CLASS_MAP, class_map
@@ -44,8 +54,12 @@ from .source import (
     read_tasks,
 )
 from .storage import Location, S3Access, Storage
-from .task_export import SEGMENTATIONS_FOLDER, storage_for
+from .task_export import storage_for
 from .variants import resolve_variants
+
+# Files at an export root besides tasks.json: the report, a PNG export's class map, a
+# dataset's index files.
+ROOT_FILES = (TASKS_JSON, REPORT_NAME, CLASS_MAP, "dataset.json", "splits_final.json")
 
 
 def prepare_run(request: ExportRequest) -> RunPlan:
@@ -54,8 +68,9 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     ConfigurationError for anything that stops the run before a file is written.
     """
     started = time.perf_counter()
-    source_location, destination_location = check_locations(request.source, request.destination)
     resolved = resolve_variants(request.options, request.variants)
+    variant_folders = [v.name for v in resolved] if len(resolved) > 1 else None
+    source_location, destination_location = check_locations(request.source, request.destination, variant_folders)
     roots = [destination_location] if len(resolved) == 1 else [destination_location.child(v.name) for v in resolved]
     targets = tuple(
         Target(variant.name, root.url, variant.options) for variant, root in zip(resolved, roots, strict=True)
@@ -66,8 +81,7 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     source_storage.check_reachable()
     storage_for(destination_location.url, access).check_reachable()
     tasks = read_tasks(source_storage)
-    variant_folders = [v.name for v in resolved] if len(resolved) > 1 else None
-    check_layout(destination_location, access, variant_folders, request.replace_layout)
+    check_layout(destination_location, access, variant_folders, request.replace_layout, rebuild=not request.incremental)
     category_numbers = _category_numbers(source_storage, targets)
     formats = {target.options.mask_format for target in targets}
     settings = ExportSettings(
@@ -85,7 +99,7 @@ def prepare_run(request: ExportRequest) -> RunPlan:
         for item in tasks
         if isinstance(item.task, dict) and isinstance(item.task.get("taskId"), str)
     }
-    target_plans = [_load_target(target, access) for target in targets]
+    target_plans = [_load_target(target, access, rebuild=not request.incremental) for target in targets]
     jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, request.incremental)
     prune = request.prune
     plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
@@ -110,7 +124,9 @@ def destination_lease(
 ) -> DestinationLease:
     """The lease that makes this run the destination's one writer (rbexport.lease); the
     destination is checked first, so a bad one fails here with its own message."""
-    _, destination = check_locations(request.source, request.destination)
+    resolved = resolve_variants(request.options, request.variants)
+    variant_folders = [variant.name for variant in resolved] if len(resolved) > 1 else None
+    _, destination = check_locations(request.source, request.destination, variant_folders)
     storage = storage_for(destination.url, request.access)
     storage.check_reachable()
     return DestinationLease(storage, owner, notify)
@@ -121,7 +137,9 @@ def _reads_images(options: ExportOptions) -> bool:
     return bool(options.images) or options.mask_format == "dicom-seg"
 
 
-def check_layout(destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool) -> None:
+def check_layout(
+    destination: Location, access: S3Access, variant_folders: list[str] | None, replace: bool, rebuild: bool = False
+) -> None:
     """One destination holds one layout: one export at its root, or variant folders.
 
     A run of the other layout stops here (ConfigurationError) unless `replace` is given;
@@ -143,11 +161,11 @@ def check_layout(destination: Location, access: S3Access, variant_folders: list[
             "destination, or replace that export (--replace-layout, flow parameter replace_layout)"
         )
     for root in old_roots:
-        _delete_export(storage_for(destination.child(root).url if root else destination.url, access))
+        _delete_export(storage_for(destination.child(root).url if root else destination.url, access), rebuild)
 
 
-def _delete_export(storage: Storage) -> None:
-    state = ExportState.load(storage)
+def _delete_export(storage: Storage, rebuild: bool) -> None:
+    state = ExportState.load(storage, rebuild)
     for record in state.tasks.values():
         for path in sorted({*record.files, *record.orphans}):
             storage.delete(path)
@@ -182,20 +200,21 @@ def plan_jobs(tasks: list[SourceTask]) -> tuple[list[TaskJob], list[Failure]]:
     return jobs, failures
 
 
-def _load_target(target: Target, access: S3Access) -> TargetPlan:
-    """What the destination already holds for this variant: its state and tasks.json."""
+def _load_target(target: Target, access: S3Access, rebuild: bool = False) -> TargetPlan:
+    """What the destination already holds for this variant: its state and tasks.json
+    (entries of a tasks.json that cannot be read are exported again)."""
     storage = storage_for(target.root, access)
     previous = storage.read(TASKS_JSON) if storage.exists(TASKS_JSON) else None
     try:
         entries = json.loads(previous) if previous else []
-    except ValueError:
+    except (ValueError, RecursionError):
         entries = []
     by_id = (
         {entry["taskId"]: entry for entry in entries if isinstance(entry, dict) and "taskId" in entry}
         if isinstance(entries, list)
         else {}
     )
-    return TargetPlan(target, ExportState.load(storage), previous, by_id)
+    return TargetPlan(target, ExportState.load(storage, rebuild), previous, by_id)
 
 
 def _decide_exports(
@@ -377,7 +396,8 @@ def _publish_tasks_json(
         destination.write(CLASS_MAP, mapping, class_map_record.sha256)
         report.files.append(class_map_record)
         indexes[CLASS_MAP] = f"sha256:{class_map_record.sha256}"
-    tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # A lone surrogate from the source (not Unicode) stays the JSON escape it was read from.
+    tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
     record = FileRecord.of(TASKS_JSON, tasks_json)
     if tasks_json != target_plan.previous_tasks_json:
         destination.write(TASKS_JSON, tasks_json, record.sha256)
@@ -427,17 +447,33 @@ def _prune(destination: Storage, state: ExportState, source_task_ids: set[str]) 
     return deleted
 
 
-def check_locations(source_url: str, destination_url: str) -> tuple[Location, Location]:
-    """Parse both locations; refuse a destination inside the source, or one whose outputs
-    would cover it: the source is never written to."""
+def check_locations(
+    source_url: str, destination_url: str, variant_folders: Sequence[str] | None = None
+) -> tuple[Location, Location]:
+    """Parse both locations; refuse a destination inside the source, or a source anywhere
+    in the export tree (a variant folder, segmentations/, images/, a dataset's folders,
+    the state, the files at an export root): the source is never written to, nor deleted."""
     source, destination = Location.parse(source_url), Location.parse(destination_url)
     if source.contains(destination):
         raise ConfigurationError(
-            f"the destination {destination.url} lies inside the source {source.url}; the source is never written to"
+            f"the destination {shown(destination.url)} lies inside the source {shown(source.url)}; "
+            "the source is never written to"
         )
-    for written in (SEGMENTATIONS_FOLDER, TASKS_JSON, REPORT_NAME):
-        if destination.child(written).contains(source):
+    roots = [destination.child(name) for name in variant_folders] if variant_folders else [destination]
+    if destination.child(".rbexport").contains(source):  # the lease, and a single export's state
+        raise ConfigurationError(
+            f"the source {shown(source.url)} lies inside {shown(destination.child('.rbexport').url)}, "
+            "which holds the export's own files"
+        )
+    for root in roots:
+        if root != destination and root.contains(source):
             raise ConfigurationError(
-                f"the source {source.url} lies inside {destination.child(written).url}, which the export overwrites"
+                f"the source {shown(source.url)} lies inside {shown(root.url)}, which this run exports to"
             )
+        for written in (*EXPORT_FOLDERS, ".rbexport", *ROOT_FILES):
+            if root.child(written).contains(source):
+                raise ConfigurationError(
+                    f"the source {shown(source.url)} lies inside {shown(root.child(written).url)}, "
+                    "which the export overwrites"
+                )
     return source, destination

@@ -6,15 +6,19 @@ listed in the `overlappingGroups` of instances belongs to each of them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .display import shown
 from .errors import TaskDataError
 from .nifti import UINT16_MAX
 
 _LISTED_AT_MOST = 10
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_MOST_DIGITS = 6  # more digits than a label value can have: read no further
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,16 @@ def parse_segment_map(segment_map: object) -> list[Instance]:
 
 
 def _label_value(raw: object, what: str) -> int:
+    """An instance id or group value: an integer, or a string of ASCII digits only (no sign,
+    space, or other script's digits: `" 1"`, `"²"`, `"١"` are not label values)."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
-    elif isinstance(raw, str) and raw.strip().isdigit():
-        value = int(raw)
+    elif isinstance(raw, str) and _ASCII_DIGITS.fullmatch(raw):
+        value = int(raw) if len(raw) <= _MOST_DIGITS else UINT16_MAX + 1
     else:
-        raise TaskDataError(f"{what} is not an integer label value")
+        raise TaskDataError(f"{shown(what)} is not an integer label value")
     if not 1 <= value <= UINT16_MAX:
-        raise TaskDataError(f"{what} is outside 1..{UINT16_MAX}")
+        raise TaskDataError(f"{shown(what)} is outside 1..{UINT16_MAX}")
     return value
 
 

@@ -6,14 +6,18 @@ Only what tasks.json names is read, and nothing is ever written to a source.
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import time
 from dataclasses import dataclass
 
-from .errors import ConfigurationError, ObjectNotFoundError, TaskDataError
+from .display import shown
+from .errors import AccessDeniedError, ConfigurationError, ObjectNotFoundError, RefusedObjectError, TaskDataError
 from .mask_formats.colours import taxonomy_colours
 from .mask_formats.segment_codes import SEGMENT_CODES_FILE, SegmentCode, parse_segment_codes
 from .memory import volume_bytes
-from .nifti import LabelMap, peek_volume, read_label_map
+from .nifti import MASK_HEAD_BYTES, LabelMap, max_file_bytes, peek_volume, read_label_map, size_text
 from .storage import Location, S3Access, Storage, normalize_key, open_storage
 from .structures.masks import VoxelIndex
 from .taxonomy import category_numbers
@@ -21,6 +25,12 @@ from .taxonomy import category_numbers
 TASKS_FILE = "tasks.json"
 TASKS_FOLDER = "tasks/"
 TAXONOMY_FILE = "taxonomy.json"
+# Deepest nesting of lists and objects a source's JSON may have (a RedBrick task nests
+# about 6 levels; Python's own limit is near 1,000, and code that walks a task recurses).
+MAX_JSON_DEPTH = 100
+# The largest JSON file of a source read (tasks.json of ~500,000 tasks).
+MAX_JSON_BYTES = 1024**3
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -106,14 +116,100 @@ def read_segment_codes(source: Storage) -> dict[str, SegmentCode]:
 
 
 def _read_json(source: Storage, key: str) -> object:
+    with source.open(key) as stream:
+        data = _read_bounded(stream, MAX_JSON_BYTES)
+    if data is None:
+        raise ConfigurationError(
+            f"{shown(source.url_of(key))} holds more than {size_text(MAX_JSON_BYTES)}, more than a JSON file "
+            "of a source can be (split the tasks into tasks/*.json)"
+        )
+    return parse_json(data, source.url_of(key))
+
+
+def parse_json(data: bytes, origin: str) -> object:
+    """JSON from a file anyone may have written: ConfigurationError (one line, naming
+    `origin`) when it is not valid, nests deeper than MAX_JSON_DEPTH, or holds a number
+    too long to read."""
     try:
-        return json.loads(source.read(key))
+        value = json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except json.JSONDecodeError as error:
         raise ConfigurationError(
-            f"{source.url_of(key)} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+            f"{shown(origin)} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
         ) from None
     except UnicodeDecodeError:
-        raise ConfigurationError(f"{source.url_of(key)} is not UTF-8 text") from None
+        raise ConfigurationError(f"{shown(origin)} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigurationError(f"{shown(origin)} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as error:  # an integer of thousands of digits
+        raise ConfigurationError(f"{shown(origin)} is not JSON this export reads ({_one_line(error)})") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ConfigurationError(f"{shown(origin)} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is too large for a floating-point value")
+    return number
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and objects nest in `value` (without recursion: any depth is measured)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            pending += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _read_bounded(stream, limit: int) -> bytes | None:
+    """The rest of a stream, or None when it holds more than `limit` bytes (known from its
+    size when the stream tells it, else found reading no more than `limit` + 1 bytes)."""
+    size = _size_hint(stream)
+    if size is not None and size - _position(stream) > limit:
+        return None
+    data = _read_up_to(stream, limit + 1)
+    return data if len(data) <= limit else None
+
+
+def _size_hint(stream) -> int | None:
+    """The size of a local file or an S3 object's body being read, when it is known."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        length = getattr(stream, "_content_length", None)  # botocore's StreamingBody
+        return int(length) if isinstance(length, int | str) and str(length).isdigit() else None
+
+
+def _position(stream) -> int:
+    try:
+        return stream.tell()
+    except (AttributeError, OSError, ValueError):
+        return getattr(stream, "_amount_read", 0)
+
+
+def _read_up_to(stream, count: int) -> bytes:
+    """Up to `count` bytes of a stream (fewer only at its end)."""
+    parts, wanted = [], count
+    while wanted > 0:
+        part = stream.read(min(wanted, 64 * 1024**2))
+        if not part:
+            break
+        parts.append(part)
+        wanted -= len(part)
+    return b"".join(parts)
 
 
 def _json_type(value: object) -> str:
@@ -187,11 +283,26 @@ class MaskReader:
         return self._indexes[reference]
 
     def _download(self, reference: str) -> bytes:
+        """The mask's bytes, read no further than its header says the file can hold."""
         storage, key = self.locate(reference)
         try:
-            return storage.read(key)
+            with storage.open(key) as stream:
+                head = _read_up_to(stream, MASK_HEAD_BYTES)
+                limit = max_file_bytes(head)
+                if limit is None or len(head) < MASK_HEAD_BYTES:
+                    return head  # the decoder says what is wrong with it, or it is whole
+                rest = _read_bounded(stream, limit - len(head))
         except ObjectNotFoundError:
             raise TaskDataError("mask file not found", reference) from None
+        except RefusedObjectError as error:
+            raise TaskDataError(error.reason, reference) from None
+        except AccessDeniedError:
+            raise TaskDataError("permission denied reading the mask file", reference) from None
+        if rest is None:
+            raise TaskDataError(
+                f"the file holds more than {size_text(limit)}, far more than its header announces", reference
+            )
+        return head + rest
 
     @staticmethod
     def _decode(reference: str, raw: bytes) -> LabelMap:
@@ -213,6 +324,10 @@ class MaskReader:
 
     def locate(self, reference: str) -> tuple[Storage, str]:
         """The storage and key a `segmentations` reference points at."""
+        if _SURROGATE.search(reference):
+            raise TaskDataError(
+                "the path is not Unicode text (it holds a lone surrogate, \\ud800 to \\udfff)", reference
+            )
         if reference.startswith("s3://"):
             try:
                 target = Location.parse(reference)

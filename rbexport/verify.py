@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .display import shown
 from .errors import ConfigurationError, ObjectNotFoundError, TransientStorageError
 from .incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
 from .lease import WAIT_SECONDS, DestinationBusy, Lease, read_lease
@@ -285,4 +286,4 @@ def _read(storage: Storage, key: str) -> tuple[int, str] | Problem:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return shown(text).replace("|", "\\|")

@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from rbexport.display import shown
 from rbexport.engine import BACKOFF_SECONDS, STORAGE_RETRIES, export_batch
 from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
 from rbexport.model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
@@ -69,7 +70,7 @@ def failed(error: BaseException, message: str | None = None) -> Any:
     """A Failed state carrying `error`: a flow or task that returns it ends Failed with the
     message, without a traceback in its log, and calling it raises `error`. (Typed Any: the
     caller gets its declared result type or the error, never the state.)"""
-    return Failed(message=message or str(error), data=error)
+    return Failed(message=shown(message or str(error)), data=error)
 
 
 @task(name="wait-for-uploads", **RETRY_STORAGE)
@@ -102,7 +103,7 @@ def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: 
     outcomes = export_batch(jobs, settings)
     logger = get_run_logger()
     exported = [
-        f"{job.task_id} [{name}]: {len(result.files)} files, {sum(record.bytes for record in result.files)} bytes"
+        f"{shown(job.task_id)} [{shown(name)}]: {len(result.files)} files, {sum(record.bytes for record in result.files)} bytes"
         + (f", {len(result.warnings)} warnings" if result.warnings else "")
         for job, outcome in zip(jobs, outcomes, strict=True)
         for name, result in outcome.results.items()
@@ -111,7 +112,7 @@ def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: 
         logger.info("exported:\n%s", "\n".join(exported))
     for job, outcome in zip(jobs, outcomes, strict=True):
         for name, failure in outcome.failures.items():
-            logger.warning("%s [%s] failed: %s", job.task_id, name, failure.detail)
+            logger.warning("%s [%s] failed: %s", shown(job.task_id), shown(name), shown(failure.detail))
     return outcomes
 
 

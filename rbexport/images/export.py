@@ -23,7 +23,8 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..errors import ObjectNotFoundError, TaskDataError, TransientStorageError
+from ..display import shown
+from ..errors import AccessDeniedError, ObjectNotFoundError, RefusedObjectError, TaskDataError, TransientStorageError
 from ..naming import image_file_names, series_names
 from ..nifti import LabelMap
 from ..report import FileRecord
@@ -124,7 +125,12 @@ class TaskImages:
 
     def _size_of(self, reference: str) -> int:
         storage, key = self._locate(reference)
-        info = storage.stat(key)
+        try:
+            info = storage.stat(key)
+        except RefusedObjectError as error:  # a pipe, a device, a link out of the source
+            raise TaskDataError(f"image item: {error.reason}", reference) from None
+        except AccessDeniedError:
+            raise TaskDataError("permission denied reading the image item", reference) from None
         if info is None:
             raise TaskDataError("image item not found", reference)
         return info.size
@@ -220,6 +226,10 @@ class TaskImages:
             stream = storage.open(key)
         except ObjectNotFoundError:
             raise TaskDataError("image item not found", reference) from None
+        except RefusedObjectError as error:
+            raise TaskDataError(f"image item: {error.reason}", reference) from None
+        except AccessDeniedError:
+            raise TaskDataError("permission denied reading the image item", reference) from None
         head = _StreamHead(stream, storage.url_of(key))
         try:
             kind = item_kind(reference, head.read(SNIFF_BYTES))
@@ -241,6 +251,10 @@ class TaskImages:
             return storage.read(key)
         except ObjectNotFoundError:
             raise TaskDataError("image item not found", reference) from None
+        except RefusedObjectError as error:
+            raise TaskDataError(f"image item: {error.reason}", reference) from None
+        except AccessDeniedError:
+            raise TaskDataError("permission denied reading the image item", reference) from None
 
     def write(self, destination: Storage, plan: ImagePlan) -> list[FileRecord]:
         """Store the variant's images, several at once; a FileRecord for each."""
@@ -322,6 +336,10 @@ def _copy(destination: Storage, copy: ImageCopy) -> FileRecord:
         copied = destination.copy_from(copy.source, copy.key, copy.path, size=copy.size)
     except ObjectNotFoundError:
         raise TaskDataError("image item not found", copy.source.url_of(copy.key)) from None
+    except RefusedObjectError as error:  # the item (a pipe, a link out of the source), or the destination's folder
+        if error.path != shown(copy.source.url_of(copy.key)):
+            raise
+        raise TaskDataError(f"image item: {error.reason}", copy.source.url_of(copy.key)) from None
     return FileRecord(copy.path, copied.bytes, copied.sha256, copied.etag)
 
 
