@@ -10,7 +10,7 @@ from .naming import safe_name
 
 Layout = Literal["redbrick", "nnunet", "msd"]
 # The names of rbexport.mask_formats.WRITERS (a Literal: the flow's form shows a drop-down).
-MaskFormat = Literal["nifti", "png", "mhd", "dicom-seg"]
+MaskFormat = Literal["nifti", "png", "mhd", "dicom-seg", "rtstruct"]
 
 
 class ExportOptions(BaseModel):

@@ -21,7 +21,7 @@ from .incremental import STATE_KEY, TASKS_JSON, ExportState, TaskRecord, export_
 from .layouts.labels import training_labels
 from .lease import DestinationLease
 from .mask_formats import writer_for
-from .mask_formats.base import COLOURS, SEGMENT_CODES
+from .mask_formats.base import COLOURS, ROI_TYPES, SEGMENT_CODES
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -41,6 +41,7 @@ from .source import (
     SourceTask,
     read_category_colours,
     read_category_numbers,
+    read_roi_types,
     read_segment_codes,
     read_tasks,
 )
@@ -77,6 +78,7 @@ def prepare_run(request: ExportRequest) -> RunPlan:
         category_numbers=category_numbers,
         category_colours=read_category_colours(source_storage) if COLOURS in needs else None,
         segment_codes=read_segment_codes(source_storage) if SEGMENT_CODES in needs else None,
+        roi_types=read_roi_types(source_storage) if ROI_TYPES in needs else None,
         access=access,
         allowed_buckets=request.allowed_buckets,
     )

@@ -45,6 +45,11 @@ WRITERS: dict[str, KnownWriter] = {
     "dicom-seg": KnownWriter(
         "seg", "DicomSegWriter", "dicom-seg (one DICOM SEG per series, referencing its DICOM items)"
     ),
+    "rtstruct": KnownWriter(
+        "rtstruct",
+        "RtStructWriter",
+        "rtstruct (one RT Structure Set per series: contours on the voxel boundary, referencing its DICOM items)",
+    ),
 }
 
 
