@@ -4,7 +4,8 @@ Inputs (generated once into benchmarks/.data/): the CT task of the other benchma
 (512x512x300 uint16, 20 instances, 5 of them overlapping, so the standard structure writes
 the label map and 20 instance files, and DICOM SEG is BINARY), with a 300-slice DICOM
 series on its grid as its items; the same task with each overlap given to one instance
-(no overlaps: one NIfTI file, and a LABELMAP SEG); and 200 small 2D tasks (256x256, 3 instances) for PNG,
+(no overlaps: one NIfTI file, and a LABELMAP SEG), both also as RT-STRUCT (20 ROIs of
+contours on the voxel boundary); and 200 small 2D tasks (256x256, 3 instances) for PNG,
 which is 2D only. Each figure is the median of `runs` exports of the standard structure
 with the local engine and one worker, every format measured in the same run as its
 NIfTI baseline; the peak RSS is the CLI's (`benchmarks.rss`), once per format.
@@ -116,8 +117,8 @@ def bench_formats(runs: int = 3) -> list[list[str]]:
     """Rows: input, format, seconds, vs NIfTI, peak RSS."""
     rows = []
     for label, source, formats in (
-        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg"]),
-        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg"]),
+        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg", "rtstruct"]),
+        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg", "rtstruct"]),
         ("200 2D tasks 256x256", small_2d(), ["nifti", "png", "mhd"]),
     ):
         export_seconds(source, "dicom-seg" if "dicom-seg" in formats else formats[1])  # warm imports and caches

@@ -28,15 +28,14 @@ row and column spacing and puts its contours through the boundary voxels' centre
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 
 import numpy as np
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from ..errors import ConfigurationError, TaskDataError
 from ..images.dicom import SeriesHeaders
@@ -56,9 +55,27 @@ MANUFACTURER = "rbexport"
 SERIES_NUMBER = 301  # beside the images' and a DICOM SEG's (300)
 DEFAULT_INTERPRETED_TYPE = "ORGAN"
 ROI_TYPE_FIELD = "rtRoiInterpretedType"  # in a taxonomy's objectTypes
-CONTOUR_DATA = Tag(0x3006, 0x0050)
+# The elements written as bytes (Implicit VR Little Endian: every length 32 bits, so a long
+# contour's ContourData never meets Explicit VR's 64 kB limit for DS).
+ROI_CONTOUR_SEQUENCE = 0x30060039
+RT_ROI_OBSERVATIONS_SEQUENCE = 0x30060080
+ROI_DISPLAY_COLOR = 0x3006002A
+CONTOUR_SEQUENCE = 0x30060040
+REFERENCED_ROI_NUMBER = 0x30060084
+CONTOUR_IMAGE_SEQUENCE = 0x30060016
+REFERENCED_SOP_CLASS_UID = 0x00081150
+REFERENCED_SOP_INSTANCE_UID = 0x00081155
+REFERENCED_FRAME_NUMBER = 0x00081160
+CONTOUR_GEOMETRIC_TYPE = 0x30060042
+NUMBER_OF_CONTOUR_POINTS = 0x30060046
+CONTOUR_NUMBER = 0x30060048
+CONTOUR_DATA = 0x30060050
+OBSERVATION_NUMBER = 0x30060082
+RT_ROI_INTERPRETED_TYPE = 0x300600A4
+ROI_INTERPRETER = 0x300600A6
+ITEM = 0xFFFEE000
 DS_CHARACTERS = 16
-_TRAILING_ZEROS = re.compile(r"\.?0+(?=\\|$)")
+MAX_DECIMALS = 4  # a tenth of a micrometre: far below any pixel, and a third shorter than pydicom's
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 
 
@@ -156,29 +173,26 @@ def encode_structure_set(
         zip(rois, _roi_voxels(rois, label_map, headers, index, series), strict=True)
     ):
         number = int(roi.key)
-        name = (roi.category or f"ROI {roi.key}")[:64]
         structure_rois.append(
             _dataset(
                 ROINumber=number,
                 ReferencedFrameOfReferenceUID=frame_of_reference,
-                ROIName=name,
+                ROIName=(roi.category or f"ROI {roi.key}")[:64],
                 ROIGenerationAlgorithm="MANUAL",
             )
         )
+        colour = "\\".join(str(part) for part in colour_of(roi.category, number, colours))
         contour_rois.append(
-            _dataset(
-                ROIDisplayColor=list(colour_of(roi.category, number, colours)),
-                ContourSequence=DicomSequence(geometry.contours(voxels)),
-                ReferencedROINumber=number,
-            )
+            _element(ROI_DISPLAY_COLOR, _text(colour))
+            + _sequence(CONTOUR_SEQUENCE, geometry.contours(voxels))
+            + _element(REFERENCED_ROI_NUMBER, _text(str(number)))
         )
+        interpreted = (roi_types or {}).get(roi.category or "", DEFAULT_INTERPRETED_TYPE)
         observations.append(
-            _dataset(
-                ObservationNumber=position + 1,
-                ReferencedROINumber=number,
-                RTROIInterpretedType=(roi_types or {}).get(roi.category or "", DEFAULT_INTERPRETED_TYPE),
-                ROIInterpreter="",
-            )
+            _element(OBSERVATION_NUMBER, _text(str(position + 1)))
+            + _element(REFERENCED_ROI_NUMBER, _text(str(number)))
+            + _element(RT_ROI_INTERPRETED_TYPE, _text(interpreted))
+            + _element(ROI_INTERPRETER, b"")
         )
     dataset.ReferencedFrameOfReferenceSequence = DicomSequence(
         [
@@ -204,11 +218,14 @@ def encode_structure_set(
         ]
     )
     dataset.StructureSetROISequence = DicomSequence(structure_rois)
-    dataset.ROIContourSequence = DicomSequence(contour_rois)
-    dataset.RTROIObservationsSequence = DicomSequence(observations)
     stream = BytesIO()
     dataset.save_as(stream, enforce_file_format=True)
-    return stream.getvalue()
+    # The two sequences after every other element (tags sort them last), as bytes.
+    return (
+        stream.getvalue()
+        + _sequence(ROI_CONTOUR_SEQUENCE, contour_rois)
+        + _sequence(RT_ROI_OBSERVATIONS_SEQUENCE, observations)
+    )
 
 
 def _dataset(**attributes) -> Dataset:
@@ -226,7 +243,7 @@ def _top_level(first: Dataset, headers: SeriesHeaders, series: str, uid_seed: st
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
     dataset.file_meta.MediaStorageSOPInstanceUID = instance_uid
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     dataset.SpecificCharacterSet = "ISO_IR 192"
     dataset.SOPClassUID = RTStructureSetStorage
     dataset.SOPInstanceUID = instance_uid
@@ -264,6 +281,7 @@ class _SliceGeometry:
         lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(headers.affine, float)[:3, :]
         self.column_step = lps[:, 0]  # one column along a row: row direction x column spacing
         self.row_step = lps[:, 1]  # one row down: column direction x row spacing
+        self._references: dict[int, bytes] = {}
         self.origins = np.array([self._position(file, frame, series) for file, frame in headers.slices])
         self.decimals = _decimals(np.abs(self.origins).max() + np.abs(lps[:, :2]).sum() * max(headers.shape[:2]))
 
@@ -287,15 +305,17 @@ class _SliceGeometry:
             )
         return np.array([float(number) for number in value])
 
-    def _reference(self, slice_index: int) -> Dataset:
-        file, frame = self.headers.slices[slice_index]
-        dataset = self.headers.datasets[file]
-        item = _dataset(
-            ReferencedSOPClassUID=str(dataset.SOPClassUID), ReferencedSOPInstanceUID=str(dataset.SOPInstanceUID)
-        )
-        if int(dataset.get("NumberOfFrames") or 1) > 1:
-            item.ReferencedFrameNumber = frame + 1
-        return item
+    def _reference(self, slice_index: int) -> bytes:
+        """The Contour Image Sequence of a contour on slice `slice_index`, encoded (made once per slice)."""
+        if slice_index not in self._references:
+            file, frame = self.headers.slices[slice_index]
+            dataset = self.headers.datasets[file]
+            item = _element(REFERENCED_SOP_CLASS_UID, _uid(str(dataset.SOPClassUID)))
+            item += _element(REFERENCED_SOP_INSTANCE_UID, _uid(str(dataset.SOPInstanceUID)))
+            if int(dataset.get("NumberOfFrames") or 1) > 1:
+                item += _element(REFERENCED_FRAME_NUMBER, _text(str(frame + 1)))
+            self._references[slice_index] = _sequence(CONTOUR_IMAGE_SEQUENCE, [item])
+        return self._references[slice_index]
 
     def every_image(self) -> list[Dataset]:
         """One item per image file (a multi-frame image once)."""
@@ -306,8 +326,8 @@ class _SliceGeometry:
             for dataset in (self.headers.datasets[file] for file in sorted({file for file, _ in self.headers.slices}))
         ]
 
-    def contours(self, voxels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[Dataset]:
-        """The Contour Sequence items of one ROI's voxels ((column, row, slice) on the images' grid)."""
+    def contours(self, voxels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[bytes]:
+        """The Contour Sequence items of one ROI's voxels ((column, row, slice) on the images' grid), encoded."""
         columns, rows, slices = voxels
         low = (int(slices.min()), int(rows.min()), int(columns.min()))
         box = np.zeros(
@@ -322,14 +342,13 @@ class _SliceGeometry:
                 + np.outer(loop.columns + low[2], self.column_step)
                 + np.outer(loop.rows + low[1], self.row_step)
             )
-            item = _dataset(
-                ContourImageSequence=DicomSequence([self._reference(slice_index)]),
-                ContourGeometricType="CLOSED_PLANAR",
-                NumberOfContourPoints=len(points),
-                ContourNumber=number,
+            items.append(
+                self._reference(slice_index)
+                + _element(CONTOUR_GEOMETRIC_TYPE, _text("CLOSED_PLANAR"))
+                + _element(NUMBER_OF_CONTOUR_POINTS, _text(str(len(points))))
+                + _element(CONTOUR_NUMBER, _text(str(number)))
+                + _element(CONTOUR_DATA, _decimal_strings(points.ravel(), self.decimals))
             )
-            item[CONTOUR_DATA] = _decimal_strings(points.ravel(), self.decimals)
-            items.append(item)
         return items
 
 
@@ -371,14 +390,29 @@ def _decimals(largest: float) -> int:
     digits = len(str(int(largest)))
     if digits > DS_CHARACTERS - 3:
         raise TaskDataError(f"contour coordinates of {largest:.0f} mm do not fit DICOM's 16-character decimals")
-    return min(6, DS_CHARACTERS - 2 - digits)
+    return min(MAX_DECIMALS, DS_CHARACTERS - 2 - digits)
 
 
-def _decimal_strings(values: np.ndarray, decimals: int) -> RawDataElement:
-    """A DS value of many numbers, encoded once (pydicom would make an object of each)."""
-    text = "\\".join(f"{value:.{decimals}f}" for value in values.tolist())
-    text = _TRAILING_ZEROS.sub("", text)
-    raw = text.encode("ascii")
-    if len(raw) % 2:
-        raw += b" "
-    return RawDataElement(CONTOUR_DATA, "DS", len(raw), raw, 0, False, True)
+def _decimal_strings(values: np.ndarray, decimals: int) -> bytes:
+    """A DS value of many numbers at `decimals` places (one % over them all: the fastest formatting)."""
+    return _text("\\".join([f"%.{decimals}f"] * values.size) % tuple(values.tolist()))
+
+
+def _text(value: str) -> bytes:
+    """A text value (CS, DS, IS), padded with a space to an even length."""
+    raw = value.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    """One element in Implicit VR Little Endian: tag, 32-bit length, value."""
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _sequence(tag: int, items: Sequence[bytes]) -> bytes:
+    return _element(tag, b"".join(_element(ITEM, item) for item in items))
