@@ -131,3 +131,21 @@ def label_under_planes(
         assert (ijk >= 0).all() and (ijk < volume.shape).all(), "an image pixel off the label's grid"
         under[key] = volume[ijk[..., 0], ijk[..., 1], ijk[..., 2]]
     return under
+
+
+def off_pixel_corners(structure_set: pydicom.Dataset, images: list[pydicom.Dataset]) -> int:
+    """How many contour points are not at a pixel corner (half-way between pixel centres, in
+    both directions) of the image they name: 0 when the contours follow the voxel boundary."""
+    planes = planes_of(images)
+    off = 0
+    for roi in structure_set.ROIContourSequence:
+        for contour in roi.get("ContourSequence", []):
+            [reference] = contour.ContourImageSequence
+            frame = reference.get("ReferencedFrameNumber")
+            plane = planes[(str(reference.ReferencedSOPInstanceUID), None if frame is None else int(frame))]
+            relative = np.array(contour.ContourData, float).reshape(-1, 3) - plane.position
+            columns = relative @ plane.row_direction / plane.between_columns
+            rows = relative @ plane.column_direction / plane.between_rows
+            for coordinate in (columns, rows):
+                off += int((np.abs(coordinate - np.floor(coordinate) - 0.5) > 1e-3).sum())
+    return off

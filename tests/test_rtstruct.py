@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from rtstruct_reader import label_under_planes, roi_masks
+from rtstruct_reader import label_under_planes, off_pixel_corners, roi_masks
 
 from app.sample import AFFINE, nifti_bytes, write_sample_project
 from app.sample_images import dicom_series_on_grid
@@ -96,6 +96,7 @@ def export_case(volume, affine, segment_map=SEGMENT_MAP, semantic=False, numbers
 def assert_read_back(data: bytes, rois, volume, affine, images) -> int:
     """Every ROI filled even-odd equals its voxels on every image; returns the pixels compared as set."""
     structure_set = pydicom.dcmread(BytesIO(data))
+    assert off_pixel_corners(structure_set, images) == 0  # on the voxel boundary, not anywhere between centres
     filled = roi_masks(structure_set, images)
     assert sorted(filled) == sorted(int(roi.key) for roi in rois)
     labelled = 0
