@@ -373,3 +373,23 @@ def test_rtstruct_from_the_flow_with_roi_types_from_the_taxonomy(prefect_api, sa
     )
     assert state.is_failed()
     assert "rtRoiInterpretedType of category 'Edema' must be a DICOM code string" in str(state.message)
+
+
+def test_images_without_patient_coordinates_fail_with_a_reason():
+    """An X-ray without ImagePositionPatient or a Frame of Reference: contours have nowhere to lie."""
+    from app.sample_images import xray_image
+    from rbexport.errors import TaskDataError
+
+    name, raw = xray_image(np.zeros((6, 5), np.uint16))
+    headers = read_dicom_headers([(name, raw)])
+    volume = np.zeros((6, 5), np.uint8)
+    volume[1:3, 1:3] = 1
+    image = nib.Nifti1Image(volume, headers.affine)
+    index = VoxelIndex(volume)
+    rois = plan_segments(parse_segment_map({"1": {"category": "Nodule"}}), index, False, None)
+    label_map = LabelMap(volume, image.header)
+    with pytest.raises(TaskDataError, match="series PA: a DICOM image without ImagePositionPatient; an RT Structure"):
+        encode_structure_set(rois, index, label_map, headers, "PA", "seed")
+    del headers.datasets[0].FrameOfReferenceUID
+    with pytest.raises(TaskDataError, match="no Frame of Reference .* an RT Structure Set places contours"):
+        encode_structure_set(rois, index, label_map, headers, "PA", "seed")
