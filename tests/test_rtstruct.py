@@ -393,3 +393,11 @@ def test_images_without_patient_coordinates_fail_with_a_reason():
     del headers.datasets[0].FrameOfReferenceUID
     with pytest.raises(TaskDataError, match="no Frame of Reference .* an RT Structure Set places contours"):
         encode_structure_set(rois, index, label_map, headers, "PA", "seed")
+
+
+def test_a_category_with_a_backslash_or_control_characters_is_still_one_roi_name():
+    volume = np.zeros((4, 4, 2), np.uint8)
+    volume[1, 1, 0] = 1
+    data, _, _ = export_case(volume, grid(), {"1": {"category": "Liver\\left\tlobe é"}})
+    [roi] = pydicom.dcmread(BytesIO(data)).StructureSetROISequence
+    assert roi.ROIName == "Liver left lobe é"  # UTF-8 (ISO_IR 192), one value

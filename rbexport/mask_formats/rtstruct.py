@@ -77,6 +77,7 @@ ITEM = 0xFFFEE000
 DS_CHARACTERS = 16
 MAX_DECIMALS = 4  # a tenth of a micrometre: far below any pixel, and a third shorter than pydicom's
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+_NOT_IN_LO = re.compile(r"[\\\x00-\x1f\x7f]")
 
 
 class RtStructWriter(MaskWriter):
@@ -177,7 +178,7 @@ def encode_structure_set(
             _dataset(
                 ROINumber=number,
                 ReferencedFrameOfReferenceUID=frame_of_reference,
-                ROIName=(roi.category or f"ROI {roi.key}")[:64],
+                ROIName=_roi_name(roi),
                 ROIGenerationAlgorithm="MANUAL",
             )
         )
@@ -226,6 +227,11 @@ def encode_structure_set(
         + _sequence(ROI_CONTOUR_SEQUENCE, contour_rois)
         + _sequence(RT_ROI_OBSERVATIONS_SEQUENCE, observations)
     )
+
+
+def _roi_name(roi: Segment) -> str:
+    """The category as an LO value: no backslash (a value separator) or control characters, 64 at most."""
+    return _NOT_IN_LO.sub(" ", roi.category or f"ROI {roi.key}")[:64]
 
 
 def _dataset(**attributes) -> Dataset:
