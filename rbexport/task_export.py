@@ -117,7 +117,7 @@ def _series_object_memory(job: TaskJob, targets: list[Target], reader: MaskReade
         for annotation in annotations:
             for series in annotation.series:
                 voxels = reader.announced_voxels(series.get("segmentations"))
-                largest = max(largest, writer.working_memory(series, voxels))
+                largest = max(largest, writer.working_memory(series, voxels, target.options))
     return largest
 
 

@@ -79,7 +79,7 @@ class MaskWriter:
     def prepare(self) -> None:
         """Load what encoding needs once per process, before a task's first series (a library)."""
 
-    def working_memory(self, series: dict, voxels: int) -> int:
+    def working_memory(self, series: dict, voxels: int, options: ExportOptions) -> int:
         """The most encoding one series of `voxels` holds beside its label map (series writers)."""
         return 0
 

@@ -42,6 +42,7 @@ from ..images.dicom import SeriesHeaders
 from ..images.geometry import grid_description, onto_label_grid
 from ..images.volume import ImageVolume
 from ..nifti import LabelMap
+from ..options import ExportOptions
 from ..segment_map import parse_segment_map
 from ..structures import SeriesExport
 from ..structures.masks import VoxelIndex
@@ -86,7 +87,7 @@ class RtStructWriter(MaskWriter):
     needs_dicom = NEEDED_BY
     needs = frozenset({COLOURS, ROI_TYPES})
 
-    def working_memory(self, series: dict, voxels: int) -> int:
+    def working_memory(self, series: dict, voxels: int, options: ExportOptions) -> int:
         return voxels  # at most a byte a voxel: one ROI's box at a time
 
     def encode_series(self, job: SeriesJob) -> tuple[SeriesExport, Encoded]:

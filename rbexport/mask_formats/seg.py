@@ -7,6 +7,7 @@ ahead while the task decodes its masks), the taxonomy's colours and segment_code
 
 from __future__ import annotations
 
+from ..options import ExportOptions
 from ..segment_map import parse_segment_map
 from ..structures import SeriesExport
 from . import dicom_seg
@@ -22,7 +23,7 @@ class DicomSegWriter(MaskWriter):
     def prepare(self) -> None:
         dicom_seg.load_highdicom()
 
-    def working_memory(self, series: dict, voxels: int) -> int:
+    def working_memory(self, series: dict, voxels: int, options: ExportOptions) -> int:
         return dicom_seg.working_memory(series, voxels)
 
     def encode_series(self, job: SeriesJob) -> tuple[SeriesExport, Encoded]:
