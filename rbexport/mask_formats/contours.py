@@ -23,20 +23,23 @@ from dataclasses import dataclass
 import numpy as np
 
 # Directions of an edge: 0 +column, 1 +row, 2 -column, 3 -row (rows run down the image).
-_STEP_ROW = np.array([0, 1, 0, -1])
-_STEP_COLUMN = np.array([1, 0, -1, 0])
 
 
 @dataclass(frozen=True)
-class Loop:
-    """One closed contour on one slice: its corners as (row, column) pixel positions (x.5)."""
+class Loops:
+    """Closed contours, flat: loop k lies on slice `slices[k]`, its corners are
+    `rows[bounds[k]:bounds[k + 1]]`, `columns[...]` (pixel positions, half-integers)."""
 
-    slice: int
-    rows: np.ndarray  # float64, half-integers
+    slices: np.ndarray
+    bounds: np.ndarray
+    rows: np.ndarray
     columns: np.ndarray
 
+    def __len__(self) -> int:
+        return self.slices.size
 
-def boundary_loops(mask: np.ndarray) -> list[Loop]:
+
+def boundary_loops(mask: np.ndarray) -> Loops:
     """The closed contours of a (slices, rows, columns) bool mask, slice by slice.
 
     Loops come in a fixed order: by slice, then by where their first edge lies (each
@@ -47,25 +50,20 @@ def boundary_loops(mask: np.ndarray) -> list[Loop]:
     width = columns + 1  # vertices per row of corners
     per_slice = (rows + 1) * width
 
-    def vertex(slice_index, row, column):
-        return (slice_index.astype(np.int64) * per_slice) + row.astype(np.int64) * width + column
-
-    starts, ends, directions = [], [], []
-    above, below = padded[:, :-1, 1:-1], padded[:, 1:, 1:-1]  # across each row of corners
-    for fill, heading, start_column, end_column in ((below & ~above, 2, 1, 0), (above & ~below, 0, 0, 1)):
-        s, r, c = np.nonzero(fill)
-        starts.append(vertex(s, r, c + start_column))
-        ends.append(vertex(s, r, c + end_column))
-        directions.append(np.full(s.size, heading, dtype=np.int64))
-    left, right = padded[:, 1:-1, :-1], padded[:, 1:-1, 1:]  # across each column of corners
-    for fill, heading, start_row, end_row in ((right & ~left, 1, 0, 1), (left & ~right, 3, 1, 0)):
-        s, r, c = np.nonzero(fill)
-        starts.append(vertex(s, r + start_row, c))
-        ends.append(vertex(s, r + end_row, c))
-        directions.append(np.full(s.size, heading, dtype=np.int64))
-    start, end, direction = np.concatenate(starts), np.concatenate(ends), np.concatenate(directions)
+    # Across each row of corners: the edge above a pixel of the mask runs -column, below one +column.
+    s, r, c = np.nonzero(padded[:, :-1, 1:-1] != padded[:, 1:, 1:-1])
+    vertex = s.astype(np.int64) * per_slice + r.astype(np.int64) * width + c
+    pixel_below = padded[s, r + 1, c + 1]
+    horizontal = (vertex + pixel_below, vertex + ~pixel_below, np.where(pixel_below, 2, 0))
+    # Across each column of corners: the edge left of a pixel runs +row, right of one -row.
+    s, r, c = np.nonzero(padded[:, 1:-1, :-1] != padded[:, 1:-1, 1:])
+    vertex = s.astype(np.int64) * per_slice + r.astype(np.int64) * width + c
+    pixel_right = padded[s, r + 1, c + 1]
+    vertical = (vertex + width * ~pixel_right, vertex + width * pixel_right, np.where(pixel_right, 1, 3))
+    start, end, direction = (np.concatenate(pair) for pair in zip(horizontal, vertical, strict=True))
     if start.size == 0:
-        return []
+        empty = np.zeros(0)
+        return Loops(empty.astype(np.int64), np.zeros(1, np.int64), empty, empty)
     # Each edge's successor: the edge leaving its end vertex to the left, else straight on, else right.
     keys = start * 4 + direction
     by_key = np.argsort(keys, kind="stable")
@@ -84,34 +82,41 @@ def boundary_loops(mask: np.ndarray) -> list[Loop]:
     previous[loop_starts[:-1]] = loop_starts[1:] - 1  # a loop's first edge follows its last
     corner = ordered_direction != ordered_direction[previous]
     corners = start[order[corner]]
-    corner_loops = loop_of[corner]
-    bounds = np.searchsorted(corner_loops, np.arange(len(loop_starts)))
-    slice_of = corners // per_slice
+    bounds = np.searchsorted(loop_of[corner], np.arange(len(loop_starts)))
     in_slice = corners % per_slice
-    corner_rows = (in_slice // width).astype(np.float64) - 0.5
-    corner_columns = (in_slice % width).astype(np.float64) - 0.5
-    return [
-        Loop(
-            int(slice_of[bounds[k]]), corner_rows[bounds[k] : bounds[k + 1]], corner_columns[bounds[k] : bounds[k + 1]]
-        )
-        for k in range(len(loop_starts) - 1)
-    ]
+    return Loops(
+        corners[bounds[:-1]] // per_slice,
+        bounds,
+        (in_slice // width).astype(np.float64) - 0.5,
+        (in_slice % width).astype(np.float64) - 0.5,
+    )
 
 
 def _cycles(successor: np.ndarray, visit_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The successor permutation's cycles, each from the first of its edges in `visit_order`:
-    (edges in cycle order, where each cycle starts, with the total at the end)."""
-    following = successor.tolist()
-    seen = bytearray(len(following))
-    order: list[int] = []
-    starts = [0]
-    for first in visit_order.tolist():
-        if seen[first]:
-            continue
-        edge = first
-        while not seen[edge]:
-            seen[edge] = 1
-            order.append(edge)
-            edge = following[edge]
-        starts.append(len(order))
-    return np.array(order, dtype=np.int64), np.array(starts, dtype=np.int64)
+    (edges in cycle order, where each cycle starts, with the total at the end).
+
+    By pointer jumping (numpy, no walk in Python): every edge learns its cycle's first edge
+    and its distance from it in log2(edges) doublings."""
+    count = successor.size
+    rank = np.empty(count, dtype=np.int64)
+    rank[visit_order] = np.arange(count)
+    following = rank[successor[visit_order]]  # edges numbered in visit order
+    head, jump, reach = np.arange(count), following.copy(), 1
+    while reach < count:
+        head = np.minimum(head, head[jump])
+        jump = jump[jump]
+        reach *= 2
+    last = following == head  # the edge before its cycle's first
+    onward = np.where(last, np.arange(count), following)
+    to_last = (~last).astype(np.int64)
+    reach = 1
+    while reach < count:
+        to_last = to_last + to_last[onward]
+        onward = onward[onward]
+        reach *= 2
+    length = np.bincount(head, minlength=count)
+    ordered = np.lexsort((length[head] - 1 - to_last, head))
+    heads = head[ordered]
+    starts = np.flatnonzero(np.concatenate([[True], heads[1:] != heads[:-1]]))
+    return visit_order[ordered], np.concatenate([starts, [count]])

@@ -34,7 +34,6 @@ from io import BytesIO
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from ..errors import ConfigurationError, TaskDataError
@@ -56,8 +55,19 @@ MANUFACTURER = "rbexport"
 SERIES_NUMBER = 301  # beside the images' and a DICOM SEG's (300)
 DEFAULT_INTERPRETED_TYPE = "ORGAN"
 ROI_TYPE_FIELD = "rtRoiInterpretedType"  # in a taxonomy's objectTypes
-# The elements written as bytes (Implicit VR Little Endian: every length 32 bits, so a long
+# The structure set's sequences, written as bytes (Implicit VR Little Endian: every length 32 bits, so a long
 # contour's ContourData never meets Explicit VR's 64 kB limit for DS).
+REFERENCED_FRAME_OF_REFERENCE_SEQUENCE = 0x30060010
+RT_REFERENCED_STUDY_SEQUENCE = 0x30060012
+RT_REFERENCED_SERIES_SEQUENCE = 0x30060014
+STRUCTURE_SET_ROI_SEQUENCE = 0x30060020
+ROI_NUMBER = 0x30060022
+REFERENCED_FRAME_OF_REFERENCE_UID = 0x30060024
+ROI_NAME = 0x30060026
+ROI_GENERATION_ALGORITHM = 0x30060036
+FRAME_OF_REFERENCE_UID = 0x00200052
+SERIES_INSTANCE_UID = 0x0020000E
+STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"  # the SOP class RTReferencedStudySequence names
 ROI_CONTOUR_SEQUENCE = 0x30060039
 RT_ROI_OBSERVATIONS_SEQUENCE = 0x30060080
 ROI_DISPLAY_COLOR = 0x3006002A
@@ -176,12 +186,10 @@ def encode_structure_set(
     ):
         number = int(roi.key)
         structure_rois.append(
-            _dataset(
-                ROINumber=number,
-                ReferencedFrameOfReferenceUID=frame_of_reference,
-                ROIName=_roi_name(roi),
-                ROIGenerationAlgorithm="MANUAL",
-            )
+            _element(ROI_NUMBER, _text(str(number)))
+            + _element(REFERENCED_FRAME_OF_REFERENCE_UID, _uid(frame_of_reference))
+            + _element(ROI_NAME, _text(_roi_name(roi)))
+            + _element(ROI_GENERATION_ALGORITHM, _text("MANUAL"))
         )
         colour = "\\".join(str(part) for part in colour_of(roi.category, number, colours))
         contour_rois.append(
@@ -196,35 +204,24 @@ def encode_structure_set(
             + _element(RT_ROI_INTERPRETED_TYPE, _text(interpreted))
             + _element(ROI_INTERPRETER, b"")
         )
-    dataset.ReferencedFrameOfReferenceSequence = DicomSequence(
-        [
-            _dataset(
-                FrameOfReferenceUID=frame_of_reference,
-                RTReferencedStudySequence=DicomSequence(
-                    [
-                        _dataset(
-                            ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",  # Study Component Management
-                            ReferencedSOPInstanceUID=str(first.StudyInstanceUID),
-                            RTReferencedSeriesSequence=DicomSequence(
-                                [
-                                    _dataset(
-                                        SeriesInstanceUID=str(first.SeriesInstanceUID),
-                                        ContourImageSequence=DicomSequence(geometry.every_image()),
-                                    )
-                                ]
-                            ),
-                        )
-                    ]
-                ),
-            )
-        ]
+    series_reference = _element(SERIES_INSTANCE_UID, _uid(str(first.SeriesInstanceUID))) + _sequence(
+        CONTOUR_IMAGE_SEQUENCE, geometry.every_image()
     )
-    dataset.StructureSetROISequence = DicomSequence(structure_rois)
+    study_reference = (
+        _element(REFERENCED_SOP_CLASS_UID, _uid(STUDY_COMPONENT_MANAGEMENT))
+        + _element(REFERENCED_SOP_INSTANCE_UID, _uid(str(first.StudyInstanceUID)))
+        + _sequence(RT_REFERENCED_SERIES_SEQUENCE, [series_reference])
+    )
+    frame_reference = _element(FRAME_OF_REFERENCE_UID, _uid(frame_of_reference)) + _sequence(
+        RT_REFERENCED_STUDY_SEQUENCE, [study_reference]
+    )
     stream = BytesIO()
     dataset.save_as(stream, enforce_file_format=True)
-    # The two sequences after every other element (tags sort them last), as bytes.
+    # The structure set's sequences, after every other element (their tags sort them last), as bytes.
     return (
         stream.getvalue()
+        + _sequence(REFERENCED_FRAME_OF_REFERENCE_SEQUENCE, [frame_reference])
+        + _sequence(STRUCTURE_SET_ROI_SEQUENCE, structure_rois)
         + _sequence(ROI_CONTOUR_SEQUENCE, contour_rois)
         + _sequence(RT_ROI_OBSERVATIONS_SEQUENCE, observations)
     )
@@ -233,13 +230,6 @@ def encode_structure_set(
 def _roi_name(roi: Segment) -> str:
     """The category as an LO value: no backslash (a value separator) or control characters, 64 at most."""
     return _NOT_IN_LO.sub(" ", roi.category or f"ROI {roi.key}")[:64]
-
-
-def _dataset(**attributes) -> Dataset:
-    item = Dataset()
-    for keyword, value in attributes.items():
-        setattr(item, keyword, value)
-    return item
 
 
 def _top_level(first: Dataset, headers: SeriesHeaders, series: str, uid_seed: str) -> Dataset:
@@ -324,13 +314,13 @@ class _SliceGeometry:
             self._references[slice_index] = _sequence(CONTOUR_IMAGE_SEQUENCE, [item])
         return self._references[slice_index]
 
-    def every_image(self) -> list[Dataset]:
-        """One item per image file (a multi-frame image once)."""
+    def every_image(self) -> list[bytes]:
+        """A Contour Image Sequence item per image file (a multi-frame image once)."""
+        files = sorted({file for file, _ in self.headers.slices})
         return [
-            _dataset(
-                ReferencedSOPClassUID=str(dataset.SOPClassUID), ReferencedSOPInstanceUID=str(dataset.SOPInstanceUID)
-            )
-            for dataset in (self.headers.datasets[file] for file in sorted({file for file, _ in self.headers.slices}))
+            _element(REFERENCED_SOP_CLASS_UID, _uid(str(self.headers.datasets[file].SOPClassUID)))
+            + _element(REFERENCED_SOP_INSTANCE_UID, _uid(str(self.headers.datasets[file].SOPInstanceUID)))
+            for file in files
         ]
 
     def contours(self, voxels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[bytes]:
@@ -342,20 +332,23 @@ class _SliceGeometry:
         )
         box[slices - low[0], rows - low[1], columns - low[2]] = True
         loops = boundary_loops(box)
-        points = [
-            self.origins[loop.slice + low[0]]
-            + np.outer(loop.columns + low[2], self.column_step)
-            + np.outer(loop.rows + low[1], self.row_step)
-            for loop in loops
-        ]
-        data = _decimal_strings(np.concatenate(points).ravel(), self.decimals, [3 * len(part) for part in points])
+        slice_of = np.repeat(loops.slices, np.diff(loops.bounds)) + low[0]
+        points = (
+            self.origins[slice_of]
+            + np.outer(loops.columns + low[2], self.column_step)
+            + np.outer(loops.rows + low[1], self.row_step)
+        )
+        sizes = np.diff(loops.bounds).tolist()
+        data = _decimal_strings(points.ravel(), self.decimals, [3 * size for size in sizes])
         return [
-            self._reference(loop.slice + low[0])
+            self._reference(int(slice_index) + low[0])
             + _element(CONTOUR_GEOMETRIC_TYPE, _text("CLOSED_PLANAR"))
-            + _element(NUMBER_OF_CONTOUR_POINTS, _text(str(len(part))))
+            + _element(NUMBER_OF_CONTOUR_POINTS, _text(str(size)))
             + _element(CONTOUR_NUMBER, _text(str(number)))
             + _element(CONTOUR_DATA, value)
-            for number, (loop, part, value) in enumerate(zip(loops, points, data, strict=True), start=1)
+            for number, (slice_index, size, value) in enumerate(
+                zip(loops.slices.tolist(), sizes, data, strict=True), start=1
+            )
         ]
 
 
@@ -438,8 +431,8 @@ def _padded(raw: bytes) -> bytes:
 
 
 def _text(value: str) -> bytes:
-    """A text value (CS, DS, IS), padded with a space to an even length."""
-    raw = value.encode("ascii")
+    """A text value (CS, DS, IS, LO in UTF-8: the file's ISO_IR 192), padded with a space to an even length."""
+    raw = value.encode("utf-8")
     return raw + b" " if len(raw) % 2 else raw
 
 
