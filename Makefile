@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test lint docs bench setup clean check-datasets check-datasets-venv
+.PHONY: demo test lint docs bench setup clean check-datasets check-datasets-venv check-rtstruct check-rtstruct-venv
 
 setup: $(READY)
 
@@ -83,3 +83,23 @@ $(DATASETS_VENV)/.installed:
 	$(DATASETS_VENV)/bin/python -c 'import torch, nnunetv2, monai, nibabel; from importlib.metadata import version as v; print("torch", torch.__version__, "nnunetv2", v("nnunetv2"), "monai", monai.__version__, "nibabel", nibabel.__version__)'; \
 	touch $@; \
 	echo "$(DATASETS_VENV) installed in $$(( $$(date +%s) - start )) s"
+
+# Optional: read rbexport's RT Structure Sets with dcmrtstruct2nii (it needs pydicom 2, so
+# it lives in a venv of its own, .venv-rtstruct) and validate them with dicom3tools'
+# dciodvfy when it is installed (apt-get install dicom3tools).
+#   make check-rtstruct    exports generated cases with `rbexport run --mask-format rtstruct`
+#                          (and NIfTI beside), then compares dcmrtstruct2nii's masks with the
+#                          NIfTI instance files voxel for voxel, and runs dciodvfy on every file
+RTSTRUCT_VENV := .venv-rtstruct
+
+check-rtstruct: $(READY) check-rtstruct-venv
+	$(BIN)/python tests/real_clients/make_rtstruct.py build/check-rtstruct
+	$(RTSTRUCT_VENV)/bin/python tests/real_clients/check_rtstruct.py build/check-rtstruct/manifest.json
+
+check-rtstruct-venv: $(RTSTRUCT_VENV)/.installed
+
+$(RTSTRUCT_VENV)/.installed:
+	test -x $(RTSTRUCT_VENV)/bin/python || $(PYTHON311) -m venv $(RTSTRUCT_VENV)
+	$(RTSTRUCT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RTSTRUCT_VENV)/bin/python -m pip install --quiet dcmrtstruct2nii "pydicom<3"
+	touch $@

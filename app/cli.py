@@ -30,6 +30,8 @@ EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rbexport.mask_formats import WRITERS
+
     parser = argparse.ArgumentParser(
         prog="rbexport",
         description="Export RedBrick-format annotation projects from and to S3-compatible storage or local folders.",
@@ -68,10 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mask-format",
-        choices=["nifti", "png", "mhd", "dicom-seg"],
+        choices=list(WRITERS),
         default="nifti",
-        help="file format of the masks: nifti (default); png (2D series only, with class_map.json); "
-        "mhd (MetaImage); dicom-seg (one DICOM SEG per series, referencing its DICOM items)",
+        help="file format of the masks: " + "; ".join(known.summary for known in WRITERS.values()),
     )
     run.add_argument(
         "--with-images",

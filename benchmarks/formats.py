@@ -4,10 +4,16 @@ Inputs (generated once into benchmarks/.data/): the CT task of the other benchma
 (512x512x300 uint16, 20 instances, 5 of them overlapping, so the standard structure writes
 the label map and 20 instance files, and DICOM SEG is BINARY), with a 300-slice DICOM
 series on its grid as its items; the same task with each overlap given to one instance
-(no overlaps: one NIfTI file, and a LABELMAP SEG); and 200 small 2D tasks (256x256, 3 instances) for PNG,
+(no overlaps: one NIfTI file, and a LABELMAP SEG), both also as RT-STRUCT (20 ROIs of
+contours on the voxel boundary); and 200 small 2D tasks (256x256, 3 instances) for PNG,
 which is 2D only. Each figure is the median of `runs` exports of the standard structure
 with the local engine and one worker, every format measured in the same run as its
 NIfTI baseline; the peak RSS is the CLI's (`benchmarks.rss`), once per format.
+
+With `--sdk`, the RedBrick SDK's RT-STRUCT converter (`redbrick export --rt-struct`: rt-utils
+1.2.7) runs on the no-overlap CT series from its own venv (benchmarks/.sdk-venv, where
+redbrick-sdk and rt-utils are installed if missing), against rbexport's rtstruct export of
+the same task, medians of `runs` each.
 """
 
 from __future__ import annotations
@@ -116,8 +122,8 @@ def bench_formats(runs: int = 3) -> list[list[str]]:
     """Rows: input, format, seconds, vs NIfTI, peak RSS."""
     rows = []
     for label, source, formats in (
-        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg"]),
-        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg"]),
+        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg", "rtstruct"]),
+        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg", "rtstruct"]),
         ("200 2D tasks 256x256", small_2d(), ["nifti", "png", "mhd"]),
     ):
         export_seconds(source, "dicom-seg" if "dicom-seg" in formats else formats[1])  # warm imports and caches
@@ -139,6 +145,46 @@ def bench_formats(runs: int = 3) -> list[list[str]]:
     return rows
 
 
+def sdk_rtstruct(runs: int) -> list[list[str]]:
+    """Rows: the SDK's RT-STRUCT converter and rbexport's rtstruct export of the no-overlap CT task."""
+    import os
+    import statistics
+
+    from benchmarks.__main__ import SdkPeer
+
+    peer = SdkPeer.install()
+    if isinstance(peer, str):
+        return [["CT, no overlaps", "SDK rt-utils", peer, "", ""]]
+    if subprocess.run([str(peer.python), "-c", "import rt_utils"], capture_output=True).returncode:
+        subprocess.run([str(peer.python), "-m", "pip", "install", "-q", "rt-utils"], check=True)
+    source = ct_without_overlaps()
+    task = json.loads((source / "tasks.json").read_text())[0]
+    series = task["series"][0]
+    job = {
+        "nifti": str(source / series["segmentations"]),
+        "dicom": str(source / "images"),
+        "categories": json.loads((source / "taxonomy.json").read_text())["objectTypes"],
+        "segment_map": series["segmentMap"],
+        "runs": runs,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(job, handle)
+    try:
+        result = subprocess.run(
+            [str(peer.python), str(HERE / "sdk_rtstruct_peer.py"), handle.name], capture_output=True, text=True
+        )
+    finally:
+        os.unlink(handle.name)
+    if result.returncode:
+        raise RuntimeError(f"the SDK's RT-STRUCT converter failed: {result.stderr[-2000:]}")
+    theirs = statistics.median(json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
+    ours = statistics.median(export_seconds(source, "rtstruct") for _ in range(runs))
+    return [
+        ["CT, no overlaps", "rtstruct (rbexport)", f"{ours:.2f}", "1.00x", ""],
+        ["CT, no overlaps", "SDK --rt-struct (rt-utils 1.2.7)", f"{theirs:.2f}", f"{theirs / ours:.1f}x", ""],
+    ]
+
+
 HEADERS = ["input", "mask_format", "seconds", "vs nifti", "peak RSS MB"]
 TITLE = "Mask formats, standard structure, local engine, one worker (median seconds)"
 
@@ -148,8 +194,20 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.formats", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median); default 3")
+    parser.add_argument("--sdk", action="store_true", help="also the SDK's RT-STRUCT converter (its own venv)")
+    parser.add_argument("--only-sdk", action="store_true", help="only the SDK's RT-STRUCT comparison")
     arguments = parser.parse_args()
-    print(table(TITLE, HEADERS, bench_formats(arguments.runs)))
+    if not arguments.only_sdk:
+        print(table(TITLE, HEADERS, bench_formats(arguments.runs)))
+    if arguments.sdk or arguments.only_sdk:
+        sdk_headers = ["input", "converter", "seconds", "vs rbexport", ""]
+        print(
+            table(
+                "RT-STRUCT: rbexport against the SDK's converter (median seconds)",
+                sdk_headers,
+                sdk_rtstruct(arguments.runs),
+            )
+        )
     return 0
 
 

@@ -53,8 +53,10 @@ class ExportSettings:
     source: str
     targets: tuple[Target, ...]
     category_numbers: Mapping[str, int] | None = None
-    category_colours: Mapping[str, tuple[int, int, int]] | None = None  # PNG and DICOM SEG masks
-    segment_codes: Mapping[str, SegmentCode] | None = None  # DICOM SEG masks
+    # Read for the mask writers that need them (rbexport.mask_formats.base.SourceExtras).
+    category_colours: Mapping[str, tuple[int, int, int]] | None = None  # PNG, DICOM SEG, RT-STRUCT
+    segment_codes: Mapping[str, SegmentCode] | None = None  # DICOM SEG
+    roi_types: Mapping[str, str] | None = None  # RT-STRUCT: RTROIInterpretedType by category
     access: S3Access = S3Access()
     allowed_buckets: tuple[str, ...] = ()
 

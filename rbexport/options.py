@@ -9,9 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .naming import safe_name
 
 Layout = Literal["redbrick", "nnunet", "msd"]
-MaskFormat = Literal["nifti", "png", "mhd", "dicom-seg"]
-# The file each mask is written as, by mask_format (NIfTI: by compress).
-MASK_SUFFIXES = {"png": ".png", "mhd": ".mhd", "dicom-seg": ".dcm"}
+# The names of rbexport.mask_formats.WRITERS (a Literal: the flow's form shows a drop-down).
+MaskFormat = Literal["nifti", "png", "mhd", "dicom-seg", "rtstruct"]
 
 
 class ExportOptions(BaseModel):
@@ -45,7 +44,8 @@ class ExportOptions(BaseModel):
         "8- or 16-bit greyscale PNG, 2D series only, with class_map.json at the export root. mhd: "
         "MetaImage (.mhd header and .zraw data). dicom-seg: one DICOM Segmentation per series, "
         "referencing the series' DICOM images (its items); SNOMED CT codes from segment_codes.json "
-        "in the source when present.",
+        "in the source when present. rtstruct: one RT Structure Set per series, referencing its DICOM "
+        "images, each instance (each category when semantic) an ROI of contours on the voxel boundary.",
     )
     with_images: bool = Field(
         False,
@@ -98,7 +98,7 @@ class ExportOptions(BaseModel):
     def _check_layout(self) -> ExportOptions:
         if self.layout == "redbrick":
             return self
-        if self.mask_format != "nifti":
+        if self.mask_format != ExportOptions.model_fields["mask_format"].default:
             raise ValueError(
                 f"the {self.layout} layout writes NIfTI labels only (its framework reads nothing else); "
                 f"mask_format {self.mask_format} is for the redbrick layout"
@@ -121,13 +121,6 @@ class ExportOptions(BaseModel):
         if self.image_format == "nifti" or self.dataset:
             return "nifti"
         return "original" if self.with_images else None
-
-    @property
-    def mask_suffix(self) -> str:
-        """The extension of each mask file (a MetaImage's is its .mhd header)."""
-        if self.mask_format != "nifti":
-            return MASK_SUFFIXES[self.mask_format]
-        return ".nii.gz" if self.compress else ".nii"
 
     def binary_for(self, has_overlaps: bool) -> bool:
         """Whether a series gets per-instance (or per-category) files."""

@@ -30,7 +30,8 @@ from .incremental import (
 )
 from .layouts.labels import training_labels
 from .lease import DestinationLease
-from .mask_formats.png import CLASS_MAP, class_map
+from .mask_formats import INDEX_FILES, writer_for
+from .mask_formats.base import COLOURS, ROI_TYPES, SEGMENT_CODES
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -50,16 +51,17 @@ from .source import (
     SourceTask,
     read_category_colours,
     read_category_numbers,
+    read_roi_types,
     read_segment_codes,
     read_tasks,
 )
 from .storage import Location, S3Access, Storage
-from .task_export import storage_for
+from .task_export import source_extras, storage_for
 from .variants import resolve_variants
 
-# Files at an export root besides tasks.json: the report, a PNG export's class map, a
-# dataset's index files.
-ROOT_FILES = (TASKS_JSON, REPORT_NAME, CLASS_MAP, "dataset.json", "splits_final.json")
+# Files at an export root besides tasks.json: the report, a mask format's index files (PNG's
+# class map), a dataset's index files.
+ROOT_FILES = (TASKS_JSON, REPORT_NAME, *INDEX_FILES, "dataset.json", "splits_final.json")
 
 
 def prepare_run(request: ExportRequest) -> RunPlan:
@@ -83,13 +85,14 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     tasks = read_tasks(source_storage)
     check_layout(destination_location, access, variant_folders, request.replace_layout, rebuild=not request.incremental)
     category_numbers = _category_numbers(source_storage, targets)
-    formats = {target.options.mask_format for target in targets}
+    needs = frozenset().union(*(writer_for(target.options).needs for target in targets))
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
         category_numbers=category_numbers,
-        category_colours=read_category_colours(source_storage) if formats & {"png", "dicom-seg"} else None,
-        segment_codes=read_segment_codes(source_storage) if "dicom-seg" in formats else None,
+        category_colours=read_category_colours(source_storage) if COLOURS in needs else None,
+        segment_codes=read_segment_codes(source_storage) if SEGMENT_CODES in needs else None,
+        roi_types=read_roi_types(source_storage) if ROI_TYPES in needs else None,
         access=access,
         allowed_buckets=request.allowed_buckets,
     )
@@ -134,7 +137,7 @@ def destination_lease(
 
 def _reads_images(options: ExportOptions) -> bool:
     """Whether a variant's files depend on the image items (exported, or referenced by a DICOM SEG)."""
-    return bool(options.images) or options.mask_format == "dicom-seg"
+    return bool(options.images) or writer_for(options).needs_dicom is not None
 
 
 def check_layout(
@@ -292,11 +295,9 @@ def _decide_exports(
 
 
 def _written_with(options: ExportOptions, settings: ExportSettings) -> dict | None:
-    """What else a variant's files are made from: a DICOM SEG holds the taxonomy's colours
-    and segment_codes.json, so a change to either exports its tasks again."""
-    if options.mask_format != "dicom-seg":
-        return None
-    return {"colours": settings.category_colours, "segment_codes": settings.segment_codes}
+    """What else a variant's files are made from (a DICOM SEG holds the taxonomy's colours
+    and segment_codes.json): a change to it exports its tasks again."""
+    return writer_for(options).written_with(source_extras(settings))
 
 
 def known_sizes(reader: MaskReader, references: list[str], source_sizes: dict[str, int]) -> dict[str, int]:
@@ -380,8 +381,8 @@ def _publish_tasks_json(
     destination: Storage, plan: RunPlan, target_plan: TargetPlan, results: dict[str, TaskResult], report: RunReport
 ) -> dict[str, str]:
     """tasks.json: the entry of every task exported now or skipped as unchanged, in source
-    order (and before it, for PNG masks, class_map.json). Returns their checksums
-    (`sha256:<hex>`), for the state."""
+    order (and before it, the index files of its mask format, such as PNG's class_map.json).
+    Returns their checksums (`sha256:<hex>`), for the state."""
     entries = [
         results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
         for job in plan.tasks
@@ -389,13 +390,12 @@ def _publish_tasks_json(
     ]
     options = target_plan.target.options
     indexes: dict[str, str] = {}
-    if options.mask_format == "png":  # what the values mean, before tasks.json points at the files
-        settings = plan.settings
-        mapping = class_map(entries, options.semantic_mask, settings.category_numbers, settings.category_colours)
-        class_map_record = FileRecord.of(CLASS_MAP, mapping)
-        destination.write(CLASS_MAP, mapping, class_map_record.sha256)
-        report.files.append(class_map_record)
-        indexes[CLASS_MAP] = f"sha256:{class_map_record.sha256}"
+    # What the values mean, before tasks.json points at the files.
+    for path, data in writer_for(options).index_files(entries, options, source_extras(plan.settings)):
+        index_record = FileRecord.of(path, data)
+        destination.write(path, data, index_record.sha256)
+        report.files.append(index_record)
+        indexes[path] = f"sha256:{index_record.sha256}"
     # A lone surrogate from the source (not Unicode) stays the JSON escape it was read from.
     tasks_json = (json.dumps(entries, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
     record = FileRecord.of(TASKS_JSON, tasks_json)

@@ -108,6 +108,15 @@ def read_category_colours(source: Storage) -> dict[str, tuple[int, int, int]]:
     return taxonomy_colours(_read_json(source, TAXONOMY_FILE))
 
 
+def read_roi_types(source: Storage) -> dict[str, str]:
+    """The taxonomy's RT ROI interpreted types (`rtRoiInterpretedType`), {} without a taxonomy.json."""
+    from .mask_formats.rtstruct import taxonomy_roi_types
+
+    if not source.exists(TAXONOMY_FILE):
+        return {}
+    return taxonomy_roi_types(_read_json(source, TAXONOMY_FILE), source.url_of(TAXONOMY_FILE))
+
+
 def read_segment_codes(source: Storage) -> dict[str, SegmentCode]:
     """The source's segment_codes.json (DICOM SEG codes by category), {} when it has none."""
     if not source.exists(SEGMENT_CODES_FILE):

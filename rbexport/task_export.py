@@ -20,16 +20,13 @@ from .annotations import annotations_of, assemble_task
 from .dataset_export import case_annotation, export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
-from .mask_formats import encode_mask_file
-from .mask_formats.dicom_seg import NEEDED_BY, encode_segmentation, load_highdicom, plan_segments, segmentation_entry
-from .mask_formats.dicom_seg import working_memory as segmentation_memory
-from .mask_formats.png import planar_shape
+from .mask_formats import writer_for
+from .mask_formats.base import Encoded, MaskWriter, SeriesJob, SourceExtras
 from .memory import process_budget
 from .model import ExportSettings, Target, TaskFailed, TaskJob, TaskOutcome, TaskResult
-from .nifti import LabelMap, mask_header
+from .nifti import LabelMap
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
-from .segment_map import parse_segment_map
 from .source import MaskReader
 from .storage import Location, S3Access, Storage, open_storage
 from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
@@ -46,7 +43,7 @@ class _PlannedSeries:
     reference: str
     label_map: LabelMap
     export: SeriesExport
-    encoded: tuple[tuple[str, bytes], ...] = ()  # files already encoded (a DICOM SEG)
+    encoded: Encoded = ()  # files already encoded (a series writer's objects)
 
 
 def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
@@ -60,7 +57,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     targets = [target for target in settings.targets if target.name in job.targets]
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
     needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
-    needed += _segmentation_memory(job, targets, reader)
+    needed += _series_object_memory(job, targets, reader)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
             for target in targets:
@@ -80,34 +77,38 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
 
 
 def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcome, task_id: str) -> int:
-    """Find the image items of the variants that export images; the memory converting them holds.
+    """Find the image items of the variants that export images or whose writer reads them; the
+    memory converting them holds.
 
     A missing or unreadable item fails those variants at once, before anything is written.
     """
-    wanting = [target for target in targets if target.options.images or target.options.mask_format == "dicom-seg"]
+    readers = [writer_for(target.options) for target in targets if writer_for(target.options).needs_dicom]
+    wanting = [target for target in targets if target.options.images or writer_for(target.options).needs_dicom]
     if not wanting:
         return 0
-    try:  # a DICOM SEG holds its series' items while it reads their headers
+    try:  # a writer that reads DICOM headers holds its series' items while it reads them
         needed = images.check(
             convert=any(
-                target.options.images == "nifti" or target.options.mask_format == "dicom-seg" for target in wanting
+                target.options.images == "nifti" or writer_for(target.options).needs_dicom for target in wanting
             )
         )  # datasets too
     except TaskDataError as error:
         for target in wanting:
             outcome.failures[target.name] = Failure(task_id, error.file, error.reason)
         return 0
-    if any(target.options.mask_format == "dicom-seg" for target in wanting):
-        load_highdicom()
-        images.read_dicom_headers_ahead(NEEDED_BY, _header_pool())
+    if readers:
+        for writer in readers:
+            writer.prepare()
+        images.read_dicom_headers_ahead(readers[0].needs_dicom or "", _header_pool())
     return needed
 
 
-def _segmentation_memory(job: TaskJob, targets: list[Target], reader: MaskReader) -> int:
-    """What encoding the task's largest DICOM SEG holds (series are encoded one at a time)."""
+def _series_object_memory(job: TaskJob, targets: list[Target], reader: MaskReader) -> int:
+    """What encoding the task's largest series object holds (series are encoded one at a time)."""
     largest = 0
     for target in targets:
-        if target.options.mask_format != "dicom-seg":
+        writer = writer_for(target.options)
+        if not writer.needs_dicom:
             continue
         try:
             annotations = annotations_of(job.task, target.options)
@@ -116,7 +117,7 @@ def _segmentation_memory(job: TaskJob, targets: list[Target], reader: MaskReader
         for annotation in annotations:
             for series in annotation.series:
                 voxels = reader.announced_voxels(series.get("segmentations"))
-                largest = max(largest, segmentation_memory(series, voxels))
+                largest = max(largest, writer.working_memory(series, voxels, target.options))
     return largest
 
 
@@ -146,6 +147,8 @@ def _export_variant(
     job: TaskJob, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
 ) -> TaskResult:
     options = target.options
+    writer = writer_for(options)
+    extras = source_extras(settings)
     planned: list[_PlannedSeries] = []
     exported_annotations: list[list[dict]] = []
     warnings: list[Notice] = []
@@ -161,23 +164,23 @@ def _export_variant(
                 continue
             label_map = reader.load(reference)
             labels.setdefault(position, label_map)
-            paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", options.mask_suffix)
+            paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", writer.suffix(options))
             try:
                 export = export_series(series, reader.index(reference), paths, options, settings.category_numbers)
-                encoded: tuple[tuple[str, bytes], ...] = ()
-                if options.mask_format == "dicom-seg":
-                    export, encoded = _segmentation(
-                        export,
-                        series,
-                        reader.index(reference),
-                        label_map,
-                        images,
-                        position,
-                        name,
-                        paths,
-                        target,
-                        settings,
+                export, encoded = writer.encode_series(
+                    SeriesJob(
+                        export=export,
+                        series=series,
+                        index=reader.index(reference),
+                        label_map=label_map,
+                        headers=_headers_of(images, position, name, writer),
+                        name=name,
+                        paths=paths,
+                        uid_seed=f"{target.name}:{paths.label_map}",
+                        options=options,
+                        extras=extras,
                     )
+                )
             except TaskDataError as error:
                 raise TaskDataError(error.reason, error.file or reference) from None
             planned.append(_PlannedSeries(reference, label_map, export, encoded))
@@ -188,15 +191,27 @@ def _export_variant(
     entry, task_warnings = assemble_task(job.task, options, exported_annotations)
     warnings += [Notice(job.task_id, None, text) for text in task_warnings]
     _refuse_colliding_paths(planned)
-    _check_mask_format(planned, options)
+    _check_label_maps(planned, writer)
     image_plan = images.plan(options.images, options.compress, labels) if options.images else None
 
     destination = storage_for(target.root, settings.access)
-    files = _write_files(destination, planned, options)
+    files = _write_files(destination, planned, options, writer)
     if image_plan is not None:
         entry = with_image_items(entry, image_plan.items)
         files += images.write(destination, image_plan)
     return TaskResult(job.position, job.task_id, entry, files, warnings)
+
+
+def source_extras(settings: ExportSettings) -> SourceExtras:
+    """What the run read from the source for the writers (category numbers, colours, codes, ROI types)."""
+    return SourceExtras(
+        settings.category_numbers, settings.category_colours, settings.segment_codes, settings.roi_types
+    )
+
+
+def _headers_of(images: TaskImages, position: int, name: str, writer: MaskWriter):
+    """The DICOM headers of a series, asked for by a series writer (read once, ahead of time)."""
+    return lambda: images.dicom_headers(position, name, writer.needs_dicom or writer.name)
 
 
 def _export_dataset(
@@ -215,66 +230,31 @@ def _export_dataset(
     return TaskResult(job.position, job.task_id, {}, files, warnings, cases)
 
 
-def _segmentation(
-    export: SeriesExport,
-    series: dict,
-    index,
-    label_map: LabelMap,
-    images: TaskImages,
-    position: int,
-    name: str,
-    paths: SeriesPaths,
-    target: Target,
-    settings: ExportSettings,
-) -> tuple[SeriesExport, tuple[tuple[str, bytes], ...]]:
-    """A series as one DICOM SEG (its structure's masks as segments): its entry and its file."""
-    segments = plan_segments(
-        parse_segment_map(series.get("segmentMap")), index, target.options.semantic_mask, settings.category_numbers
-    )
-    entry = segmentation_entry(export.series, paths.label_map if segments else None, segments)
-    if not segments:
-        return SeriesExport(entry, [], [*export.warnings, "no annotated voxels: no DICOM SEG written"]), ()
-    headers = images.dicom_headers(position, name, NEEDED_BY)
-    data = encode_segmentation(
-        segments,
-        index,
-        label_map,
-        headers,
-        name,
-        f"{target.name}:{paths.label_map}",
-        settings.category_colours,
-        settings.segment_codes,
-    )
-    return SeriesExport(entry, [], export.warnings), ((paths.label_map, data),)
-
-
-def _check_mask_format(planned: list[_PlannedSeries], options: ExportOptions) -> None:
+def _check_label_maps(planned: list[_PlannedSeries], writer: MaskWriter) -> None:
     """Refuse, before anything is written, a series its mask format cannot hold (3D to PNG)."""
-    if options.mask_format != "png":
-        return
     for item in planned:
         try:
-            planar_shape(item.label_map.header)
+            writer.check_label_map(item.label_map.header)
         except TaskDataError as error:
             raise TaskDataError(error.reason, item.reference) from None
 
 
-def _write_files(destination: Storage, planned: list[_PlannedSeries], options: ExportOptions) -> list[FileRecord]:
+def _write_files(
+    destination: Storage, planned: list[_PlannedSeries], options: ExportOptions, writer: MaskWriter
+) -> list[FileRecord]:
     """Encode, compress and store every file, several at once (the codecs release the GIL)."""
-    heads: dict[tuple[int, type | np.dtype], bytes] = {}
+    heads: dict[tuple[int, type | np.dtype], bytes | None] = {}
     work = []
     for item in planned:
         for mask_file in item.export.files:
-            head = None
-            if options.mask_format == "nifti":
-                key = (id(item.label_map), mask_file.fill.dtype)
-                if key not in heads:
-                    heads[key] = mask_header(item.label_map.header, mask_file.fill.dtype)
-                head = heads[key]
-            work.append((mask_file, item.label_map.header, head))
+            key = (id(item.label_map), mask_file.fill.dtype)
+            if key not in heads:
+                heads[key] = writer.header_for(item.label_map.header, mask_file.fill.dtype)
+            work.append((mask_file, item.label_map.header, heads[key]))
     pool = _file_pool()
     futures = [
-        pool.submit(_write_file, destination, mask_file, header, head, options) for mask_file, header, head in work
+        pool.submit(_write_file, destination, mask_file, header, head, options, writer)
+        for mask_file, header, head in work
     ]
     futures += [pool.submit(_store, destination, path, data) for item in planned for path, data in item.encoded]
     return [record for future in futures for record in future.result()]
@@ -287,10 +267,10 @@ def _store(destination: Storage, path: str, data: bytes) -> list[FileRecord]:
 
 
 def _write_file(
-    destination: Storage, mask_file: MaskFile, header, head: bytes | None, options: ExportOptions
+    destination: Storage, mask_file: MaskFile, header, head: bytes | None, options: ExportOptions, writer: MaskWriter
 ) -> list[FileRecord]:
     records = []
-    for path, data in encode_mask_file(mask_file, header, options, head):
+    for path, data in writer.encode_file(mask_file, header, options, head):
         record = FileRecord.of(path, data)
         destination.write(path, data, record.sha256)
         records.append(record)

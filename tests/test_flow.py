@@ -161,5 +161,5 @@ def test_flow_parameters_form_shows_every_option(api):
         "mask_format",
     }
     assert options["layout"]["enum"] == ["redbrick", "nnunet", "msd"]
-    assert options["mask_format"]["enum"] == ["nifti", "png", "mhd", "dicom-seg"]  # a drop-down in the form
+    assert options["mask_format"]["enum"] == ["nifti", "png", "mhd", "dicom-seg", "rtstruct"]  # a drop-down in the form
     assert all(option.get("description") for option in options.values())

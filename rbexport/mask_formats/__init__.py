@@ -1,39 +1,70 @@
-"""Mask file formats (`mask_format`): the voxels a structure decided, as NIfTI, PNG, MetaImage or DICOM SEG.
+"""Mask file formats (`mask_format`): the voxels a structure decided, as NIfTI, PNG, MetaImage,
+DICOM SEG or RT-STRUCT contours.
 
 The structures (rbexport.structures) say which masks a series gets and what each holds;
-this package only encodes them. One module per format:
+this package only encodes them. One writer per format behind one interface
+(`base.MaskWriter`), found by name in `WRITERS` (as fsspec's `known_implementations`: the
+module is imported when a run first asks for its format, so the CLI starts without them):
 
+- `nifti`: `.nii.gz` (or `.nii`), the source format and the default
 - `metaimage`: `.mhd` header and `.zraw` (or `.raw`) voxels, geometry in LPS as ITK reads it
 - `png`: 8- or 16-bit greyscale PNG of a 2D label map, and the export's `class_map.json`
-- `dicom_seg`: one DICOM Segmentation per series, referencing the series' DICOM images
+- `seg` (over `dicom_seg` and `seg_writer`): one DICOM Segmentation per series,
+  referencing the series' DICOM images
+- `rtstruct` (over `contours`): one RT Structure Set per series, its structures as
+  contours on the voxel boundary
 - `colours`: a category's RGB colour (the taxonomy's, else a fixed palette)
 
-NIfTI stays in rbexport.nifti (the source format and the default).
+Adding a format: a module with a `MaskWriter`, a line here, its name in
+rbexport.options.MaskFormat (the form's drop-down), and tests/test_mask_writers.py's cases.
 """
 
 from __future__ import annotations
 
-import nibabel as nib
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
-from ..nifti import encode_fill
-from ..options import ExportOptions
-from ..structures import MaskFile
-from .metaimage import encode_metaimage
-from .png import encode_png
+if TYPE_CHECKING:
+    from ..options import ExportOptions
+    from .base import MaskWriter
 
 
-def encode_mask_file(
-    mask_file: MaskFile, like: nib.Nifti1Header, options: ExportOptions, head: bytes | None = None
-) -> list[tuple[str, bytes]]:
-    """The files (path, bytes) one mask is written as: one, or a MetaImage's header and data.
+@dataclass(frozen=True)
+class KnownWriter:
+    module: str  # under rbexport.mask_formats
+    cls: str
+    summary: str  # one line for the CLI's help
+    index_files: tuple[str, ...] = ()  # what it writes at an export root (MaskWriter.index_files)
 
-    `head`: a NIfTI header already made for `like` and the mask's type (NIfTI only).
-    dicom-seg masks are not written one by one (rbexport.mask_formats.dicom_seg).
-    """
-    if options.mask_format == "png":
-        return [(mask_file.path, encode_png(mask_file.fill, like, mask_file.binary))]
-    if options.mask_format == "mhd":
-        return encode_metaimage(mask_file.path, mask_file.fill, like, options.compress)
-    if options.mask_format == "nifti":
-        return [(mask_file.path, encode_fill(mask_file.fill, like, options.compress, head))]
-    raise ValueError(f"{options.mask_format} masks are not written one file at a time")
+
+WRITERS: dict[str, KnownWriter] = {
+    "nifti": KnownWriter("nifti", "NiftiWriter", "nifti (default)"),
+    "png": KnownWriter("png", "PngWriter", "png (2D series only, with class_map.json)", ("class_map.json",)),
+    "mhd": KnownWriter("metaimage", "MetaImageWriter", "mhd (MetaImage)"),
+    "dicom-seg": KnownWriter(
+        "seg", "DicomSegWriter", "dicom-seg (one DICOM SEG per series, referencing its DICOM items)"
+    ),
+    "rtstruct": KnownWriter(
+        "rtstruct",
+        "RtStructWriter",
+        "rtstruct (one RT Structure Set per series: contours on the voxel boundary, referencing its DICOM items)",
+    ),
+}
+
+# Every format's root files, known without importing the formats (a source there is refused).
+INDEX_FILES = tuple(sorted({name for known in WRITERS.values() for name in known.index_files}))
+
+
+@cache
+def writer_named(name: str) -> MaskWriter:
+    """The writer of the format `name` (its module imported on first use)."""
+    known = WRITERS[name]
+    module = importlib.import_module(f"{__name__}.{known.module}")
+    return getattr(module, known.cls)()
+
+
+def writer_for(options: ExportOptions) -> MaskWriter:
+    """The writer of a variant's mask format."""
+    return writer_named(options.mask_format)

@@ -19,6 +19,9 @@ import numpy as np
 from isal import isal_zlib
 
 from ..nifti import Fill
+from ..options import ExportOptions
+from ..structures import MaskFile
+from .base import MaskWriter
 
 ZLIB_LEVEL = 1  # as the NIfTI writer's gzip: fast, and label maps compress well at any level
 ELEMENT_TYPES = {np.dtype(np.uint8): "MET_UCHAR", np.dtype(np.uint16): "MET_USHORT"}
@@ -92,3 +95,13 @@ def lps_geometry(like: nib.Nifti1Header, ndim: int) -> tuple[np.ndarray, np.ndar
 
 def _numbers(values) -> str:
     return " ".join(repr(float(value)) if float(value) != 0 else "0" for value in values)
+
+
+class MetaImageWriter(MaskWriter):
+    name = "mhd"
+    file_suffix = ".mhd"
+
+    def encode_file(
+        self, mask_file: MaskFile, like: nib.Nifti1Header, options: ExportOptions, head: bytes | None
+    ) -> list[tuple[str, bytes]]:
+        return encode_metaimage(mask_file.path, mask_file.fill, like, options.compress)

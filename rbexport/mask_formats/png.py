@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +29,9 @@ from PIL import Image
 
 from ..errors import TaskDataError
 from ..nifti import Fill
+from ..options import ExportOptions
+from ..structures import MaskFile
+from .base import COLOURS, Encoded, MaskWriter, SourceExtras
 from .colours import RGB, colour_of
 
 CLASS_MAP = "class_map.json"
@@ -119,3 +122,23 @@ def _label_map_path(series: dict) -> str | None:
     if isinstance(segmentations, list) and segmentations and isinstance(segmentations[0], str):
         return posixpath.dirname(segmentations[0]) + ".png"
     return None
+
+
+class PngWriter(MaskWriter):
+    """2D label maps only (checked before anything is written); class_map.json beside tasks.json."""
+
+    name = "png"
+    file_suffix = ".png"
+    needs = frozenset({COLOURS})
+
+    def check_label_map(self, like: nib.Nifti1Header) -> None:
+        planar_shape(like)
+
+    def encode_file(
+        self, mask_file: MaskFile, like: nib.Nifti1Header, options: ExportOptions, head: bytes | None
+    ) -> list[tuple[str, bytes]]:
+        return [(mask_file.path, encode_png(mask_file.fill, like, mask_file.binary))]
+
+    def index_files(self, entries: Sequence[dict], options: ExportOptions, extras: SourceExtras) -> Encoded:
+        mapping = class_map(list(entries), options.semantic_mask, extras.category_numbers, extras.colours)
+        return ((CLASS_MAP, mapping),)
