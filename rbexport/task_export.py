@@ -116,7 +116,7 @@ def _segmentation_memory(job: TaskJob, targets: list[Target], reader: MaskReader
         for annotation in annotations:
             for series in annotation.series:
                 voxels = reader.announced_voxels(series.get("segmentations"))
-                largest = max(largest, segmentation_memory(series, voxels))
+                largest = max(largest, segmentation_memory(series, voxels, target.options.seg_type))
     return largest
 
 
@@ -244,6 +244,8 @@ def _segmentation(
         f"{target.name}:{paths.label_map}",
         settings.category_colours,
         settings.segment_codes,
+        seg_type=target.options.seg_type,
+        compression=target.options.seg_compression,
     )
     return SeriesExport(entry, [], export.warnings), ((paths.label_map, data),)
 
