@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .naming import safe_name
 
@@ -115,9 +115,9 @@ class ExportOptions(BaseModel):
 
     @field_validator("seg_type", "seg_compression", mode="before")
     @classmethod
-    def _default_for_none(cls, value: object, info) -> object:
+    def _default_for_none(cls, value: object, info: ValidationInfo) -> object:
         """`seg_type=auto` and `seg_compression=none` in a `--variant` arrive as None."""
-        return SEG_OPTION_DEFAULTS[info.field_name] if value is None else value
+        return SEG_OPTION_DEFAULTS[str(info.field_name)] if value is None else value
 
     @model_validator(mode="after")
     def _check_seg_options(self) -> ExportOptions:
