@@ -626,6 +626,31 @@ def test_the_flow_form_offers_seg_type_and_compression_and_writes_what_it_is_sen
         assert raw.file_meta.TransferSyntaxUID == RLE_LOSSLESS and raw.pixel_array.any(), path
 
 
+def test_a_served_deployment_writes_the_seg_type_and_compression_of_the_form(prefect_api, sample_with_images, tmp_path):
+    """export-manual served from prefect.yaml, started with the SEG drop-downs' values as the UI sends them."""
+    from prefect.deployments import run_deployment
+    from prefect_helpers import served
+
+    destination = tmp_path / "out"
+    without_overlaps(sample_with_images)
+    options = {"mask_format": "dicom-seg", "seg_type": "labelmap", "seg_compression": "jpegls"}
+    with served(prefect_api, "export-manual") as server:
+        flow_run = run_deployment(
+            "export-project/export-manual",
+            parameters={"source": str(sample_with_images), "destination": str(destination), "options": options},
+            timeout=180,
+        )
+        assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
+    report = json.loads((destination / "export-report.json").read_text())
+    assert report["options"]["seg_compression"] == "jpegls" and report["failed"] == []
+    segs = sorted(destination.rglob("*.dcm"))
+    assert len(segs) == 8
+    for path in segs:
+        raw = pydicom.dcmread(path)
+        assert raw.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE and raw.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS
+        assert raw.pixel_array.any(), path
+
+
 def test_changing_seg_type_or_compression_exports_the_tasks_again(sample_with_images, tmp_path):
     from rbexport.engine import run_export
 
