@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="file format of the masks: " + "; ".join(known.summary for known in WRITERS.values()),
     )
     run.add_argument(
+        "--seg-type",
+        choices=["auto", "binary", "labelmap"],
+        default="auto",
+        help="dicom-seg: auto (default; LABELMAP where no instances overlap, else BINARY); binary (the "
+        "classic object older viewers and PACS read); labelmap (DICOM 2024; overlaps fail the task)",
+    )
+    run.add_argument(
+        "--seg-compression",
+        choices=["none", "rle", "jpegls"],
+        default="none",
+        help="dicom-seg: lossless frame compression of LABELMAP SEGs: none (default), rle (RLE Lossless) "
+        "or jpegls (JPEG-LS Lossless); BINARY SEGs are never compressed",
+    )
+    run.add_argument(
         "--with-images",
         action="store_true",
         help="also copy every series' image files (its items) into DST/images/<Task>/<Series>/",
@@ -286,6 +300,8 @@ def _run(arguments: argparse.Namespace) -> int:
         no_consensus=arguments.no_consensus,
         compress=not arguments.uncompressed,
         mask_format=arguments.mask_format,
+        seg_type=arguments.seg_type,
+        seg_compression=arguments.seg_compression,
         with_images=arguments.with_images or arguments.images_as_nifti,
         image_format="nifti" if arguments.images_as_nifti else "original",
     )

@@ -14,6 +14,11 @@ With `--sdk`, the RedBrick SDK's RT-STRUCT converter (`redbrick export --rt-stru
 1.2.7) runs on the no-overlap CT series from its own venv (benchmarks/.sdk-venv, where
 redbrick-sdk and rt-utils are installed if missing), against rbexport's rtstruct export of
 the same task, medians of `runs` each.
+
+DICOM SEG rows also vary `seg_type` and `seg_compression` (issue 22): the no-overlap CT
+task as LABELMAP uncompressed, RLE Lossless and JPEG-LS Lossless, and as BINARY (the
+overlapping task's BINARY cannot be compressed: 1-bit frames). The size is what the
+export's segmentations/ folder holds.
 """
 
 from __future__ import annotations
@@ -89,57 +94,84 @@ def small_2d() -> Path:
     return SMALL_2D
 
 
-def export_seconds(source: Path, mask_format: str) -> float:
+# A row's format: its name in the table, the mask_format, and the other options (CLI flags alike).
+Format = tuple[str, str, dict[str, str]]
+NIFTI: Format = ("nifti", "nifti", {})
+SEG: Format = ("dicom-seg", "dicom-seg", {})
+RTSTRUCT: Format = ("rtstruct", "rtstruct", {})
+SEG_VARIANTS: list[Format] = [
+    ("dicom-seg rle", "dicom-seg", {"seg_compression": "rle"}),
+    ("dicom-seg jpegls", "dicom-seg", {"seg_compression": "jpegls"}),
+    ("dicom-seg binary", "dicom-seg", {"seg_type": "binary"}),
+]
+
+
+def export_seconds(source: Path, format: Format) -> tuple[float, int]:
+    """Seconds of one export, and the bytes its segmentations/ folder holds."""
     from rbexport.engine import run_export
     from rbexport.options import ExportOptions
 
+    name, mask_format, extra = format
     out = Path(tempfile.mkdtemp(prefix="rbexport-formats-bench-"))
     try:
         started = time.perf_counter()
         [report] = run_export(
-            str(source), str(out), ExportOptions(mask_format=mask_format), incremental=False, workers=1
+            str(source), str(out), ExportOptions(mask_format=mask_format, **extra), incremental=False, workers=1
         )
         seconds = time.perf_counter() - started
         if not report.succeeded:
-            raise RuntimeError(f"{mask_format} export failed: {report.failures}")
-        return seconds
+            raise RuntimeError(f"{name} export failed: {report.failures}")
+        size = sum(path.stat().st_size for path in (out / "segmentations").rglob("*") if path.is_file())
+        return seconds, size
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def peak_rss_mb(source: Path, mask_format: str) -> float:
+def peak_rss_mb(source: Path, format: Format) -> float:
+    _, mask_format, extra = format
     out = Path(tempfile.mkdtemp(prefix="rbexport-formats-rss-"))
     try:
         command = [sys.executable, "-m", "benchmarks.rss", "run", "--source", str(source), "--dest", str(out)]
         command += ["--mask-format", mask_format, "--engine", "local", "--workers", "1", "--full"]
+        for option, value in extra.items():
+            command += [f"--{option.replace('_', '-')}", value]
         result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=HERE.parent)
         return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss"] / 1024**2
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bench_formats(runs: int = 3) -> list[list[str]]:
-    """Rows: input, format, seconds, vs NIfTI, peak RSS."""
+def bench_formats(runs: int = 3, only_seg: bool = False) -> list[list[str]]:
+    """Rows: input, format, seconds, vs NIfTI, vs uncompressed SEG, size, peak RSS.
+    `only_seg`: the no-overlap CT task's SEG rows (and their NIfTI baseline) alone."""
+    inputs: list[tuple[str, Path, list[Format]]] = [
+        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), [NIFTI, SEG, *SEG_VARIANTS, RTSTRUCT]),
+    ]
+    if not only_seg:
+        inputs.insert(0, ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), [NIFTI, ("mhd", "mhd", {}), SEG, RTSTRUCT]))
+        inputs.append(("200 2D tasks 256x256", small_2d(), [NIFTI, ("png", "png", {}), ("mhd", "mhd", {})]))
     rows = []
-    for label, source, formats in (
-        ("CT, 5 overlaps (SEG BINARY)", ct_with_images(), ["nifti", "mhd", "dicom-seg", "rtstruct"]),
-        ("CT, no overlaps (SEG LABELMAP)", ct_without_overlaps(), ["nifti", "dicom-seg", "rtstruct"]),
-        ("200 2D tasks 256x256", small_2d(), ["nifti", "png", "mhd"]),
-    ):
-        export_seconds(source, "dicom-seg" if "dicom-seg" in formats else formats[1])  # warm imports and caches
-        seconds: dict[str, list[float]] = {name: [] for name in formats}
+    for label, source, formats in inputs:
+        export_seconds(source, SEG if SEG in formats else formats[1])  # warm imports and caches
+        seconds: dict[str, list[float]] = {name: [] for name, _, _ in formats}
+        sizes: dict[str, int] = {}
         for _ in range(runs):  # interleaved, so a busy moment of the machine hits every format alike
-            for name in formats:
-                seconds[name].append(export_seconds(source, name))
+            for format in formats:
+                took, sizes[format[0]] = export_seconds(source, format)
+                seconds[format[0]].append(took)
         medians = {name: statistics.median(times) for name, times in seconds.items()}
-        for name in formats:
+        for format in formats:
+            name = format[0]
+            versus_seg = f"{medians[name] / medians['dicom-seg']:.2f}x" if name.startswith("dicom-seg") else ""
             rows.append(
                 [
                     label,
                     name,
                     f"{medians[name]:.2f}",
                     f"{medians[name] / medians['nifti']:.2f}x",
-                    f"{peak_rss_mb(source, name):.0f}",
+                    versus_seg,
+                    f"{sizes[name] / 1024**2:.1f}",
+                    f"{peak_rss_mb(source, format):.0f}",
                 ]
             )
     return rows
@@ -148,7 +180,6 @@ def bench_formats(runs: int = 3) -> list[list[str]]:
 def sdk_rtstruct(runs: int) -> list[list[str]]:
     """Rows: the SDK's RT-STRUCT converter and rbexport's rtstruct export of the no-overlap CT task."""
     import os
-    import statistics
 
     from benchmarks.__main__ import SdkPeer
 
@@ -178,14 +209,14 @@ def sdk_rtstruct(runs: int) -> list[list[str]]:
     if result.returncode:
         raise RuntimeError(f"the SDK's RT-STRUCT converter failed: {result.stderr[-2000:]}")
     theirs = statistics.median(json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
-    ours = statistics.median(export_seconds(source, "rtstruct") for _ in range(runs))
+    ours = statistics.median(export_seconds(source, RTSTRUCT)[0] for _ in range(runs))
     return [
         ["CT, no overlaps", "rtstruct (rbexport)", f"{ours:.2f}", "1.00x", ""],
         ["CT, no overlaps", "SDK --rt-struct (rt-utils 1.2.7)", f"{theirs:.2f}", f"{theirs / ours:.1f}x", ""],
     ]
 
 
-HEADERS = ["input", "mask_format", "seconds", "vs nifti", "peak RSS MB"]
+HEADERS = ["input", "mask_format", "seconds", "vs nifti", "vs dicom-seg", "size MB", "peak RSS MB"]
 TITLE = "Mask formats, standard structure, local engine, one worker (median seconds)"
 
 
@@ -194,11 +225,14 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.formats", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median); default 3")
+    parser.add_argument(
+        "--only-seg", action="store_true", help="only the DICOM SEG options (seg_type, seg_compression) of the CT task"
+    )
     parser.add_argument("--sdk", action="store_true", help="also the SDK's RT-STRUCT converter (its own venv)")
     parser.add_argument("--only-sdk", action="store_true", help="only the SDK's RT-STRUCT comparison")
     arguments = parser.parse_args()
     if not arguments.only_sdk:
-        print(table(TITLE, HEADERS, bench_formats(arguments.runs)))
+        print(table(TITLE, HEADERS, bench_formats(arguments.runs, arguments.only_seg)))
     if arguments.sdk or arguments.only_sdk:
         sdk_headers = ["input", "converter", "seconds", "vs rbexport", ""]
         print(

@@ -144,7 +144,7 @@ def task_fingerprint(
         "task": task,
         "folder": folder,
         "masks": mask_versions,
-        "options": options.model_dump(),
+        "options": options.fingerprint_fields(),
     }
     if cases:
         material["cases"] = list(cases)

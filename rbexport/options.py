@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .naming import safe_name
 
 Layout = Literal["redbrick", "nnunet", "msd"]
 # The names of rbexport.mask_formats.WRITERS (a Literal: the flow's form shows a drop-down).
 MaskFormat = Literal["nifti", "png", "mhd", "dicom-seg", "rtstruct"]
+SegType = Literal["auto", "binary", "labelmap"]
+SegCompression = Literal["none", "rle", "jpegls"]
+# Options that only change a DICOM SEG's bytes: left out of a task's fingerprint while at
+# their defaults, so exports made before they existed are not all exported again.
+SEG_OPTION_DEFAULTS = {"seg_type": "auto", "seg_compression": "none"}
 
 
 class ExportOptions(BaseModel):
@@ -46,6 +51,20 @@ class ExportOptions(BaseModel):
         "referencing the series' DICOM images (its items); SNOMED CT codes from segment_codes.json "
         "in the source when present. rtstruct: one RT Structure Set per series, referencing its DICOM "
         "images, each instance (each category when semantic) an ROI of contours on the voxel boundary.",
+    )
+    seg_type: SegType = Field(
+        "auto",
+        description="dicom-seg: the kind of Segmentation object. auto: LABELMAP (Label Map "
+        "Segmentation Storage, DICOM 2024) where no instances overlap, BINARY otherwise. binary: the "
+        "classic Segmentation Storage object always (what older viewers, dcmqi and most PACS read). "
+        "labelmap: LABELMAP always; a task with overlapping instances fails (use binary).",
+    )
+    seg_compression: SegCompression = Field(
+        "none",
+        description="dicom-seg: lossless compression of the SEG's frames. none: Explicit VR Little "
+        "Endian. rle: RLE Lossless. jpegls: JPEG-LS Lossless. Only LABELMAP frames can be compressed "
+        "(BINARY frames are 1 bit a pixel): with seg_type binary this is an error, with auto a series "
+        "whose instances overlap fails its task.",
     )
     with_images: bool = Field(
         False,
@@ -94,6 +113,22 @@ class ExportOptions(BaseModel):
             value = tuple(part for part in value if part != "") or None
         return value
 
+    @field_validator("seg_type", "seg_compression", mode="before")
+    @classmethod
+    def _default_for_none(cls, value: object, info: ValidationInfo) -> object:
+        """`seg_type=auto` and `seg_compression=none` in a `--variant` arrive as None."""
+        return SEG_OPTION_DEFAULTS[str(info.field_name)] if value is None else value
+
+    @model_validator(mode="after")
+    def _check_seg_options(self) -> ExportOptions:
+        if self.seg_type == "binary" and self.seg_compression != "none":
+            raise ValueError(
+                f"seg_compression {self.seg_compression} compresses LABELMAP SEGs only: BINARY frames are "
+                "1 bit a pixel, which DICOM and highdicom store uncompressed (RLE and JPEG-LS take 8 or 16 "
+                "bits); use seg_type labelmap or auto, or seg_compression none"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_layout(self) -> ExportOptions:
         if self.layout == "redbrick":
@@ -109,6 +144,14 @@ class ExportOptions(BaseModel):
         if self.channels and len(set(self.channels)) != len(self.channels):
             raise ValueError(f"channels repeat a name: {', '.join(self.channels)}")
         return self
+
+    def fingerprint_fields(self) -> dict:
+        """The options as a task's fingerprint holds them (rbexport.incremental)."""
+        fields = self.model_dump()
+        for name, default in SEG_OPTION_DEFAULTS.items():
+            if fields[name] == default:
+                del fields[name]
+        return fields
 
     @property
     def dataset(self) -> bool:

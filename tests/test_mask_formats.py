@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.sample import AFFINE, TAXONOMY, box, nifti_bytes, write_sample_project, write_training_project
 from rbexport.options import ExportOptions
+from rbexport.report import RunReport
 from rbexport.storage import LocalStorage
 from rbexport.variants import Variant
 
@@ -246,7 +247,9 @@ def nifti_under_frame(array: np.ndarray, affine: np.ndarray, image: pydicom.Data
     return array[ijk[0], ijk[1], ijk[2]]
 
 
-def check_segmentations(out: Path, source: Path, nifti_variant: str, seg_variant: str, semantic: bool) -> int:
+def check_segmentations(
+    out: Path, source: Path, nifti_variant: str, seg_variant: str, semantic: bool, seg_type: str = "auto"
+) -> int:
     """Read every SEG back with highdicom and pydicom; compare each segment, source image by
     source image, with the NIfTI export's binary file of that instance (or category)."""
     import highdicom as hd
@@ -268,7 +271,10 @@ def check_segmentations(out: Path, source: Path, nifti_variant: str, seg_variant
             raw = pydicom.dcmread(out / seg_variant / path)
             seg = hd.seg.segread(out / seg_variant / path)
             overlapping = any("overlappingGroups" in entry for entry in _source_segment_map(source_tasks, task, series))
-            assert raw.SegmentationType == ("BINARY" if overlapping and not semantic else "LABELMAP") or semantic
+            if seg_type == "auto":
+                assert raw.SegmentationType == ("BINARY" if overlapping and not semantic else "LABELMAP") or semantic
+            else:
+                assert raw.SegmentationType == seg_type.upper()
             assert raw.Modality == "SEG" and raw.StudyInstanceUID == images[0].StudyInstanceUID
             referenced = {
                 item.ReferencedSOPInstanceUID
@@ -471,6 +477,203 @@ def test_a_served_deployment_writes_dicom_seg_from_the_forms_options(prefect_api
     assert seg.Modality == "SEG" and seg.SegmentationType == "LABELMAP"  # no overlaps
     labels = {item.SegmentNumber: item.SegmentLabel for item in seg.SegmentSequence}
     assert labels == {0: "Background", 1: "Glioma", 2: "Edema"}  # categories in category-number order
+
+
+# --- seg_type and seg_compression -------------------------------------------------------
+
+SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"
+RLE_LOSSLESS, JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"
+
+
+def _failure(report: dict, task_id: str) -> dict:
+    return next(failure for failure in report["failures"] if failure["taskId"] == task_id)
+
+
+def without_overlaps(source: Path) -> Path:
+    """The sample without task-004, whose instances (and categories) overlap."""
+    tasks = json.loads((source / "tasks.json").read_text())
+    (source / "tasks.json").write_text(json.dumps([task for task in tasks if task["taskId"] != "task-004"]))
+    return source
+
+
+def test_seg_type_and_compression_from_the_cli_read_back_as_the_nifti_masks_and_the_uncompressed_seg(
+    run_cli, sample_with_images, tmp_path
+):
+    """Brain_004/T2 overlaps: binary writes it as before; a compression or labelmap fails its task with the reason."""
+    import highdicom as hd
+
+    out = tmp_path / "out"
+    result = run_cli(
+        "run",
+        "--source",
+        str(sample_with_images),
+        "--dest",
+        str(out),
+        "--variant",
+        "nifti:binary_mask=true",
+        "--variant",
+        "seg:mask_format=dicom-seg",
+        "--variant",
+        "seg-binary:mask_format=dicom-seg,seg_type=binary",
+        "--variant",
+        "seg-jpegls:mask_format=dicom-seg,seg_type=auto,seg_compression=jpegls",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # task-004 of seg-jpegls
+    assert check_segmentations(out, sample_with_images, "nifti", "seg-binary", False, seg_type="binary") == 13
+    binaries = sorted((out / "seg-binary").rglob("*.dcm"))
+    assert len(binaries) == 9
+    for path in binaries:
+        raw = pydicom.dcmread(path)
+        assert raw.SOPClassUID == SEGMENTATION_STORAGE and raw.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert raw.SegmentsOverlap == ("YES" if path.parent.name == "Brain_004" else "NO")
+
+    report = json.loads((out / "seg-jpegls/export-report.json").read_text())
+    assert report["failed"] == ["task-004"]
+    assert _failure(report, "task-004")["reason"].startswith(
+        "series T2: segments Glioma (2), Abscess (3) overlap, so its DICOM SEG is BINARY, whose 1-bit frames "
+        "cannot be compressed (jpegls); export with seg_compression none"
+    )
+    assert check_segmentations(out, sample_with_images, "nifti", "seg-jpegls", False) == 10
+
+    # The flags of a single export: labelmap, RLE.
+    flagged = tmp_path / "flagged"
+    result = run_cli(
+        "run",
+        "--source",
+        str(sample_with_images),
+        "--dest",
+        str(flagged),
+        "--mask-format",
+        "dicom-seg",
+        "--seg-type",
+        "labelmap",
+        "--seg-compression",
+        "rle",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((flagged / "export-report.json").read_text())
+    assert report["failed"] == ["task-004"] and report["options"]["seg_compression"] == "rle"
+    assert (
+        "overlap, and a LABELMAP DICOM SEG gives each voxel one segment; export with seg_type binary"
+        in (_failure(report, "task-004")["reason"])
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    compared = 0
+    for variant, syntax in (("seg-jpegls", JPEG_LS_LOSSLESS), ("flagged", RLE_LOSSLESS)):
+        root = flagged if variant == "flagged" else out / variant
+        for path in sorted(root.rglob("*.dcm")):
+            plain_path = out / "seg" / path.relative_to(root)
+            raw, plain = pydicom.dcmread(path), pydicom.dcmread(plain_path)
+            assert raw.file_meta.TransferSyntaxUID == syntax and raw.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE
+            assert np.array_equal(raw.pixel_array, plain.pixel_array), path
+            volume, plain_volume = hd.seg.segread(path).get_volume(), hd.seg.segread(plain_path).get_volume()
+            assert np.array_equal(volume.array, plain_volume.array) and np.allclose(volume.affine, plain_volume.affine)
+            compared += 1
+    assert compared == 16  # 8 SEGs each: every one but task-004's
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seg-type", "fractional"], "argument --seg-type: invalid choice: 'fractional'"),
+        (["--seg-compression", "jpeg2000"], "argument --seg-compression: invalid choice: 'jpeg2000'"),
+        (
+            ["--seg-type", "binary", "--seg-compression", "rle"],
+            "seg_compression rle compresses LABELMAP SEGs only: BINARY frames are 1 bit a pixel",
+        ),
+        (["--variant", "s:mask_format=dicom-seg,seg_compression=zip"], "seg_compression: Input should be 'none'"),
+        (
+            ["--variant", "s:mask_format=dicom-seg,seg_type=binary,seg_compression=jpegls"],
+            "seg_compression jpegls compresses LABELMAP SEGs only",
+        ),
+    ],
+)
+def test_a_bad_seg_type_or_compression_is_a_usage_error(run_cli, sample_with_images, tmp_path, arguments, message):
+    out = tmp_path / "out"
+    result = run_cli(
+        "run", "--source", str(sample_with_images), "--dest", str(out), "--mask-format", "dicom-seg", *arguments
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_the_flow_form_offers_seg_type_and_compression_and_writes_what_it_is_sent(
+    prefect_api, sample_with_images, tmp_path
+):
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.export import export_project
+
+    schema = parameter_schema(export_project).model_dump_for_openapi()
+    fields = schema["definitions"]["ExportOptions"]["properties"]
+    assert fields["seg_type"]["enum"] == ["auto", "binary", "labelmap"] and fields["seg_type"]["default"] == "auto"
+    assert fields["seg_compression"]["enum"] == ["none", "rle", "jpegls"]
+
+    out = tmp_path / "out"
+    options = {"mask_format": "dicom-seg", "seg_type": "binary"}  # as the form sends them
+    variants = [
+        {"name": "rle", "options": {"mask_format": "dicom-seg", "semantic_mask": True, "seg_compression": "rle"}}
+    ]
+    state = export_project(str(sample_with_images), str(out), options=options, return_state=True)
+    assert state.is_completed(), state
+    assert {pydicom.dcmread(path).SOPClassUID for path in out.rglob("*.dcm")} == {SEGMENTATION_STORAGE}
+    without_overlaps(sample_with_images)
+    state = export_project(str(sample_with_images), str(tmp_path / "v"), custom_variants=variants, return_state=True)
+    assert state.is_completed(), state
+    for path in (tmp_path / "v").rglob("*.dcm"):
+        raw = pydicom.dcmread(path)
+        assert raw.file_meta.TransferSyntaxUID == RLE_LOSSLESS and raw.pixel_array.any(), path
+
+
+def test_a_served_deployment_writes_the_seg_type_and_compression_of_the_form(prefect_api, sample_with_images, tmp_path):
+    """export-manual served from prefect.yaml, started with the SEG drop-downs' values as the UI sends them."""
+    from prefect.deployments import run_deployment
+    from prefect_helpers import served
+
+    destination = tmp_path / "out"
+    without_overlaps(sample_with_images)
+    options = {"mask_format": "dicom-seg", "seg_type": "labelmap", "seg_compression": "jpegls"}
+    with served(prefect_api, "export-manual") as server:
+        flow_run = run_deployment(
+            "export-project/export-manual",
+            parameters={"source": str(sample_with_images), "destination": str(destination), "options": options},
+            timeout=180,
+        )
+        assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
+    report = json.loads((destination / "export-report.json").read_text())
+    assert report["options"]["seg_compression"] == "jpegls" and report["failed"] == []
+    segs = sorted(destination.rglob("*.dcm"))
+    assert len(segs) == 8
+    for path in segs:
+        raw = pydicom.dcmread(path)
+        assert raw.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE and raw.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS
+        assert raw.pixel_array.any(), path
+
+
+def test_changing_seg_type_or_compression_exports_the_tasks_again(sample_with_images, tmp_path):
+    from rbexport.engine import run_export
+
+    out = tmp_path / "out"
+    without_overlaps(sample_with_images)
+
+    def export(**options) -> RunReport:
+        [report] = run_export(str(sample_with_images), str(out), ExportOptions(mask_format="dicom-seg", **options))
+        return report
+
+    assert len(export().exported) == 5 and len(export().skipped) == 5
+    binary = export(seg_type="binary")
+    assert len(binary.exported) == 5
+    assert pydicom.dcmread(out / "segmentations/Brain_001/T1.dcm").SegmentationType == "BINARY"
+    assert len(export(seg_type="binary").skipped) == 5
+    labelmap = export(seg_type="labelmap")
+    assert len(labelmap.exported) == 5
+    compressed = export(seg_type="labelmap", seg_compression="jpegls")
+    assert len(compressed.exported) == 5
+    seg = pydicom.dcmread(out / "segmentations/Brain_001/T1.dcm")
+    assert seg.SegmentationType == "LABELMAP" and seg.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS
+    assert len(export(seg_type="labelmap", seg_compression="jpegls").skipped) == 5
+    assert len(export().exported) == 5  # back to the defaults
 
 
 # --- options ----------------------------------------------------------------------------

@@ -97,13 +97,14 @@ def make_case(
     return segments, index, label_map, headers
 
 
-def both(case, overlapping: tuple[int, ...] = ()) -> tuple[Dataset, Dataset]:
+def both(case, overlapping: tuple[int, ...] = (), **seg_options) -> tuple[Dataset, Dataset]:
+    """Our SEG and highdicom's; `seg_options`: seg_type and compression, as the export passes them."""
     segments, index, label_map, headers = case
     if overlapping:  # segment k also holds the values listed: a BINARY SEG
         segments = [Segment(s.number, s.key, s.category, tuple(sorted({*s.values, *overlapping}))) for s in segments]
     colours = {"Liver": (200, 40, 40)}
-    ours = encode_segmentation(segments, index, label_map, headers, "series-1", "seed", colours)
-    theirs = highdicom_segmentation(segments, index, label_map, headers, "series-1", "seed", colours)
+    ours = encode_segmentation(segments, index, label_map, headers, "series-1", "seed", colours, **seg_options)
+    theirs = highdicom_segmentation(segments, index, label_map, headers, "series-1", "seed", colours, **seg_options)
     return pydicom.dcmread(BytesIO(ours)), pydicom.dcmread(BytesIO(theirs))
 
 
@@ -138,6 +139,99 @@ def test_the_writer_gives_highdicoms_dataset(options, overlapping):
     ours, theirs = both(make_case(volume, segment_map, **options), overlapping)
     assert ours.SegmentationType == ("BINARY" if overlapping else "LABELMAP")
     assert_same(ours, theirs)
+
+
+SOURCE_LAYOUTS = [
+    pytest.param({}, id="single-frame"),
+    pytest.param({"multiframe": True}, id="multi-frame"),
+    pytest.param({"flipped": True}, id="slices-the-other-way"),
+    pytest.param({"multiframe": True, "frames_backwards": True}, id="multi-frame-stored-backwards"),
+]
+TRANSFER_SYNTAXES = {"none": "1.2.840.10008.1.2.1", "rle": "1.2.840.10008.1.2.5", "jpegls": "1.2.840.10008.1.2.4.80"}
+
+
+@pytest.mark.parametrize("options", SOURCE_LAYOUTS)
+@pytest.mark.parametrize(
+    ("seg_options", "kind"),
+    [
+        pytest.param({"seg_type": "binary"}, "BINARY", id="binary-without-overlaps"),
+        pytest.param({"seg_type": "labelmap"}, "LABELMAP", id="labelmap"),
+        pytest.param({"compression": "rle"}, "LABELMAP", id="auto-rle"),
+        pytest.param({"seg_type": "labelmap", "compression": "jpegls"}, "LABELMAP", id="labelmap-jpegls"),
+    ],
+)
+def test_seg_type_and_compression_give_highdicoms_dataset_with_that_transfer_syntax(options, seg_options, kind):
+    """The pixel data compared are the encapsulated frames themselves: the same encoder, the same bytes."""
+    volume, segment_map = labelled_volume()
+    ours, theirs = both(make_case(volume, segment_map, **options), **seg_options)
+    assert ours.SegmentationType == kind
+    assert ours.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[seg_options.get("compression", "none")]
+    assert ours.SOPClassUID == ("1.2.840.10008.5.1.4.1.1.66.4" if kind == "BINARY" else "1.2.840.10008.5.1.4.1.1.66.7")
+    if kind == "BINARY":
+        assert ours.SegmentsOverlap == "NO"
+    assert_same(ours, theirs)
+
+
+def test_a_binary_seg_of_one_segment_and_a_compressed_16_bit_labelmap():
+    volume = np.zeros((6, 5, 3), np.uint8)
+    volume[1:4, 2:4, 1] = 1
+    ours, theirs = both(make_case(volume, {"1": {"category": "Liver"}}), seg_type="binary")
+    assert ours.NumberOfFrames == 1 and len(ours.SegmentSequence) == 1
+    assert_same(ours, theirs)
+    flat = np.zeros(20 * 16 * 2, np.uint16)
+    flat[: 300 * 2 : 2] = np.arange(1, 301)
+    wide = flat.reshape((20, 16, 2), order="F")
+    case = make_case(wide, {str(value): {"category": f"c{value}"} for value in range(1, 301)})
+    for compression in ("rle", "jpegls"):
+        ours, theirs = both(case, compression=compression)
+        assert ours.BitsAllocated == 16
+        assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("options", SOURCE_LAYOUTS)
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_compressed_and_binary_segs_read_back_voxel_for_voxel_as_the_uncompressed_one_and_the_label_map(options, dense):
+    """By highdicom (segread, get_volume, pixels by source frame) and by pydicom (pixel_array)."""
+    volume, segment_map = labelled_volume((6, 5, 5))
+    if dense:
+        volume = np.random.default_rng(7).integers(0, 4, size=(6, 5, 5)).astype(np.uint8)
+        volume[:, :, 1] = 0
+    segments, index, label_map, headers = make_case(volume, segment_map, **options)
+
+    def read(**seg_options) -> tuple[Dataset, hd.seg.Segmentation]:
+        data = encode_segmentation(segments, index, label_map, headers, "s", "seed", **seg_options)
+        return pydicom.dcmread(BytesIO(data)), hd.seg.segread(BytesIO(data))
+
+    plain, plain_seg = read()
+    for compression in ("rle", "jpegls"):
+        raw, seg = read(compression=compression)
+        assert raw.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[compression]
+        assert raw.file_meta.TransferSyntaxUID.is_compressed
+        assert np.array_equal(raw.pixel_array, plain.pixel_array), compression
+        assert np.array_equal(seg.get_volume().array, plain_seg.get_volume().array), compression
+    for seg_options in ({"compression": "rle"}, {"compression": "jpegls"}, {"seg_type": "binary"}):
+        raw, seg = read(**seg_options)
+        volume_read = seg.get_volume(combine_segments=False)
+        for number, segment in enumerate(segments, 1):
+            got = _on_label_grid(volume_read, number, label_map)
+            assert np.array_equal(got, np.isin(volume, segment.values)), (seg_options, number)
+
+
+def test_a_seg_type_or_compression_the_overlaps_do_not_allow_fails_the_series_with_a_reason():
+    from rbexport.errors import TaskDataError
+
+    volume, segment_map = labelled_volume()
+    segments, index, label_map, headers = make_case(volume, segment_map)
+    overlapping = [
+        Segment(s.number, s.key, s.category, (*s.values, 3) if s.number == 1 else s.values) for s in segments
+    ]
+    for writer in (encode_segmentation, highdicom_segmentation):
+        with pytest.raises(TaskDataError, match=r"series s: segments Liver \(1\), Tumor \(3\) overlap, and a LABELMAP"):
+            writer(overlapping, index, label_map, headers, "s", "seed", seg_type="labelmap")
+        with pytest.raises(TaskDataError, match="so its DICOM SEG is BINARY, whose 1-bit frames cannot be compressed"):
+            writer(overlapping, index, label_map, headers, "s", "seed", compression="rle")
+    binary = pydicom.dcmread(BytesIO(encode_segmentation(overlapping, index, label_map, headers, "s", "seed")))
+    assert binary.SegmentationType == "BINARY" and binary.SegmentsOverlap == "YES"
 
 
 def test_a_gap_between_labelled_slices_is_not_a_3d_organization_and_empty_slices_are_omitted():

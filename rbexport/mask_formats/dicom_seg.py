@@ -10,9 +10,14 @@ onto a label's (axis order and flips only; any other difference fails with both 
   name; Segmented Property Category and Type come from segment_codes.json, else SNOMED CT
   85756007 "Tissue" (rbexport.mask_formats.segment_codes); algorithm type MANUAL; the
   display colour is the taxonomy's (else the fixed palette's), as CIELab.
-- Type: LABELMAP (one frame per slice, each pixel its segment's number) when no voxel
-  belongs to two segments, else BINARY (one 1-bit frame per segment and slice). Frames
-  with no segment voxels are omitted.
+- Type (`seg_type`): LABELMAP (one frame per slice, each pixel its segment's number) or
+  BINARY (one 1-bit frame per segment and slice). auto: LABELMAP when no voxel belongs to
+  two segments, else BINARY; binary: BINARY always; labelmap: LABELMAP always, and a series
+  whose segments overlap fails its task. Frames with no segment voxels are omitted.
+- Compression (`seg_compression`): a LABELMAP's frames uncompressed, RLE Lossless or
+  JPEG-LS Lossless; BINARY frames are never compressed (a series that would need one with
+  a compression asked for fails its task; seg_type binary with a compression is refused
+  by rbexport.options).
 - UIDs are derived from the source series and the SEG's path in the export, so exporting
   the same series again gives the same SOP Instance UID (a PACS replaces, never
   duplicates); creation dates and times are those of the export.
@@ -73,13 +78,13 @@ LABELMAP_BYTES_PER_VOXEL = 4
 BINARY_BYTES_PER_VOXEL = 2  # plus one per four segments
 
 
-def working_memory(series: dict, voxels: int) -> int:
+def working_memory(series: dict, voxels: int, seg_type: str = "auto") -> int:
     """The most a series' SEG holds while it is encoded, from its segmentMap (before decoding)."""
     segment_map = series.get("segmentMap")
     entries = (
         [entry for entry in segment_map.values() if isinstance(entry, dict)] if isinstance(segment_map, dict) else []
     )
-    if any(entry.get("overlappingGroups") for entry in entries):
+    if seg_type == "binary" or any(entry.get("overlappingGroups") for entry in entries):
         return voxels * (BINARY_BYTES_PER_VOXEL + (len(entries) + 3) // 4)
     return voxels * LABELMAP_BYTES_PER_VOXEL
 
@@ -149,25 +154,61 @@ def encode_segmentation(
     uid_seed: str,
     colours: Mapping[str, RGB] | None = None,
     codes: Mapping[str, SegmentCode] | None = None,
+    *,
+    seg_type: str = "auto",
+    compression: str = "none",
 ) -> bytes:
     """The SEG file of one series: `segments` of `label_map`, on the grid of the images `headers` describe.
 
+    `seg_type` and `compression`: the export's seg_type and seg_compression (rbexport.options).
     Written by rbexport.mask_formats.seg_writer (highdicom's dataset, made directly) when
     the images are in the patient coordinate system, else by highdicom's constructor.
     """
     _check_encodable(label_map, headers, series)
+    binary = _is_binary(segments, series, seg_type, compression)
     descriptions = [_description(segment, colours, codes) for segment in segments]
     identity = _identity(headers, series, uid_seed)
     try:
         planes = source_planes([headers.datasets[file] for file in _source_order(headers)])
     except NotPatientCoordinates:
-        return highdicom_segmentation(segments, index, label_map, headers, series, uid_seed, colours, codes)
+        return highdicom_segmentation(
+            segments,
+            index,
+            label_map,
+            headers,
+            series,
+            uid_seed,
+            colours,
+            codes,
+            seg_type=seg_type,
+            compression=compression,
+        )
     on_grid = _on_image_grid(label_map, headers, series)  # (columns, rows[, slices]) label values
-    if _segments_overlap(segments):
+    if binary:
         by_segment = _binary_frames_by_segment(segments, on_grid, headers, label_map, index)
-        return binary_segmentation(planes, descriptions, by_segment, identity)
+        return binary_segmentation(planes, descriptions, by_segment, identity, _segments_overlap(segments))
     plane_indices, frames = _labelmap_planes(segments, on_grid, headers, label_map, index, planes.order)
-    return labelmap_segmentation(planes, descriptions, plane_indices, frames, identity)
+    return labelmap_segmentation(planes, descriptions, plane_indices, frames, identity, compression)
+
+
+def _is_binary(segments: Sequence[Segment], series: str, seg_type: str, compression: str) -> bool:
+    """Whether the series' SEG is BINARY (else LABELMAP); a series its seg_type or
+    seg_compression cannot be written for fails with a reason."""
+    overlapping = _overlapping(segments)
+    if not overlapping:
+        return seg_type == "binary"
+    names = ", ".join(f"{segment.category or 'segment'} ({segment.key})" for segment in overlapping)
+    if seg_type == "labelmap":
+        raise TaskDataError(
+            f"series {series}: segments {names} overlap, and a LABELMAP DICOM SEG gives each voxel one "
+            "segment; export with seg_type binary"
+        )
+    if compression != "none":
+        raise TaskDataError(
+            f"series {series}: segments {names} overlap, so its DICOM SEG is BINARY, whose 1-bit frames "
+            f"cannot be compressed ({compression}); export with seg_compression none"
+        )
+    return True
 
 
 def highdicom_segmentation(
@@ -179,15 +220,20 @@ def highdicom_segmentation(
     uid_seed: str,
     colours: Mapping[str, RGB] | None = None,
     codes: Mapping[str, SegmentCode] | None = None,
+    *,
+    seg_type: str = "auto",
+    compression: str = "none",
 ) -> bytes:
     """The same SEG by highdicom's `Segmentation` constructor: for images without patient
     coordinates, and the reference tests/test_seg_writer.py holds the fast writer to."""
     import highdicom as hd
 
+    from .seg_writer import TRANSFER_SYNTAXES
+
     _check_encodable(label_map, headers, series)
-    overlap = _segments_overlap(segments)
+    binary = _is_binary(segments, series, seg_type, compression)
     on_grid = _on_image_grid(label_map, headers, series)
-    if overlap:
+    if binary:
         pixels = _binary_frames(segments, on_grid, headers)
     else:
         pixels = _labelmap_frames(segments, on_grid, headers, label_map, index)
@@ -195,9 +241,10 @@ def highdicom_segmentation(
     segmentation = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY if overlap else hd.seg.SegmentationTypeValues.LABELMAP,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY if binary else hd.seg.SegmentationTypeValues.LABELMAP,
         segment_descriptions=[_description(segment, colours, codes) for segment in segments],
         omit_empty_frames=True,
+        transfer_syntax_uid=TRANSFER_SYNTAXES[compression],
         **_identity(headers, series, uid_seed),
     )
     stream = BytesIO()
@@ -255,12 +302,17 @@ def segmentation_entry(entry: dict, path: str | None, segments: Sequence[Segment
 
 
 def _segments_overlap(segments: Sequence[Segment]) -> bool:
-    seen: set[int] = set()
+    return bool(_overlapping(segments))
+
+
+def _overlapping(segments: Sequence[Segment]) -> list[Segment]:
+    """The segments sharing a label value (a voxel) with another, in segment order."""
+    owners: dict[int, list[Segment]] = {}
     for segment in segments:
-        if seen.intersection(segment.values):
-            return True
-        seen.update(segment.values)
-    return False
+        for value in segment.values:
+            owners.setdefault(value, []).append(segment)
+    shared = {segment.number for owned in owners.values() if len(owned) > 1 for segment in owned}
+    return [segment for segment in segments if segment.number in shared]
 
 
 def _on_image_grid(label_map: LabelMap, headers: SeriesHeaders, series: str) -> np.ndarray:

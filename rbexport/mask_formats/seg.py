@@ -24,7 +24,7 @@ class DicomSegWriter(MaskWriter):
         dicom_seg.load_highdicom()
 
     def working_memory(self, series: dict, voxels: int, options: ExportOptions) -> int:
-        return dicom_seg.working_memory(series, voxels)
+        return dicom_seg.working_memory(series, voxels, options.seg_type)
 
     def encode_series(self, job: SeriesJob) -> tuple[SeriesExport, Encoded]:
         """The series as one DICOM SEG (its structure's masks as segments): its entry and its file."""
@@ -48,6 +48,8 @@ class DicomSegWriter(MaskWriter):
             job.uid_seed,
             extras.colours,
             extras.segment_codes,
+            seg_type=job.options.seg_type,
+            compression=job.options.seg_compression,
         )
         return SeriesExport(entry, [], export.warnings), ((path, data),)
 

@@ -17,6 +17,12 @@ planes that have any segment voxel, `3D` dimension organization when those plane
 evenly spaced and there is one channel, and the Background segment LABELMAP needs.
 It covers sources in the patient coordinate system (a Frame of Reference and plane
 positions); `rbexport.mask_formats.dicom_seg` hands any other source to highdicom.
+
+Compression (`seg_compression`): a LABELMAP's frames may be RLE Lossless or JPEG-LS
+Lossless, each frame encoded by pydicom's encoder for that transfer syntax (pydicom's own
+RLE encoder; pyjpegls for JPEG-LS) exactly as highdicom calls it, then encapsulated with a
+Basic Offset Table. BINARY frames (1 bit a pixel) stay uncompressed: highdicom allows no
+other encapsulated transfer syntax for them than JPEG 2000 Lossless, which is not offered.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, SegmentationStorage
 from pydicom.valuerep import DS
 
 LABELMAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"  # DICOM 2024: newer than pydicom's UID table
@@ -41,6 +47,10 @@ PER_FRAME_GROUPS = 0x52009230
 PIXEL_DATA = 0x7FE00010
 LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"}
 ITEM = b"\xfe\xff\x00\xe0"
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+UNDEFINED_LENGTH = b"\xff\xff\xff\xff"
+# seg_compression: the transfer syntax of each choice (rbexport.options.SegCompression).
+TRANSFER_SYNTAXES = {"none": ExplicitVRLittleEndian, "rle": RLELossless, "jpegls": JPEGLSLossless}
 # (value, scheme, meaning) of the codes highdicom puts in every frame's derivation.
 PURPOSE_OF_REFERENCE = ("121322", "DCM", "Source image for image processing operation")
 DERIVATION = ("113076", "DCM", "Segmentation")
@@ -108,9 +118,11 @@ def labelmap_segmentation(
     plane_indices: np.ndarray,
     frames: np.ndarray,
     identity: Mapping[str, Any],
+    compression: str = "none",
 ) -> bytes:
     """A LABELMAP SEG: `frames` (rows, columns; each pixel its segment's number) of the planes
-    `plane_indices` (any order); every other plane is empty."""
+    `plane_indices` (any order); every other plane is empty. `compression`: a key of
+    TRANSFER_SYNTAXES."""
     from highdicom.color import CIELabColor
     from highdicom.seg import SegmentDescription
     from pydicom.sr.codedict import codes
@@ -129,7 +141,10 @@ def labelmap_segmentation(
         ),
     )
     background.SegmentNumber = 0
-    dataset = _top_level(planes, identity, LABELMAP_SEGMENTATION_STORAGE, "LABELMAP", [background, *descriptions])
+    transfer_syntax = TRANSFER_SYNTAXES[compression]
+    dataset = _top_level(
+        planes, identity, LABELMAP_SEGMENTATION_STORAGE, "LABELMAP", [background, *descriptions], transfer_syntax
+    )
     bits = frames.dtype.itemsize * 8
     _pixel_module(dataset, bits)
     dataset.PixelPaddingValue = 0
@@ -140,10 +155,38 @@ def labelmap_segmentation(
     if all(int(plane) in row_of for plane in included):
         rows = np.array([row_of[int(plane)] for plane in included], dtype=np.int64)
         in_order = bool(np.array_equal(rows, np.arange(len(frames))))
-        pixels = np.ascontiguousarray(frames if in_order else frames[rows]).reshape(-1).view(np.uint8).data
+        ordered = np.ascontiguousarray(frames if in_order else frames[rows])
     else:  # no plane has a segment voxel: every plane, empty (as highdicom writes it)
-        pixels = np.zeros((len(included), *frames.shape[1:]), dtype=frames.dtype).reshape(-1).view(np.uint8).data
-    return _encode(dataset, planes, items, len(included), pixels)
+        ordered = np.zeros((len(included), *frames.shape[1:]), dtype=frames.dtype)
+    if transfer_syntax == ExplicitVRLittleEndian:
+        return _encode(dataset, planes, items, len(included), ordered.reshape(-1).view(np.uint8).data)
+    return _encode(dataset, planes, items, len(included), _encapsulated(ordered, transfer_syntax, bits), True)
+
+
+def _encapsulated(frames: np.ndarray, transfer_syntax: str, bits: int) -> bytes:
+    """`frames` (frames, rows, columns) compressed one by one, as highdicom.frame.encode_frame
+    calls pydicom's encoder for a monochrome frame, and encapsulated (with a Basic Offset Table)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_encoder
+
+    encoder = get_encoder(transfer_syntax)
+    rows, columns = frames.shape[1:]
+    encoded = [
+        encoder.encode(
+            frame,
+            rows=rows,
+            columns=columns,
+            samples_per_pixel=1,
+            number_of_frames=1,
+            bits_allocated=bits,
+            bits_stored=bits,
+            photometric_interpretation="MONOCHROME2",
+            pixel_representation=0,
+            planar_configuration=None,
+        )
+        for frame in frames
+    ]
+    return encapsulate(encoded)
 
 
 def binary_segmentation(
@@ -151,9 +194,11 @@ def binary_segmentation(
     descriptions: Sequence[Dataset],
     segments: Iterable[tuple[np.ndarray, np.ndarray]],
     identity: Mapping[str, Any],
+    overlap: bool = True,
 ) -> bytes:
     """A BINARY SEG: `segments` gives, for each description in turn, the planes it has voxels in
-    (ascending plane indices) and their frames (planes, rows, columns; bool)."""
+    (ascending plane indices) and their frames (planes, rows, columns; bool). `overlap`: whether
+    any voxel belongs to two segments (SegmentsOverlap)."""
     rows, columns = int(planes.sources[0].Rows), int(planes.sources[0].Columns)
     whole_bytes = (rows * columns) % 8 == 0
     per_segment: list[tuple[np.ndarray, list]] = []
@@ -164,16 +209,23 @@ def binary_segmentation(
         ordered = frames[by_order]
         packed = np.packbits(ordered, bitorder="little").tobytes() if whole_bytes else ordered
         per_segment.append((np.asarray(described_planes)[by_order], [packed]))
-    if len(per_segment) != len(descriptions) or len(descriptions) < 2:
-        raise ValueError("a BINARY SEG here holds two or more segments, each with frames")
+    if len(per_segment) != len(descriptions) or not descriptions or (overlap and len(descriptions) < 2):
+        raise ValueError("a BINARY SEG holds one or more segments (two or more when they overlap), each with frames")
     nonempty = np.unique(np.concatenate([plane_indices for plane_indices, _ in per_segment]))
     included = _included(planes, nonempty)
     dataset = _top_level(planes, identity, SegmentationStorage, "BINARY", list(descriptions))
     _pixel_module(dataset, 1)
-    dataset.SegmentsOverlap = "YES"
+    dataset.SegmentsOverlap = "YES" if overlap else "NO"
     _dimensions(dataset, planes, included, channels=True)
+    if len(per_segment) == 1:  # one segment: identified once, in the shared groups (as highdicom does)
+        identification = Dataset()
+        identification.ReferencedSegmentNumber = 1
+        dataset.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence = [identification]
     items = _frame_items(
-        planes, included, [(number, planes_of) for number, (planes_of, _) in enumerate(per_segment, 1)]
+        planes,
+        included,
+        [(number, planes_of) for number, (planes_of, _) in enumerate(per_segment, 1)],
+        identified=len(per_segment) > 1,
     )
     chunks = [chunk for _, chunk_list in per_segment for chunk in chunk_list]
     if whole_bytes:
@@ -194,7 +246,12 @@ def _included(planes: Planes, nonempty: np.ndarray) -> np.ndarray:
 
 
 def _top_level(
-    planes: Planes, identity: Mapping[str, Any], sop_class: str, kind: str, segments: list[Dataset]
+    planes: Planes,
+    identity: Mapping[str, Any],
+    sop_class: str,
+    kind: str,
+    segments: list[Dataset],
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Dataset:
     import highdicom as hd
 
@@ -208,7 +265,7 @@ def _top_level(
         instance_number=identity["instance_number"],
         modality="SEG",
         manufacturer=identity["manufacturer"],
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+        transfer_syntax_uid=transfer_syntax,
         patient_id=source.get("PatientID"),
         patient_name=source.get("PatientName"),
         patient_birth_date=source.get("PatientBirthDate"),
@@ -317,9 +374,12 @@ def _dimension_organization_uid() -> str:
     return str(UID())
 
 
-def _frame_items(planes: Planes, included: np.ndarray, channels: list[tuple[int | None, np.ndarray]]) -> bytes:
+def _frame_items(
+    planes: Planes, included: np.ndarray, channels: list[tuple[int | None, np.ndarray]], identified: bool = True
+) -> bytes:
     """The Per-Frame Functional Groups Sequence's items: for each channel (segment number, or
-    None for a LABELMAP), a frame for each of its planes in sorted order."""
+    None for a LABELMAP), a frame for each of its planes in sorted order. `identified`: each
+    frame names its segment (not when the shared groups name the only one)."""
     position_rank = {int(plane): rank for rank, plane in enumerate(included, 1)}
     derivations = {int(plane): _derivation(planes, int(plane)) for plane in included}
     positions = [
@@ -330,7 +390,7 @@ def _frame_items(planes: Planes, included: np.ndarray, channels: list[tuple[int 
     for channel, (number, plane_indices) in enumerate(channels, 1):
         identification = (
             b""
-            if number is None
+            if number is None or not identified
             else _sequence(0x0062, 0x000A, _element(0x0062, 0x000B, b"US", struct.pack("<H", number)))
         )
         for plane in plane_indices:
@@ -383,23 +443,31 @@ def _sequence(group: int, element: int, *items: bytes) -> bytes:
     return _element(group, element, b"SQ", b"".join(_item(item) for item in items))
 
 
-def _encode(dataset: Dataset, planes: Planes, items: bytes, frame_count: int, pixels: bytes | memoryview) -> bytes:
+def _encode(
+    dataset: Dataset,
+    planes: Planes,
+    items: bytes,
+    frame_count: int,
+    pixels: bytes | memoryview,
+    encapsulated: bool = False,
+) -> bytes:
     """The file: pydicom writes the small elements; the references, the frames' functional
     groups and the pixel data go in as the bytes made here, each at its place in tag order
-    (the pixels are copied once, into the file)."""
+    (the pixels are copied once, into the file). `encapsulated`: `pixels` are encapsulated
+    compressed frames (OB of undefined length, closed by a Sequence Delimitation Item)."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
 
     dataset.NumberOfFrames = frame_count
-    padding = b"0" if len(pixels) % 2 else b""  # as highdicom pads
     raw: dict[int, list[bytes | memoryview]] = {tag: [value] for tag, value in _references(planes).items()}
     raw[PER_FRAME_GROUPS] = [_element(0x5200, 0x9230, b"SQ", items)]
-    vr = b"OW" if dataset.BitsAllocated > 8 else b"OB"
-    raw[PIXEL_DATA] = [
-        struct.pack("<HH", 0x7FE0, 0x0010) + vr + b"\0\0" + struct.pack("<I", len(pixels) + len(padding)),
-        pixels,
-        padding,
-    ]
+    pixel_tag = struct.pack("<HH", 0x7FE0, 0x0010)
+    if encapsulated:
+        raw[PIXEL_DATA] = [pixel_tag + b"OB\0\0" + UNDEFINED_LENGTH, pixels, SEQUENCE_DELIMITER]
+    else:
+        padding = b"0" if len(pixels) % 2 else b""  # as highdicom pads
+        vr = b"OW" if dataset.BitsAllocated > 8 else b"OB"
+        raw[PIXEL_DATA] = [pixel_tag + vr + b"\0\0" + struct.pack("<I", len(pixels) + len(padding)), pixels, padding]
     pieces: list[bytes | memoryview] = []
     stream = DicomBytesIO()
     stream.is_little_endian, stream.is_implicit_VR = True, False
