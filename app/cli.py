@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         "in the standard and the semantic structure, print the trees, stop the server.",
     )
     demo.add_argument("--output", metavar="DIR", help="also copy the exports into this local folder")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="instead of exporting: start SeaweedFS with the sample project, print the variables to "
+        "export for the README's deployment steps, and keep it running until Ctrl-C",
+    )
     return parser
 
 
@@ -231,9 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if arguments.command == "demo":
-            from app.demo import run_demo
+            from app.demo import run_demo, serve_demo
 
-            return run_demo(arguments.output)
+            return serve_demo() if arguments.keep else run_demo(arguments.output)
         if arguments.command == "verify":
             return _verify(arguments)
         return _run(arguments)
@@ -347,7 +353,11 @@ def _choose_engine(arguments: argparse.Namespace):
     from rbexport.errors import ConfigurationError
 
     needs_prefect = (
-        "--credentials-block" if arguments.credentials_block else "--task-runner dask" if arguments.task_runner == "dask" else None
+        "--credentials-block"
+        if arguments.credentials_block
+        else "--task-runner dask"
+        if arguments.task_runner == "dask"
+        else None
     )
     if needs_prefect and arguments.engine == LOCAL:
         what = "reads a Prefect block" if arguments.credentials_block else "runs on prefect-dask"

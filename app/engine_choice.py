@@ -70,7 +70,10 @@ def _api_url_sources():
     yield "PREFECT_API_URL", os.environ.get("PREFECT_API_URL")
     yield "PREFECT_API_URL in ./.env", _dotenv_value(Path(".env"), "PREFECT_API_URL")
     yield "[api] url in ./prefect.toml", _toml_value(Path("prefect.toml"), ("api", "url"))
-    yield "[tool.prefect.api] url in ./pyproject.toml", _toml_value(Path("pyproject.toml"), ("tool", "prefect", "api", "url"))
+    yield (
+        "[tool.prefect.api] url in ./pyproject.toml",
+        _toml_value(Path("pyproject.toml"), ("tool", "prefect", "api", "url")),
+    )
     if not _test_mode():
         yield from _profile_source()
 
@@ -104,7 +107,12 @@ def _profiles_path() -> Path | None:
 
 def _test_mode() -> bool:
     """Prefect's test mode ignores profiles."""
-    names = ("PREFECT_TEST_MODE", "PREFECT_UNIT_TEST_MODE", "PREFECT_TESTING_UNIT_TEST_MODE", "PREFECT_TESTING_TEST_MODE")
+    names = (
+        "PREFECT_TEST_MODE",
+        "PREFECT_UNIT_TEST_MODE",
+        "PREFECT_TESTING_UNIT_TEST_MODE",
+        "PREFECT_TESTING_TEST_MODE",
+    )
     return any(os.environ.get(name) for name in names)
 
 
