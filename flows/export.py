@@ -270,14 +270,19 @@ def prefect_batches(
     task_runner: TaskRunner, settings: ExportSettings, submitted: list[PrefectFuture] | None = None
 ) -> Callable[[list[list[TaskJob]]], BatchResults]:
     """Run each batch as one Prefect task run (`export-<its tasks>`) on `task_runner`; the
-    futures are added to `submitted`. The jobs are quoted (Prefect need not walk every
-    source task's JSON for futures); `settings`, read-source's result, keeps the graph's edge."""
+    futures are added to `submitted`. The jobs are quoted on threads and processes (Prefect
+    need not walk every source task's JSON for futures); `settings`, read-source's result,
+    keeps the graph's edge."""
+
+    # Not on Dask: its client takes Prefect's annotations (tuples) apart on the way to a worker.
+    local = isinstance(task_runner, ThreadPoolTaskRunner | ProcessPoolTaskRunner)
 
     def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
         with task_runner as runner:
             futures: dict[PrefectFuture, list[TaskJob]] = {
                 runner.submit(
-                    export_tasks_of_batch, {"jobs": quote(batch), "settings": settings, "label": batch_label(batch)}
+                    export_tasks_of_batch,
+                    {"jobs": quote(batch) if local else batch, "settings": settings, "label": batch_label(batch)},
                 ): batch
                 for batch in batches
             }
