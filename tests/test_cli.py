@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import ACCESS_KEY, tree
+from conftest import ACCESS_KEY, after_engine_line, tree
 from spec_helpers import NO_DATASET
 
 
@@ -110,8 +110,7 @@ def test_invalid_tasks_json_exits_2_before_anything_is_written(run_cli, sample_s
         result = run_cli("run", "--source", str(sample_source), "--dest", str(destination))
         assert result.returncode == 2
         # The engine's line, then one line for the error (found by reading the source).
-        engine, error = result.stderr.splitlines()
-        assert engine.startswith("rbexport: Prefect flow on the Prefect API at "), result.stderr
+        [error] = after_engine_line(result.stderr)
         assert error.startswith("rbexport: error: ") and message in error, result.stderr
         assert not destination.exists()
 
