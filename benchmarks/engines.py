@@ -1,7 +1,7 @@
 """The CLI's engines, end to end: `python -m benchmarks.engines [--runs N]` (or `--only engines`).
 
 Every row is the median of N runs of the `rbexport` command, measured in this run against
-`--engine local` on the same input:
+`--engine local` on the same input (the two run in turn, round after round):
 
 - the sample project's 6 tiny tasks with no Prefect API configured (no PREFECT_API_URL, a
   new PREFECT_HOME): the default command (`--engine auto`, which then runs the local
@@ -55,6 +55,16 @@ def median_seconds(runs: int, arguments: list[str], api_url: str | None = None, 
     return statistics.median(command_seconds(list(arguments), api_url, expect) for _ in range(runs))
 
 
+def paired_medians(runs: int, *commands: tuple[list[str], str | None]) -> list[float]:
+    """Medians of `commands` (arguments, API URL) run in turn, round after round: a machine
+    whose load changes during the benchmark weighs on each of them alike."""
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(runs):
+        for index, (arguments, api_url) in enumerate(commands):
+            times[index].append(command_seconds(list(arguments), api_url))
+    return [statistics.median(each) for each in times]
+
+
 def import_milliseconds(arguments: list[str]) -> float:
     """What `python -X importtime` counts for the CLI until it exits (imports only)."""
     scratch = Path(tempfile.mkdtemp(prefix="rbexport-bench-imports-"))
@@ -84,8 +94,7 @@ def tiny_rows(runs: int) -> list[list[str]]:
     if not (source / "tasks.json").exists():
         write_sample_project(LocalStorage(source))
     run = ["run", "--source", str(source), "--dest", "{out}", "--full"]
-    local = median_seconds(runs, [*run, "--engine", "local"])
-    default = median_seconds(runs, run)
+    local, default = paired_medians(runs, ([*run, "--engine", "local"], None), (run, None))
     ephemeral = median_seconds(max(1, runs // 2), [*run, "--engine", "prefect"])
     return [
         ["--engine local (baseline)", f"{local:.2f}", "1.00x", ""],
@@ -136,8 +145,7 @@ def error_rows(runs: int, server: PrefectServer) -> list[list[str]]:
 def server_rows(runs: int, server: PrefectServer) -> list[list[str]]:
     count = 1000
     run = ["run", "--source", str(small_project(count)), "--dest", "{out}", "--full"]
-    local = median_seconds(runs, [*run, "--engine", "local"])
-    flow = median_seconds(runs, run, server.url)
+    local, flow = paired_medians(runs, ([*run, "--engine", "local"], None), (run, server.url))
     return [
         ["local folders, --engine local (baseline)", f"{local:.2f}", f"{count / local:.0f}", "1.00x", ""],
         [
