@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine with Python 3.11:
 #   make demo   set up .venv, then export a generated project on a local SeaweedFS
+#   make serve-demo   a local SeaweedFS with that project, kept running (Ctrl-C stops it)
 #   make test   set up .venv, then run the test suite (it starts its own servers)
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test lint docs bench setup clean check-datasets check-datasets-venv check-rtstruct check-rtstruct-venv
+.PHONY: demo serve-demo test lint docs bench setup clean check-datasets check-datasets-venv check-rtstruct check-rtstruct-venv
 
 setup: $(READY)
 
@@ -20,6 +21,10 @@ $(READY): pyproject.toml constraints.txt
 
 demo: $(READY)
 	$(BIN)/rbexport demo --output demo-output
+
+# SeaweedFS with the sample project until Ctrl-C; prints the variables for the README's deployment steps.
+serve-demo: $(READY)
+	$(BIN)/rbexport demo --keep
 
 # Two workers, a test file each at a time: most tests wait on servers, so this halves the time.
 test: $(READY)

@@ -6,9 +6,11 @@ usage or configuration error (verify: no export at DST) (bad URL, unreachable en
 access, invalid tasks.json, a credentials block that is not there), with one line saying
 what is wrong and no traceback; 3 an internal error (a bug: --verbose shows it).
 
-`--engine prefect` (the default) runs the Prefect flow in this process: on Prefect's
-ephemeral API, or on a server when PREFECT_API_URL is set; `--engine local` runs the
-same export without Prefect (app.runner). S3 keys come from boto3's chain, or from a
+`--engine auto` (the default) runs the Prefect flow in this process where a Prefect API is
+configured (PREFECT_API_URL, or a profile naming one: app.engine_choice), and the same
+export without Prefect otherwise (`--engine local`, app.runner); `--engine prefect` runs the
+flow on Prefect's ephemeral API when none is configured. The first line says which runs
+and why; configuration errors are found before Prefect is imported (app.preflight). S3 keys come from boto3's chain, or from a
 Prefect block (--credentials-block: a Secret, or prefect-aws's AwsCredentials or
 MinIOCredentials; tasks/credentials.py). Prefect's own console logging is off unless
 --verbose; the progress bar and the summary say what happened.
@@ -163,11 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--engine",
-        choices=["prefect", "local"],
-        default="prefect",
-        help="prefect (default): run the export flow, on Prefect's ephemeral API or the server "
-        "PREFECT_API_URL names, with its logs, artifacts and UI; local: the same export in this "
-        "process without Prefect (no server, starts at once): for CI jobs and quick runs",
+        choices=["auto", "prefect", "local"],
+        default="auto",
+        help="auto (default): the Prefect flow where a Prefect API is configured (PREFECT_API_URL, "
+        "or a profile naming one), else local; prefect: the export flow, with its logs, artifacts "
+        "and UI, on that API or on an ephemeral one; local: the same export in this process "
+        "without Prefect (no server, starts at once)",
     )
     run.add_argument(
         "--batch-size",
@@ -220,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         "in the standard and the semantic structure, print the trees, stop the server.",
     )
     demo.add_argument("--output", metavar="DIR", help="also copy the exports into this local folder")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="instead of exporting: start SeaweedFS with the sample project, print the variables to "
+        "export for the README's deployment steps, and keep it running until Ctrl-C",
+    )
     return parser
 
 
@@ -245,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if arguments.command == "demo":
-            from app.demo import run_demo
+            from app.demo import run_demo, serve_demo
 
-            return run_demo(arguments.output)
+            return serve_demo() if arguments.keep else run_demo(arguments.output)
         if arguments.command == "verify":
             return _verify(arguments)
         return _run(arguments)
@@ -269,12 +278,21 @@ def entry() -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    from app.preflight import check_before_flow
+
+    choice = _choose_engine(arguments)
+    # Before Prefect and the export's own modules are imported: a configuration error in well under a second.
+    check_before_flow(
+        arguments.source,
+        arguments.dest,
+        _endpoint(arguments.endpoint_url),
+        arguments.credentials_block if choice.engine == "prefect" else None,
+    )
     from rbexport.errors import ConfigurationError
     from rbexport.options import ExportOptions
     from rbexport.run import check_locations
     from rbexport.variants import Variant, parse_variant_argument, resolve_variants
 
-    check_locations(arguments.source, arguments.dest)  # before Prefect starts: fail fast
     if arguments.dask_address and arguments.task_runner != "dask":
         raise ConfigurationError("--dask-address goes with --task-runner dask")
     variants = [parse_variant_argument(text) for text in arguments.variant]
@@ -308,11 +326,8 @@ def _run(arguments: argparse.Namespace) -> int:
     resolved = resolve_variants(options, variants)  # the variant folders' places, before Prefect starts
     check_locations(arguments.source, arguments.dest, [v.name for v in resolved] if len(resolved) > 1 else None)
     lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
-    if arguments.engine == "local":
-        if arguments.credentials_block:
-            raise ConfigurationError("--credentials-block reads a Prefect block: it needs --engine prefect")
-        if arguments.task_runner == "dask":
-            raise ConfigurationError("--task-runner dask needs --engine prefect (prefect-dask)")
+    say(choice.line())
+    if choice.engine == "local":
         from rbexport.model import ExportRequest
         from rbexport.storage import S3Access
 
@@ -349,6 +364,25 @@ def _run(arguments: argparse.Namespace) -> int:
         **lock_timeout,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
+
+
+def _choose_engine(arguments: argparse.Namespace):
+    """--engine, and for auto whether a Prefect API is configured; flags only the flow
+    supports make auto choose it, and are refused with --engine local."""
+    from app.engine_choice import LOCAL, choose_engine
+    from rbexport.errors import ConfigurationError
+
+    needs_prefect = (
+        "--credentials-block"
+        if arguments.credentials_block
+        else "--task-runner dask"
+        if arguments.task_runner == "dask"
+        else None
+    )
+    if needs_prefect and arguments.engine == LOCAL:
+        what = "reads a Prefect block" if arguments.credentials_block else "runs on prefect-dask"
+        raise ConfigurationError(f"{needs_prefect} {what}: it needs --engine prefect or auto")
+    return choose_engine(arguments.engine, needs_prefect)
 
 
 def _verify(arguments: argparse.Namespace) -> int:

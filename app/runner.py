@@ -46,6 +46,8 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
             atexit.register(api.stop)
         from flows.export import export_project  # while the ephemeral API starts
 
+        _heartbeats_stop_without_waiting()
+
         if api is not None:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -63,6 +65,29 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
                 display.close()
     _print_reports(reports)
     return reports
+
+
+def _heartbeats_stop_without_waiting() -> None:
+    """End a run without waiting up to a second for Prefect's heartbeat thread.
+
+    The sync flow engine joins that thread when the run ends, and it sleeps in 1 s steps:
+    0.5 s on average at the end of every CLI run, after the run's final state is set.
+    Prefect's async engine does not join it (`join_on_exit=False`); here neither does the
+    sync one. The thread still stops at its next step without sending anything more (it
+    checks the stop event before every heartbeat), and is a daemon, so it never holds the
+    process up. Only this process's runs: workers and served runs are left as they are.
+    """
+    import functools
+    import inspect
+
+    from prefect import flow_engine
+
+    heartbeats = flow_engine._send_heartbeats
+    if getattr(heartbeats, "rbexport_no_join", False) or "join_on_exit" not in inspect.signature(heartbeats).parameters:
+        return
+    patched = functools.partial(heartbeats, join_on_exit=False)
+    patched.rbexport_no_join = True  # type: ignore[attr-defined]
+    flow_engine._send_heartbeats = patched
 
 
 @contextmanager

@@ -7,6 +7,8 @@ export without Prefect. Inputs are generated into benchmarks/.data (kept between
 The image benchmarks (`--only images`) are in benchmarks/images.py (DICOM to NIfTI) and
 benchmarks/copies.py (image copies S3 to S3); each also runs alone: `python -m benchmarks.images`,
 `python -m benchmarks.copies`. Mask formats against NIfTI (`--only formats`): benchmarks/formats.py.
+The engines' start-up, configuration errors and Prefect's cost per run (`--only engines`):
+benchmarks/engines.py, also `python -m benchmarks.engines`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ SDK_VENV = HERE / ".sdk-venv"
 PYTHON = sys.executable
 RBEXPORT = str(Path(sys.executable).with_name("rbexport"))
 STRUCTURES = ["standard", "binary", "semantic", "semantic-binary"]
-PARTS = ["single", "images", "formats", "tiny", "six", "small", "memory"]
+PARTS = ["single", "images", "formats", "tiny", "six", "small", "memory", "engines"]
 
 
 def median_of(runs: int, measure) -> float:
@@ -260,7 +262,7 @@ def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[lis
         variant = ["--variant", structure]
         local = median_of(runs, lambda variant=variant: cli_seconds(str(source), [*variant, "--engine", "local"], None))
         ours = median_of(runs, lambda variant=variant: cli_seconds(str(source), variant, server.url))
-        ephemeral = cli_seconds(str(source), list(variant), None)
+        ephemeral = cli_seconds(str(source), [*variant, "--engine", "prefect"], None)
         row = [structure, f"{local:.1f}", f"{ours:.1f}", f"{ephemeral:.1f}"]
         if sdk:
             theirs = sdk.convert(source, structure, 1)
@@ -297,7 +299,7 @@ def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
     local = median_of(runs, lambda: cli_seconds(str(source), ["--engine", "local"], None))
     on_server = median_of(runs, lambda: cli_seconds(str(source), [], server.url))
     per_task = median_of(runs, lambda: cli_seconds(str(source), ["--batch-size", "1"], server.url))
-    ephemeral = cli_seconds(str(source), [], None)
+    ephemeral = cli_seconds(str(source), ["--engine", "prefect"], None)
 
     def row(where: str, seconds: float) -> list[str]:
         return [where, f"{seconds:.1f}", f"{count / seconds:.0f}", f"{seconds / local:.2f}x"]
@@ -444,6 +446,10 @@ def main() -> int:
         from benchmarks.formats import HEADERS, TITLE, bench_formats
 
         print(table(TITLE, HEADERS, bench_formats(min(arguments.runs, 3))), flush=True)
+    if "engines" in parts:
+        from benchmarks.engines import print_tables as print_engine_tables
+
+        print_engine_tables(min(arguments.runs, 5))
     server = PrefectServer() if parts & {"tiny", "six", "small", "memory"} else None
     try:
         if "tiny" in parts:

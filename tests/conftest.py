@@ -140,6 +140,16 @@ def run_cli(prefect_api, tmp_path, s3_credentials):
     return run
 
 
+ENGINE_LINES = ("rbexport: Prefect flow on ", "rbexport: local engine (")
+
+
+def after_engine_line(stderr: str) -> list[str]:
+    """The CLI's lines after its first, which says which engine runs (checked to be that line)."""
+    first, *rest = stderr.strip().splitlines()
+    assert first.startswith(ENGINE_LINES), stderr
+    return rest
+
+
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under a folder, by relative path."""
     return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}

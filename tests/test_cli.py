@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import ACCESS_KEY, tree
+from conftest import ACCESS_KEY, after_engine_line, tree
 from spec_helpers import NO_DATASET
 
 
@@ -109,8 +109,9 @@ def test_invalid_tasks_json_exits_2_before_anything_is_written(run_cli, sample_s
         (sample_source / "tasks.json").write_text(content)
         result = run_cli("run", "--source", str(sample_source), "--dest", str(destination))
         assert result.returncode == 2
-        assert message in result.stderr
-        assert result.stderr.count("\n") == 1, result.stderr  # one line
+        # The engine's line, then one line for the error (found by reading the source).
+        [error] = after_engine_line(result.stderr)
+        assert error.startswith("rbexport: error: ") and message in error, result.stderr
         assert not destination.exists()
 
 
@@ -148,11 +149,24 @@ def test_denied_access_exits_2_without_leaking_the_secret(run_cli, seaweed, make
     assert_clean(result.stderr)
 
 
-def test_uses_the_ephemeral_api_by_default_quietly(run_cli, sample_source, tmp_path):
+def test_engine_prefect_uses_an_ephemeral_api_quietly(run_cli, sample_source, tmp_path):
     destination = tmp_path / "export"
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--single-mask", ephemeral=True)
+    result = run_cli(
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination),
+        "--single-mask",
+        "--engine",
+        "prefect",
+        ephemeral=True,
+    )
     assert result.returncode == 0, result.stderr
     assert_clean(result.stderr)
+    assert result.stderr.splitlines()[0] == (
+        "rbexport: Prefect flow on an ephemeral Prefect API (--engine prefect; no Prefect API configured)"
+    )
     assert "temporary server" not in result.stderr  # Prefect's console logs are off without --verbose
     assert not (destination / "segmentations/Brain_004/T2").exists()  # single mask: no instance files
     assert not api_servers_of(tmp_path / "prefect-home"), "the ephemeral API outlived the command"

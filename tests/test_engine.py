@@ -197,3 +197,33 @@ def test_the_local_engine_refuses_what_needs_prefect(run_cli, sample_source, tmp
         and "--credentials-block reads a Prefect block: it needs --engine prefect" in result.stderr
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_the_run_graph_keeps_its_edges(prefect_api, sample_source, tmp_path):
+    """The plan and outcomes reach Prefect quoted (not walked), yet the UI's graph still
+    links read-source to every batch, and every batch and read-source to publish-export."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    state = export_project(str(sample_source), str(tmp_path / "export"), batch_size=2, return_state=True)
+    assert state.is_completed()
+
+    async def inputs():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+            names = {run.id: run.name for run in runs}
+            return {
+                run.name: sorted(names[item.id] for items in run.task_inputs.values() for item in items) for run in runs
+            }
+
+    upstream = asyncio.run(inputs())
+    [read] = [name for name in upstream if name.startswith("read-source")]
+    [publish] = [name for name in upstream if name.startswith("publish-export")]
+    batches = sorted(name for name in upstream if name.startswith("export-task"))
+    assert len(batches) == 3
+    assert all(upstream[batch] == [read] for batch in batches), upstream
+    assert upstream[publish] == sorted([read, *batches]), upstream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tree
+from conftest import after_engine_line, tree
 
 import rbexport.source
 from rbexport.engine import run_export
@@ -201,7 +201,7 @@ def test_the_cli_refuses_a_mismatched_layout_with_exit_code_2(run_cli, sample_so
         "semantic",
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert after_engine_line(result.stderr) == [
         f"rbexport: error: {destination} already holds one export at its root and this run writes variant folders "
         "(standard, semantic): choose another destination, or replace that export (--replace-layout, flow parameter "
         "replace_layout)"
