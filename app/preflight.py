@@ -41,5 +41,6 @@ def check_before_flow(source: str, destination: str, endpoint_url: str | None, c
 def _check_local_source(root: Path) -> None:
     if not root.is_dir():
         raise ConfigurationError(f"the source folder {root} does not exist")
-    if not (root / "tasks.json").is_file() and not any((root / "tasks").glob("*.json")):
+    # exists(), not is_file(): a tasks.json that is a pipe or a link is the source reader's to refuse, by name.
+    if not (root / "tasks.json").exists() and not any((root / "tasks").glob("*.json")):
         raise ConfigurationError(f"no tasks.json or tasks/*.json in {root}")

@@ -209,6 +209,8 @@ def test_options_reach_the_export(run_cli, sample_source, tmp_path):
         "no_consensus": True,
         "compress": False,
         "mask_format": "nifti",
+        "seg_type": "auto",
+        "seg_compression": "none",
         "with_images": False,
         "image_format": "original",
         **NO_DATASET,

@@ -159,6 +159,8 @@ def test_flow_parameters_form_shows_every_option(api):
         "dataset_name",
         "description",
         "mask_format",
+        "seg_type",
+        "seg_compression",
     }
     assert options["layout"]["enum"] == ["redbrick", "nnunet", "msd"]
     assert options["mask_format"]["enum"] == ["nifti", "png", "mhd", "dicom-seg", "rtstruct"]  # a drop-down in the form
