@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 from conftest import copy_tree
-from prefect_helpers import PROJECT, flow_runs_of, served, wait_for
+from prefect_helpers import PROJECT, flow_runs_of, log_messages_of, served, wait_for
 
 from app.sample import box, nifti_bytes
 from rbexport.notifications import NotificationError, Watermark, created_objects, objects_since
@@ -158,9 +158,15 @@ def test_the_watcher_finds_uploads_without_any_notification(live, prefect_api):
     from flows.watch import watch_source
 
     source, destination = live["source"], live["destination"]
+    before = {run.id for run in flow_runs_of(ON_UPLOAD)}
+    state = watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"], return_state=True)
+    assert state.result() == 0  # the first watch: what is there is the baseline, no flood of events
+    assert "recorded as the baseline, no events for them" in log_messages_of(state.state_details.flow_run_id)
+    time.sleep(12)  # past the trigger's window: an event emitted now would have started a run
+    assert {run.id for run in flow_runs_of(ON_UPLOAD)} == before
     upload_task(source, "watched-d")
     emitted = watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"])
-    assert emitted >= 2  # everything, the first time: no watermark yet
+    assert emitted == 2  # the task JSON and its mask
     wait_for(lambda: "watched-d" in exported_ids(destination), 180, "the export to contain watched-d")
     upload_task(source, "watched-e")
     assert watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"]) == 2  # only what is new
@@ -205,6 +211,18 @@ def test_notifications_delivered_through_sns_are_unwrapped():
     confirmation = {"Type": "SubscriptionConfirmation", "SubscribeURL": "https://sns.example/confirm?x"}
     with pytest.raises(NotificationError, match="open https://sns.example/confirm"):
         created_objects(json.dumps(confirmation).encode())
+
+
+def test_the_first_watch_counts_everything_there_as_seen(tmp_path):
+    from rbexport.notifications import baseline
+    from rbexport.storage import ObjectInfo
+
+    storage = LocalStorage(tmp_path)
+    listing = [ObjectInfo("a", 1, "e", 100.0), ObjectInfo("b", 1, "e", 100.0), ObjectInfo("c", 1, "e", 90.0)]
+    assert objects_since(storage, listing, baseline(listing))[0] == []
+    created, _ = objects_since(storage, listing + [ObjectInfo("d", 1, "e", 100.0)], baseline(listing))
+    assert [item.url.rsplit("/", 1)[-1] for item in created] == ["d"]
+    assert baseline([]) == Watermark()
 
 
 def test_the_watermark_remembers_objects_seen_at_the_same_instant(tmp_path):
