@@ -110,7 +110,9 @@ def failed(error: BaseException, message: str | None = None) -> Any:
 @expected_failures_as_states
 def wait_for_uploads(source: str, quiet_seconds: float, access: S3Access) -> None:
     waited = wait_until_quiet(open_storage(source, access), quiet_seconds)
-    get_run_logger().info("source quiet for %.0f s (waited %.1f s)", quiet_seconds, waited)
+    get_run_logger().info(
+        "source settled after %.1f s (every task complete, or quiet for %.0f s)", waited, quiet_seconds
+    )
 
 
 @task(name="read-source", **RETRY_STORAGE)

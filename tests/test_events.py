@@ -161,7 +161,8 @@ def test_the_watcher_finds_uploads_without_any_notification(live, prefect_api):
     before = {run.id for run in flow_runs_of(ON_UPLOAD)}
     state = watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"], return_state=True)
     assert state.result() == 0  # the first watch: what is there is the baseline, no flood of events
-    assert "recorded as the baseline, no events for them" in log_messages_of(state.state_details.flow_run_id)
+    flow_run_id = state.state_details.flow_run_id
+    wait_for(lambda: "recorded as the baseline, no events for them" in log_messages_of(flow_run_id), 60, "its log")
     time.sleep(12)  # past the trigger's window: an event emitted now would have started a run
     assert {run.id for run in flow_runs_of(ON_UPLOAD)} == before
     upload_task(source, "watched-d")
@@ -238,3 +239,21 @@ def test_the_watermark_remembers_objects_seen_at_the_same_instant(tmp_path):
     assert [item.url.rsplit("/", 1)[-1] for item in created] == ["d"]
     assert mark == Watermark(100.0, ["a", "b", "d"])
     assert objects_since(storage, later, mark)[0] == []
+
+
+def test_the_quiet_period_ends_as_soon_as_every_task_has_its_masks(sample_source):
+    """A run triggered by an upload waits only while a task's JSON names a mask not there yet."""
+    import threading
+
+    from rbexport.source import tasks_complete, wait_until_quiet
+
+    storage = LocalStorage(sample_source)
+    assert wait_until_quiet(storage, 3600) < 3600  # complete: at once, not an hour
+    task = {"taskId": "late", "series": [{"segmentations": "masks/late.nii.gz", "segmentMap": {}}]}
+    storage.write("tasks/late.json", json.dumps(task).encode())
+    assert not tasks_complete(storage, {info.key for info in storage.list()})
+    waiting = threading.Thread(target=wait_until_quiet, args=(storage, 3600), daemon=True)
+    waiting.start()
+    storage.write("masks/late.nii.gz", nifti_bytes(box((16, 16, 4), 1, (2, 2, 1), (5, 5, 2))))
+    waiting.join(timeout=120)
+    assert not waiting.is_alive(), "still waiting after the task's mask arrived"
