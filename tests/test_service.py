@@ -191,3 +191,31 @@ def test_serving_after_deploying_leaves_no_automation_of_a_deleted_deployment_an
     for name in served_names:
         flow = "verify-export" if name == "verify-after-export" else "export-project"
         assert read_deployment(f"{flow}/{name}").paused, name
+
+
+def test_the_run_form_says_what_applies_and_shows_plain_optional_fields(prefect_api):
+    """The export-manual form, as the UI reads it from the API after `prefect deploy`."""
+    from prefect_helpers import read_deployment
+
+    created = prefect_cli(prefect_api, "work-pool", "create", "rbexport", "--type", "process", "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = prefect_cli(prefect_api, "--no-prompt", "deploy", "--name", "export-manual", env=SETTINGS)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    form = read_deployment(MANUAL).parameter_openapi_schema
+    options = form["definitions"]["ExportOptions"]["properties"]
+
+    def switches(properties: dict) -> list[str]:  # Prefect's `Property is type "None"` toggle
+        return [name for name, field in properties.items() if {"type": "null"} in field.get("anyOf", [])]
+
+    assert switches(form["properties"]) == []
+    assert switches(options) == ["binary_mask"]  # None is its "auto", on purpose
+    for name in ("endpoint_url", "credentials_block", "dask_address"):
+        assert form["properties"][name]["default"] == "" and form["properties"][name]["type"] == "string"
+    description = form["properties"]["options"]["description"]
+    assert all(name in description for name in ("mask_format", "with_images", "image_format", "no_consensus"))
+    layout = ["layout", "channels", "modality", "group_by", "dataset_name", "description"]
+    assert list(options)[-len(layout) :] == layout
+    assert all(options[name]["title"].startswith("Training layout: ") for name in layout)
+    assert not any(
+        field.get("title", "").startswith("Training layout") for field in list(options.values())[: -len(layout)]
+    )
