@@ -31,6 +31,10 @@ from prefect.utilities.templating import apply_values
 
 from deployments.settings import template_values
 
+# How often the runner asks the server for runs to start (Prefect's default: 10 s, most of
+# the wait from an upload to its export). A query is one small request.
+POLL_SECONDS = 1.0
+
 # How long Prefect's runner may take to shut down after Ctrl+C before this process exits anyway.
 SHUTDOWN_GRACE_SECONDS = 20
 
@@ -73,10 +77,13 @@ def _without(item: dict, key: str) -> dict:
 
 
 def forget_deployed_versions(runners: list) -> None:
-    """Delete deployments of the same names made by `prefect deploy` for a work pool.
+    """Delete deployments of the same names made by `prefect deploy` for a work pool, with
+    their automations, and every automation left pointing at a deleted deployment.
 
     A served deployment that updates one made for a worker keeps parts of the worker's
-    set-up, and its runs then crash loading the flow; serving replaces it cleanly.
+    set-up, and its runs then crash loading the flow; serving replaces it cleanly. The
+    server does not delete a deleted deployment's automations: left enabled, they fail on
+    every event with `Unexpected status from 'run-deployment' action: 404`.
     """
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
@@ -90,9 +97,37 @@ def forget_deployed_versions(runners: list) -> None:
                 except ObjectNotFound:
                     continue
                 if deployment.work_pool_name:
+                    for automation in await client.read_resource_related_automations(
+                        f"prefect.deployment.{deployment.id}"
+                    ):
+                        await client.delete_automation(automation.id)
                     await client.delete_deployment(deployment.id)
+            await forget_orphaned_automations(client)
 
     run_coro_as_sync(forget())
+
+
+async def forget_orphaned_automations(client) -> list[str]:
+    """Delete the automations whose every action runs a deployment that no longer exists;
+    returns their names."""
+    from prefect.events.actions import RunDeployment
+    from prefect.exceptions import ObjectNotFound
+
+    forgotten = []
+    for automation in await client.read_automations():
+        targets = [action.deployment_id for action in automation.actions if isinstance(action, RunDeployment)]
+        if not targets or len(targets) != len(automation.actions) or None in targets:
+            continue
+        missing = 0
+        for deployment_id in targets:
+            try:
+                await client.read_deployment(deployment_id)
+            except ObjectNotFound:
+                missing += 1
+        if missing == len(targets):
+            await client.delete_automation(automation.id)
+            forgotten.append(automation.name)
+    return forgotten
 
 
 def main(names: list[str]) -> int:
@@ -104,10 +139,31 @@ def main(names: list[str]) -> int:
     runners = [runner_deployment(spec) for spec in specs if not names or spec["name"] in names]
     forget_deployed_versions(runners)
     serving_since = datetime.now(UTC)
-    stop_within(SHUTDOWN_GRACE_SECONDS, lambda: mark_interrupted_runs_crashed(runners, serving_since))
-    serve(*runners)  # until Ctrl+C
-    mark_interrupted_runs_crashed(runners, serving_since)
+    stop_within(SHUTDOWN_GRACE_SECONDS, lambda: wind_down(runners, serving_since))
+    serve(*runners, query_seconds=POLL_SECONDS)  # until Ctrl+C
+    wind_down(runners, serving_since)
     return 0
+
+
+def wind_down(runners: list, since: datetime) -> None:
+    """After Ctrl+C: pause what was served and end the runs it left Running. Prefect's
+    runner pauses its deployments as it shuts down, but under load that step is cancelled
+    now and then, and the schedules then pile up Late runs nobody executes: pause them
+    again here, every time (pausing twice is harmless)."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def pause() -> None:
+        async with get_client() as client:
+            for runner in runners:
+                deployment = await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")
+                await client.pause_deployment(deployment.id)
+
+    try:
+        run_coro_as_sync(pause())
+    finally:
+        mark_interrupted_runs_crashed(runners, since)
+    print(f"serve: paused {', '.join(runner.name for runner in runners)}", file=sys.stderr)
 
 
 def stop_within(grace_seconds: float, before_exit: Callable[[], None]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Literal, cast
+from datetime import UTC
+from typing import Annotated, Literal, cast
 from uuid import UUID
 
 from prefect import flow
@@ -20,11 +21,12 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, quote
+from pydantic import BeforeValidator
 
 from rbexport import progress
 from rbexport.display import shown
 from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
-from rbexport.errors import ConfigurationError, ExportIncomplete
+from rbexport.errors import ConfigurationError, ExportIncomplete, StorageError
 from rbexport.lease import WAIT_SECONDS
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
@@ -38,11 +40,50 @@ from tasks.one_writer import one_writer
 EXPORT_COMPLETED = "rbexport.export.completed"
 EXPORT_FAILED = "rbexport.export.failed"
 
+# Optional parameters with plain defaults: the form shows an empty field, not Prefect's
+# `Property is type "None"` switch; None from a caller means the same as empty.
+OptionalText = Annotated[str, BeforeValidator(lambda value: "" if value is None else value)]
+OptionalNames = Annotated[tuple[str, ...], BeforeValidator(lambda value: () if value is None else value)]
+
 # The form's default: every option at its default (ExportOptions is frozen).
 DEFAULT_OPTIONS = ExportOptions()
 
 
-@flow(name="export-project", validate_parameters=True)
+def run_name() -> str:
+    """The flow run's name, saying what runs: `export-brain-20261202-0100`, with the
+    variants when there are any (`export-live-standard-semantic-20261202-0200`); the
+    destination's last folder and the run's scheduled start (UTC)."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    where = str(parameters.get("destination") or "").rstrip("/").rsplit("/", 1)[-1] or "export"
+    items = [*(parameters.get("variants") or ()), *(parameters.get("custom_variants") or ())]
+    names = [str(item.get("name", "") if isinstance(item, dict) else getattr(item, "name", item)) for item in items]
+    when = flow_run.scheduled_start_time.astimezone(UTC).strftime("%Y%m%d-%H%M")
+    return artifact_key("-".join(["export", where, *names, when]))[:100]
+
+
+def tag_run(destination: str) -> None:
+    """Tag the flow run with its destination (`destination:s3://...`), to filter runs by it."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    tag = f"destination:{destination}"
+    if not flow_run.id or tag in flow_run.tags:
+        return
+
+    async def update() -> None:
+        async with get_client() as client:
+            await client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
+
+    try:
+        run_coro_as_sync(update())
+    except Exception as error:  # a name tag is a convenience: never fail the export for it
+        get_run_logger().warning("could not tag the run with its destination: %s", error)
+
+
+@flow(name="export-project", flow_run_name=run_name, validate_parameters=True)
 def export_project(
     source: str,
     destination: str,
@@ -53,12 +94,12 @@ def export_project(
     prune: bool = False,
     replace_layout: bool = False,
     quiet_seconds: float = 0,
-    endpoint_url: str | None = None,
-    credentials_block: str | None = None,
-    allowed_buckets: list[str] | None = None,
+    endpoint_url: OptionalText = "",
+    credentials_block: OptionalText = "",
+    allowed_buckets: OptionalNames = (),
     workers: int = 0,
     task_runner: Literal["threads", "processes", "dask"] = "threads",
-    dask_address: str | None = None,
+    dask_address: OptionalText = "",
     batch_size: int = 0,
     lock_timeout: float = WAIT_SECONDS,
 ) -> list[RunReport]:
@@ -67,8 +108,11 @@ def export_project(
     Args:
         source: Where the project is: s3://bucket/prefix, or a folder on the worker.
         destination: Where the export goes: s3://bucket/prefix, or a folder on the worker.
-        options: The structure to write when no variants are chosen. With variants, only
-            its no_consensus and compress apply (to the presets).
+        options: The export to write when no variants are chosen. With variants, its file
+            options still apply to every preset: no_consensus, compress, mask_format and the
+            image options (with_images, image_format); the structure comes from the variant.
+            The layout options (layout and the fields after it) make a training dataset
+            instead of the RedBrick structure.
         variants: Structures to write side by side, each as a complete export in a folder
             of the destination named after it (standard, semantic, ...). Masks are read
             once for all of them. Choose none to write one export, with the options above,
@@ -84,13 +128,13 @@ def export_project(
             this one. Without it such a run stops before writing anything.
         quiet_seconds: Wait until nothing in the source has changed for this long
             before reading it (lets a burst of uploads settle).
-        endpoint_url: The S3 endpoint, such as `http://127.0.0.1:8333`. None (the
+        endpoint_url: The S3 endpoint, such as `http://127.0.0.1:8333`. Empty (the
             default): the credentials block's endpoint, else the worker's AWS_ENDPOINT_URL,
             else AWS S3. One that differs from the block's endpoint is an error.
         credentials_block: The Prefect block with the S3 keys: `aws-credentials/NAME` or
             `minio-credentials/NAME` (prefect-aws; their endpoint and region count too), or
             `secret/NAME` (or just NAME): a Secret holding JSON (aws_access_key_id,
-            aws_secret_access_key). None (the default): boto3's standard chain
+            aws_secret_access_key). Empty (the default): boto3's standard chain
             (environment, profiles, instance roles) on the worker.
         allowed_buckets: Buckets that masks may be read from besides the source prefix.
         workers: How many tasks are exported at the same time. 0 (the default): twice the
@@ -98,7 +142,7 @@ def export_project(
         task_runner: Where tasks run: threads of this process, a pool of local
             processes, or a Dask cluster (prefect-dask).
         dask_address: The Dask scheduler to use with task_runner dask, such as
-            `tcp://10.0.0.5:8786`. None (the default): a local cluster of `workers` processes.
+            `tcp://10.0.0.5:8786`. Empty (the default): a local cluster of `workers` processes.
         batch_size: Source tasks per Prefect task run. 0 (the default): by their size,
             about 32 MB of masks and images per batch (a large CT task alone, many small
             ones together). 1: one Prefect task run per source task.
@@ -106,6 +150,7 @@ def export_project(
             machine) writes to the same destination; after that the run fails with
             "destination busy since ... by ...". One writer at a time keeps tasks.json whole.
     """
+    tag_run(destination)
     try:
         refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
         access = s3_access(endpoint_url, credentials_block)
@@ -142,23 +187,19 @@ def export_project(
                 wait_for=[read, *map(allow_failure, batch_runs)],
                 return_state=True,
             ).result()
-    except ConfigurationError as error:
-        # An answer, not a crash: one line in the run's log and its state, no traceback.
+    except (ConfigurationError, StorageError) as error:
+        # An answer, not a crash (a store still failing after the retries is one too): one
+        # line in the run's log and its state, no traceback.
         get_run_logger().error("cannot export: %s", shown(error))
         emit_event(EXPORT_FAILED, resource=destination_resource(destination), payload={"error": str(error)})
         return failed(error)
-    failures = [
-        {
-            "variant": shown(report.variant),
-            "task": None if failure.taskId is None else shown(failure.taskId),
-            "file": None if failure.file is None else shown(failure.file),
-            "reason": shown(failure.reason),
-        }
-        for report in reports
-        for failure in report.failures
-    ]
+    failures = failure_rows(reports)
     if failures:
-        create_table_artifact(key="export-failures", table=failures, description=f"{len(failures)} failed")
+        create_table_artifact(
+            key="export-failures",
+            table=failures,
+            description=f"{len(failures)} {'task' if len(failures) == 1 else 'tasks'} failed",
+        )
     for report in reports:
         emit_event(
             EXPORT_COMPLETED if report.succeeded else EXPORT_FAILED,
@@ -196,6 +237,23 @@ def export_project(
     return reports
 
 
+def failure_rows(reports: list[RunReport]) -> list[dict[str, str]]:
+    """The failures artifact: one row per failed source task, the variants it failed in,
+    and each distinct reason in full."""
+    rows: dict[str, dict[str, list[str]]] = {}
+    for report in reports:
+        for failure in report.failures:
+            task = shown(failure.taskId) if failure.taskId is not None else "(no taskId)"
+            row = rows.setdefault(task, {"variants": [], "reasons": []})
+            row["variants"].append(shown(report.variant))
+            if shown(failure.detail) not in row["reasons"]:
+                row["reasons"].append(shown(failure.detail))
+    return [
+        {"task": task, "variants": ", ".join(row["variants"]), "reason": "; ".join(row["reasons"])}
+        for task, row in rows.items()
+    ]
+
+
 def tell_watchers(message: str) -> None:
     """A notice for the run's log and whoever watches it (the CLI's display)."""
     get_run_logger().warning("%s", shown(message))
@@ -214,12 +272,12 @@ class ProgressArtifact:
     def __init__(self, inner: progress.ProgressObserver) -> None:
         self.inner = inner
         self.artifact: UUID | None = None
-        self.total = self.done = 0
+        self.total = self.done = self.failed = self.skipped = 0
         self.updated = 0.0
 
     def started(self, total: int, skipped: int) -> None:
         self.inner.started(total, skipped)
-        self.total = total
+        self.total, self.skipped = total, skipped
         self.artifact = cast(
             UUID,
             create_progress_artifact(
@@ -235,10 +293,16 @@ class ProgressArtifact:
     def task_done(self, task_id: str, error: str | None) -> None:
         self.inner.task_done(task_id, error)
         self.done += 1
+        self.failed += error is not None
         now = time.monotonic()
         if self.artifact is not None and (self.done == self.total or now - self.updated >= 1.0):
-            update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1))
+            update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1), self.description())
             self.updated = now
+
+    def description(self) -> str:
+        """`120 of 240 tasks done, 2 failed, 0 unchanged`, as the run goes."""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.done} of {self.total} tasks done{failed}, {self.skipped} unchanged"
 
 
 def artifact_key(text: str) -> str:

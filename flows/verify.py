@@ -8,7 +8,7 @@ from prefect.logging import get_run_logger
 
 from flows.export import refuse_placeholders
 from rbexport.display import shown
-from rbexport.errors import ConfigurationError, ExportDamaged
+from rbexport.errors import ConfigurationError, ExportDamaged, StorageError
 from rbexport.lease import WAIT_SECONDS
 from rbexport.storage import S3Access
 from rbexport.verify import VerifyResult, verify_settled
@@ -52,7 +52,7 @@ def verify_export_flow(
         refuse_placeholders(destination=destination, endpoint_url=endpoint_url)
         access = s3_access(endpoint_url, credentials_block)
         result = verify_files(destination, access, lock_timeout, return_state=True).result()
-    except ConfigurationError as error:
+    except (ConfigurationError, StorageError) as error:
         get_run_logger().error("cannot verify: %s", error)
         return failed(error)
     create_markdown_artifact(key="verify-report", markdown=result.to_markdown(), description=result.summary())

@@ -9,7 +9,7 @@ from prefect.logging import get_run_logger
 from prefect.variables import Variable
 
 from rbexport.errors import ConfigurationError, TransientStorageError
-from rbexport.notifications import Watermark, objects_since
+from rbexport.notifications import Watermark, baseline, objects_since
 from rbexport.storage import open_storage
 from tasks.credentials import s3_access
 from tasks.events import emit_created
@@ -25,6 +25,9 @@ def watermark_variable(source: str) -> str:
 def watch_source(source: str, endpoint_url: str | None = None, credentials_block: str | None = None) -> int:
     """Emit an `rbexport.object.created` event for every object new since the last watch.
 
+    The first watch of a source emits nothing: it records what is already there as the
+    baseline (a flood of events for an existing project would start a full export).
+
     Args:
         source: The prefix to watch: s3://bucket/prefix or a local folder.
         endpoint_url: S3 endpoint; default the block's, else AWS_ENDPOINT_URL, else AWS.
@@ -34,8 +37,19 @@ def watch_source(source: str, endpoint_url: str | None = None, credentials_block
     try:
         storage = open_storage(source, s3_access(endpoint_url, credentials_block))
         name = watermark_variable(storage.url)
-        watermark = Watermark.from_json(Variable.get(name, default=None))
-        created, next_watermark = objects_since(storage, storage.list(), watermark)
+        recorded = Variable.get(name, default=None)
+        listing = list(storage.list())
+        if recorded is None:
+            first = baseline(listing)
+            Variable.set(name, first.to_json(), overwrite=True)
+            get_run_logger().info(
+                "first watch of %s: %d objects already there recorded as the baseline, no events for them; "
+                "objects added from now on start exports (export what is there with export-manual)",
+                storage.url,
+                len(listing),
+            )
+            return 0
+        created, next_watermark = objects_since(storage, listing, Watermark.from_json(recorded))
     except (ConfigurationError, TransientStorageError) as error:
         # An answer, not a crash: one line in the run's log and its state; the next watch tries again.
         get_run_logger().error("cannot watch %s: %s", source, error)

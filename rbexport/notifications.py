@@ -80,6 +80,16 @@ class Watermark:
         return cls()
 
 
+def baseline(listing: Iterable[ObjectInfo]) -> Watermark:
+    """The watermark of a first watch: everything already there counts as seen, so the
+    watcher's first look emits nothing (exports of what was there are the nightly's job)."""
+    infos = list(listing)
+    if not infos:
+        return Watermark()
+    newest = max(info.modified for info in infos)
+    return Watermark(newest, sorted(info.key for info in infos if info.modified == newest))
+
+
 def objects_since(
     source: Storage, listing: Iterable[ObjectInfo], watermark: Watermark
 ) -> tuple[list[CreatedObject], Watermark]:

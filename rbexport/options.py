@@ -18,10 +18,35 @@ SegCompression = Literal["none", "rle", "jpegls"]
 SEG_OPTION_DEFAULTS = {"seg_type": "auto", "seg_compression": "none"}
 
 
+# The options that only the training layouts read; the Prefect form shows them last, titled
+# "Training layout: ...", apart from the RedBrick export's options.
+LAYOUT_FIELDS = ("layout", "channels", "modality", "group_by", "dataset_name", "description")
+# Optional text and list options: the form shows a plain field (empty: None), not Prefect's
+# `Property is type "None"` switch. (binary_mask keeps its switch: None is "auto".)
+PLAIN_OPTIONAL_FIELDS = ("channels", "modality", "group_by", "dataset_name", "description")
+
+
+def _form_schema(schema: dict) -> None:
+    """The options' JSON schema as the Prefect UI's form shows it (the model is unchanged)."""
+    properties = schema.get("properties", {})
+    for name in PLAIN_OPTIONAL_FIELDS:
+        field = properties.get(name, {})
+        kinds = [kind for kind in field.pop("anyOf", []) if kind != {"type": "null"}]
+        if len(kinds) == 1:
+            field.update(kinds[0])
+        if field.get("default", "") is None:
+            del field["default"]
+    for name in LAYOUT_FIELDS:
+        if name in properties:
+            field = properties.pop(name)
+            field["title"] = "Training layout: " + field.get("title", name.replace("_", " ").capitalize())
+            properties[name] = field
+
+
 class ExportOptions(BaseModel):
     """Which structure to write (SPEC 2.5)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_form_schema)
 
     semantic_mask: bool = Field(
         False,
@@ -102,6 +127,12 @@ class ExportOptions(BaseModel):
     )
     dataset_name: str | None = Field(None, description="Training layouts: the name in dataset.json.")
     description: str | None = Field(None, description="Training layouts: the description in dataset.json.")
+
+    @field_validator("modality", "group_by", "dataset_name", "description", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An emptied form field is the default, None."""
+        return None if value == "" else value
 
     @field_validator("channels", mode="before")
     @classmethod

@@ -12,8 +12,16 @@ import re
 import time
 from dataclasses import dataclass
 
+from .annotations import mask_references
 from .display import shown
-from .errors import AccessDeniedError, ConfigurationError, ObjectNotFoundError, RefusedObjectError, TaskDataError
+from .errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    ObjectNotFoundError,
+    RefusedObjectError,
+    StorageError,
+    TaskDataError,
+)
 from .mask_formats.colours import taxonomy_colours
 from .mask_formats.segment_codes import SEGMENT_CODES_FILE, SegmentCode, parse_segment_codes
 from .memory import volume_bytes
@@ -74,8 +82,10 @@ def read_tasks(source: Storage) -> list[SourceTask]:
     return found
 
 
-def wait_until_quiet(source: Storage, quiet_seconds: float, poll_seconds: float = 2.0) -> float:
-    """Return once nothing in the source has changed for `quiet_seconds` (uploads settled).
+def wait_until_quiet(source: Storage, quiet_seconds: float, poll_seconds: float = 1.0) -> float:
+    """Return once the source's uploads have settled: at once when every task's JSON and
+    every mask it names are there (checked again whenever the listing changes), else once
+    nothing in the source has changed for `quiet_seconds`.
 
     Gives up waiting after ten quiet periods (at least a minute) of constant change.
     Returns the seconds waited.
@@ -86,12 +96,35 @@ def wait_until_quiet(source: Storage, quiet_seconds: float, poll_seconds: float 
     give_up = started + max(60.0, 10 * quiet_seconds)
     snapshot = {info.key: info.etag for info in source.list()}
     quiet_since = time.monotonic()
+    if tasks_complete(source, set(snapshot)):
+        return time.monotonic() - started
     while time.monotonic() - quiet_since < quiet_seconds and time.monotonic() < give_up:
         time.sleep(min(poll_seconds, quiet_seconds))
         current = {info.key: info.etag for info in source.list()}
         if current != snapshot:
             snapshot, quiet_since = current, time.monotonic()
+            if tasks_complete(source, set(snapshot)):
+                break
     return time.monotonic() - started
+
+
+def tasks_complete(source: Storage, keys: set[str]) -> bool:
+    """Whether every task of the source can be exported now: its JSON reads, and every mask
+    in the source that it names is among `keys` (a mask uploaded before its task JSON, with
+    no task naming it yet, holds nothing up). A task JSON still being written, or one whose
+    masks are not all there yet, is incomplete; masks in other buckets are not checked."""
+    try:
+        tasks = read_tasks(source)
+    except (ConfigurationError, TaskDataError, StorageError):
+        return False
+    prefix = source.url.rstrip("/") + "/"
+    for item in tasks:
+        for reference in mask_references(item.task) if isinstance(item.task, dict) else []:
+            key = reference[len(prefix) :] if reference.startswith(prefix) else normalize_key(reference)
+            if "://" not in reference or reference.startswith(prefix):
+                if key is not None and key not in keys:
+                    return False
+    return True
 
 
 def read_category_numbers(source: Storage, needed_by: str = "a semantic export") -> dict[str, int]:

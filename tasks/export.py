@@ -8,6 +8,7 @@ exponential back-off: the steps' own, and inside a batch each source task's
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -19,7 +20,7 @@ from prefect.tasks import exponential_backoff
 
 from rbexport.display import shown
 from rbexport.engine import BACKOFF_SECONDS, STORAGE_RETRIES, export_batch
-from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
+from rbexport.errors import ConfigurationError, RbexportError, TaskDataError, TransientStorageError
 from rbexport.model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from rbexport.report import RunReport
 from rbexport.run import prepare_run, publish_export
@@ -66,6 +67,39 @@ def expected_failures_as_states(step: Callable[P, R]) -> Callable[P, R]:
     return cast(Callable[P, R], run)
 
 
+# What Prefect's engine logs, with a traceback, when a flow run ends Failed: it raises the
+# state's error again after the run is over (prefect.flow_engine.run_flow, prefect.engine).
+ENGINE_EXIT_MESSAGE = "exited with unexpected exception"
+# What it logs (with `NoneType: None` for a traceback) when a task returns a Failed state,
+# before "Finished in state Failed('...')" says the same in one line (prefect.task_engine).
+TASK_STATE_MESSAGE = "Task run failed with state: "
+
+
+class ExpectedFailureFilter(logging.Filter):
+    """Drops the engine's records about a run that ended Failed as planned: a flow run's
+    traceback for one of our own errors (the flow has logged it as one line, and it is the
+    state's message), and a task run's repeat of the Failed state it returned. A worker and a
+    served runner run the flow through that engine path; anything else is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(TASK_STATE_MESSAGE):
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, RbexportError) and ENGINE_EXIT_MESSAGE in message)
+
+
+def quiet_expected_failures() -> None:
+    """Install ExpectedFailureFilter on the loggers the engine reports through (once)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, ExpectedFailureFilter) for existing in logger.filters):
+            logger.addFilter(ExpectedFailureFilter())
+
+
+quiet_expected_failures()  # at import: the engine loads the flow module before it runs the flow
+
+
 def failed(error: BaseException, message: str | None = None) -> Any:
     """A Failed state carrying `error`: a flow or task that returns it ends Failed with the
     message, without a traceback in its log, and calling it raises `error`. (Typed Any: the
@@ -77,7 +111,9 @@ def failed(error: BaseException, message: str | None = None) -> Any:
 @expected_failures_as_states
 def wait_for_uploads(source: str, quiet_seconds: float, access: S3Access) -> None:
     waited = wait_until_quiet(open_storage(source, access), quiet_seconds)
-    get_run_logger().info("source quiet for %.0f s (waited %.1f s)", quiet_seconds, waited)
+    get_run_logger().info(
+        "source settled after %.1f s (every task complete, or quiet for %.0f s)", waited, quiet_seconds
+    )
 
 
 @task(name="read-source", **RETRY_STORAGE)
@@ -99,9 +135,11 @@ def read_source(request: ExportRequest) -> RunPlan:
 @expected_failures_as_states
 def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: str) -> list[TaskOutcome]:
     """The batch's source tasks, one after another (rbexport.engine.export_batch retries a
-    task whose storage failed, and only that task); one outcome per source task."""
+    task whose storage failed, and only that task); one outcome per source task.
+
+    A batch with a failed source task ends Failed (red in the UI, naming the tasks) and
+    still gives every outcome to the flow, which logs each failure once."""
     outcomes = export_batch(jobs, settings)
-    logger = get_run_logger()
     exported = [
         f"{shown(job.task_id)} [{shown(name)}]: {len(result.files)} files, {sum(record.bytes for record in result.files)} bytes"
         + (f", {len(result.warnings)} warnings" if result.warnings else "")
@@ -109,10 +147,14 @@ def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: 
         for name, result in outcome.results.items()
     ]
     if exported:  # one record for the batch, a line per source task: a log record costs ~1 ms
-        logger.info("exported:\n%s", "\n".join(exported))
-    for job, outcome in zip(jobs, outcomes, strict=True):
-        for name, failure in outcome.failures.items():
-            logger.warning("%s [%s] failed: %s", shown(job.task_id), shown(name), shown(failure.detail))
+        get_run_logger().info("exported:\n%s", "\n".join(exported))
+    failed_ids = [outcome.task_id for outcome in outcomes if outcome.failures]
+    if failed_ids:
+        names = ", ".join(shown(task_id) for task_id in failed_ids[:10])
+        names += f" and {len(failed_ids) - 10} more" if len(failed_ids) > 10 else ""
+        return cast(
+            list[TaskOutcome], Failed(message=f"{len(failed_ids)} of {len(jobs)} failed: {names}", data=outcomes)
+        )
     return outcomes
 
 

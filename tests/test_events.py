@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 from conftest import copy_tree
-from prefect_helpers import PROJECT, flow_runs_of, served, wait_for
+from prefect_helpers import PROJECT, flow_runs_of, log_messages_of, served, wait_for
 
 from app.sample import box, nifti_bytes
 from rbexport.notifications import NotificationError, Watermark, created_objects, objects_since
@@ -158,9 +158,16 @@ def test_the_watcher_finds_uploads_without_any_notification(live, prefect_api):
     from flows.watch import watch_source
 
     source, destination = live["source"], live["destination"]
+    before = {run.id for run in flow_runs_of(ON_UPLOAD)}
+    state = watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"], return_state=True)
+    assert state.result() == 0  # the first watch: what is there is the baseline, no flood of events
+    flow_run_id = state.state_details.flow_run_id
+    wait_for(lambda: "recorded as the baseline, no events for them" in log_messages_of(flow_run_id), 60, "its log")
+    time.sleep(12)  # past the trigger's window: an event emitted now would have started a run
+    assert {run.id for run in flow_runs_of(ON_UPLOAD)} == before
     upload_task(source, "watched-d")
     emitted = watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"])
-    assert emitted >= 2  # everything, the first time: no watermark yet
+    assert emitted == 2  # the task JSON and its mask
     wait_for(lambda: "watched-d" in exported_ids(destination), 180, "the export to contain watched-d")
     upload_task(source, "watched-e")
     assert watch_source(source.url, live["settings"]["RBEXPORT_ENDPOINT_URL"]) == 2  # only what is new
@@ -207,6 +214,18 @@ def test_notifications_delivered_through_sns_are_unwrapped():
         created_objects(json.dumps(confirmation).encode())
 
 
+def test_the_first_watch_counts_everything_there_as_seen(tmp_path):
+    from rbexport.notifications import baseline
+    from rbexport.storage import ObjectInfo
+
+    storage = LocalStorage(tmp_path)
+    listing = [ObjectInfo("a", 1, "e", 100.0), ObjectInfo("b", 1, "e", 100.0), ObjectInfo("c", 1, "e", 90.0)]
+    assert objects_since(storage, listing, baseline(listing))[0] == []
+    created, _ = objects_since(storage, listing + [ObjectInfo("d", 1, "e", 100.0)], baseline(listing))
+    assert [item.url.rsplit("/", 1)[-1] for item in created] == ["d"]
+    assert baseline([]) == Watermark()
+
+
 def test_the_watermark_remembers_objects_seen_at_the_same_instant(tmp_path):
     from rbexport.storage import ObjectInfo
 
@@ -220,3 +239,21 @@ def test_the_watermark_remembers_objects_seen_at_the_same_instant(tmp_path):
     assert [item.url.rsplit("/", 1)[-1] for item in created] == ["d"]
     assert mark == Watermark(100.0, ["a", "b", "d"])
     assert objects_since(storage, later, mark)[0] == []
+
+
+def test_the_quiet_period_ends_as_soon_as_every_task_has_its_masks(sample_source):
+    """A run triggered by an upload waits only while a task's JSON names a mask not there yet."""
+    import threading
+
+    from rbexport.source import tasks_complete, wait_until_quiet
+
+    storage = LocalStorage(sample_source)
+    assert wait_until_quiet(storage, 3600) < 3600  # complete: at once, not an hour
+    task = {"taskId": "late", "series": [{"segmentations": "masks/late.nii.gz", "segmentMap": {}}]}
+    storage.write("tasks/late.json", json.dumps(task).encode())
+    assert not tasks_complete(storage, {info.key for info in storage.list()})
+    waiting = threading.Thread(target=wait_until_quiet, args=(storage, 3600), daemon=True)
+    waiting.start()
+    storage.write("masks/late.nii.gz", nifti_bytes(box((16, 16, 4), 1, (2, 2, 1), (5, 5, 2))))
+    waiting.join(timeout=120)
+    assert not waiting.is_alive(), "still waiting after the task's mask arrived"

@@ -48,13 +48,12 @@ def test_a_run_shows_progress_failures_and_emits_its_outcome(prefect_api, sample
 
     [progress] = artifacts_of(flow_run_id, "export-progress")
     assert progress.type == "progress" and float(progress.data) == 100.0
-    assert "6 tasks to export" in progress.description
+    assert progress.description == "6 of 6 tasks done, 1 failed, 0 unchanged"  # moved with the run
     [failures] = artifacts_of(flow_run_id, "export-failures")
     rows = json.loads(failures.data) if isinstance(failures.data, str) else failures.data
-    assert rows == [
-        {"variant": "export", "task": "task-004", "file": "masks/brain-004.nii.gz", "reason": rows[0]["reason"]}
-    ]
-    assert "gzip" in rows[0]["reason"]
+    assert failures.description == "1 task failed"
+    assert rows == [{"task": "task-004", "variants": "export", "reason": rows[0]["reason"]}]
+    assert rows[0]["reason"].startswith("masks/brain-004.nii.gz: ") and "gzip" in rows[0]["reason"]
 
     [event] = export_events(destination)
     assert event.event == EXPORT_FAILED
