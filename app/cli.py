@@ -107,6 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dataset.add_argument("--dataset-name", metavar="TEXT", help="name in dataset.json")
     dataset.add_argument("--description", metavar="TEXT", help="description in dataset.json")
+    selection = run.add_argument_group("filters (SPEC 8): which tasks the export holds; several keep what matches all")
+    selection.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep tasks in this stage (currentStageName; repeatable)",
+    )
+    selection.add_argument(
+        "--ground-truth", action="store_true", help="keep only the ground truth (tasks whose currentStageName is END)"
+    )
+    selection.add_argument(
+        "--task-id", action="append", default=[], metavar="ID", help="keep the task with this taskId (repeatable)"
+    )
+    selection.add_argument(
+        "--since",
+        metavar="TIME",
+        help="keep tasks whose updatedAt is at or after TIME (ISO 8601; a date alone is midnight UTC)",
+    )
+    selection.add_argument(
+        "--without-masks", action="store_true", help="write tasks.json and the report only, no mask file"
+    )
     run.add_argument(
         "--variant",
         action="append",
@@ -253,6 +275,7 @@ def entry() -> None:
 
 def _run(arguments: argparse.Namespace) -> int:
     from rbexport.errors import ConfigurationError
+    from rbexport.filters import TaskFilter, parse_time
     from rbexport.options import ExportOptions
     from rbexport.run import check_locations
     from rbexport.variants import Variant, parse_variant_argument
@@ -286,6 +309,13 @@ def _run(arguments: argparse.Namespace) -> int:
         with_images=arguments.with_images or arguments.images_as_nifti,
         image_format="nifti" if arguments.images_as_nifti else "original",
     )
+    filters = TaskFilter(
+        stages=tuple(arguments.stage),
+        ground_truth=arguments.ground_truth,
+        task_ids=tuple(arguments.task_id),
+        updated_since=parse_time(arguments.since) if arguments.since is not None else None,
+        without_masks=arguments.without_masks,
+    )
     lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
     if arguments.engine == "local":
         if arguments.credentials_block:
@@ -306,6 +336,7 @@ def _run(arguments: argparse.Namespace) -> int:
             S3Access(_endpoint(arguments.endpoint_url)),
             tuple(arguments.allow_bucket),
             **lock_timeout,
+            filters=filters,
         )
         reports = runner.run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
         return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
@@ -325,6 +356,7 @@ def _run(arguments: argparse.Namespace) -> int:
         task_runner=arguments.task_runner,
         dask_address=arguments.dask_address,
         batch_size=arguments.batch_size or 0,
+        filters=filters,
         **lock_timeout,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED

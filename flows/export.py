@@ -23,6 +23,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from rbexport import progress
 from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
 from rbexport.errors import ConfigurationError, ExportIncomplete
+from rbexport.filters import TaskFilter
 from rbexport.lease import WAIT_SECONDS
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
@@ -38,6 +39,7 @@ EXPORT_FAILED = "rbexport.export.failed"
 
 # The form's default: every option at its default (ExportOptions is frozen).
 DEFAULT_OPTIONS = ExportOptions()
+DEFAULT_FILTERS = TaskFilter()  # every task of the source
 
 
 @flow(name="export-project", validate_parameters=True)
@@ -59,6 +61,7 @@ def export_project(
     dask_address: str | None = None,
     batch_size: int = 0,
     lock_timeout: float = WAIT_SECONDS,
+    filters: TaskFilter = DEFAULT_FILTERS,
 ) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
@@ -103,6 +106,10 @@ def export_project(
         lock_timeout: Seconds to wait while another run (of any deployment, engine or
             machine) writes to the same destination; after that the run fails with
             "destination busy since ... by ...". One writer at a time keeps tasks.json whole.
+        filters: Which tasks of the source the export holds (SPEC 8): stages, the ground truth
+            (stage END), task ids, updated since a time; several keep the tasks matching all.
+            Tasks that no longer match leave tasks.json (and, with prune, their files go).
+            without_masks: tasks.json and the report only.
     """
     try:
         refuse_placeholders(source=source, destination=destination, endpoint_url=endpoint_url)
@@ -120,6 +127,7 @@ def export_project(
             access,
             tuple(allowed_buckets or ()),
             lock_timeout,
+            filters,
         )
         with one_writer(request, notify=tell_watchers) as lease:
             plan = read_source(request, return_state=True).result()

@@ -25,6 +25,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from . import progress
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .filters import TaskFilter
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
 from .report import Failure, RunReport
@@ -221,6 +222,7 @@ def run_export(
     replace_layout: bool = False,
     allowed_buckets: Sequence[str] = (),
     batch_size: int = 0,
+    filters: TaskFilter | None = None,
 ) -> list[RunReport]:
     """`run_local` with the request spelled out; `endpoint_url` may also be an S3Access."""
     request = ExportRequest(
@@ -233,5 +235,6 @@ def run_export(
         replace_layout,
         S3Access.of(endpoint_url),
         tuple(allowed_buckets),
+        filters=filters or TaskFilter(),
     )
     return run_local(request, workers=workers, batch_size=batch_size)
