@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export RedBrick-format annotation projects from and to S3-compatible storage or local folders.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,release,demo}")
 
     run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")
     run.add_argument("--source", required=True, metavar="SRC", help="s3://bucket/prefix or a local folder")
@@ -218,6 +218,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="while a run writes DST, wait this long for it to publish before checking (default: 3600)",
     )
 
+    release = commands.add_parser(
+        "release",
+        help="make, list and compare releases: named, immutable copies of an export (SPEC 9)",
+        description="A release is a copy of an export, with release.json (every file's size and sha256), "
+        "that no later run, --prune or --replace-layout touches.",
+    )
+    actions = release.add_subparsers(dest="release_command", required=True, metavar="{create,list,diff}")
+    create = actions.add_parser(
+        "create",
+        help="copy EXPORT to RELEASE (an empty location) and write its release.json",
+        description="Copy the export at EXPORT (every file its state records, tasks.json, the indexes) to "
+        "RELEASE, an empty location outside EXPORT, under the export's lease; release.json is written last. "
+        "S3 to S3 on one endpoint the store copies. Exit 0: released; 2: RELEASE not empty, no export at "
+        "EXPORT, a bad name, a bucket without Object Lock for --retain-days.",
+    )
+    create.add_argument("export", metavar="EXPORT", help="the export: s3://bucket/prefix or a local folder")
+    create.add_argument("release", metavar="RELEASE", help="where the release goes: empty, outside EXPORT")
+    create.add_argument("--name", metavar="NAME", help="the release's name (default: RELEASE's last path part)")
+    create.add_argument(
+        "--retain-days",
+        type=_positive,
+        metavar="N",
+        help="S3 Object Lock retention (compliance mode) of N days on every object: the bucket must have Object Lock",
+    )
+    create.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="while a run writes EXPORT, wait this long before giving up with exit 2 (default: 3600)",
+    )
+    _store_arguments(create)
+    listing = actions.add_parser(
+        "list", help="the releases made from EXPORT", description="The releases made from EXPORT."
+    )
+    listing.add_argument("export", metavar="EXPORT")
+    _store_arguments(listing)
+    diff = actions.add_parser(
+        "diff",
+        help="the tasks added, removed and changed from release A to release B",
+        description="The tasks added, removed and changed (by their files' sha256) from release A to release B.",
+    )
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    _store_arguments(diff)
+
     demo = commands.add_parser(
         "demo",
         help="export a generated sample project on a local SeaweedFS",
@@ -255,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(arguments.output)
         if arguments.command == "verify":
             return _verify(arguments)
+        if arguments.command == "release":
+            return _release(arguments)
         return _run(arguments)
     except KeyboardInterrupt:
         say("interrupted")
@@ -362,23 +410,61 @@ def _run(arguments: argparse.Namespace) -> int:
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
 
 
-def _verify(arguments: argparse.Namespace) -> int:
+def _access(arguments: argparse.Namespace):
+    """The S3 access of a command: --endpoint-url, or a Prefect credentials block."""
     from rbexport.storage import S3Access
-    from rbexport.verify import verify_settled
 
     endpoint = _endpoint(arguments.endpoint_url, arguments.credentials_block)
     if arguments.credentials_block:
         with runner.prefect_api():
             from tasks.credentials import s3_access
 
-            access = s3_access(endpoint, arguments.credentials_block)
+            return s3_access(endpoint, arguments.credentials_block)
+    return S3Access(endpoint)
+
+
+def _verify(arguments: argparse.Namespace) -> int:
+    from rbexport.releases import is_release, verify_release
+    from rbexport.verify import verify_settled
+
+    access = _access(arguments)
+    if is_release(arguments.destination, access):
+        result = verify_release(arguments.destination, access)
     else:
-        access = S3Access(endpoint)
-    result = verify_settled(arguments.destination, access, arguments.lock_timeout, notify=say)
+        result = verify_settled(arguments.destination, access, arguments.lock_timeout, notify=say)
     for problem in result.problems:
         print(problem.line())
     print(result.summary())
     return EXIT_OK if result.ok else EXIT_TASKS_FAILED
+
+
+def _release(arguments: argparse.Namespace) -> int:
+    from rbexport import releases
+
+    access = _access(arguments)
+    if arguments.release_command == "create":
+        release = releases.create_release(
+            arguments.export,
+            arguments.release,
+            access,
+            name=arguments.name,
+            retain_days=arguments.retain_days,
+            notify=say,
+            timeout=arguments.lock_timeout,
+        )
+        print(release.summary())
+    elif arguments.release_command == "list":
+        records = releases.list_releases(arguments.export, access)
+        for record in records:
+            print(f"{record.name}\t{record.created}\t{record.tasks} tasks\t{record.url}")
+        if not records:
+            print(f"no releases made from {arguments.export}")
+    else:
+        diff = releases.diff_releases(arguments.a, arguments.b, access)
+        for line in diff.lines():
+            print(line)
+        print(f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed")
+    return EXIT_OK
 
 
 def _exit_code_for(error: Exception, verbose: bool) -> int:
