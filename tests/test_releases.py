@@ -300,3 +300,21 @@ def _wait_for_event(name: str, resource: str, timeout: float = 30):
             return events[0]
         assert time.monotonic() < deadline, f"no {name} event about {resource}"
         time.sleep(0.5)
+
+
+def test_a_release_of_variant_folders_holds_each_variant(run_cli, sample_source, tmp_path):
+    export, release = tmp_path / "export", tmp_path / "release"
+    run_export(str(sample_source), str(export), variants=["standard", "semantic"])
+    result = run_cli("release", "create", str(export), str(release), "--name", "both")
+    assert result.returncode == 0, result.stderr
+    files = tree(release)
+    manifest = json.loads(files.pop("release.json"))
+    assert files == {
+        key: data
+        for key, data in tree(export).items()
+        if "/.rbexport/" not in key and not key.endswith("export-report.json") and not key.startswith(".rbexport/")
+    }
+    assert set(manifest["exports"]) == {"standard", "semantic"}
+    assert manifest["exports"]["semantic"]["options"]["semantic_mask"] is True
+    assert "semantic/tasks.json" in files and manifest["tasks"] == 6
+    assert run_cli("verify", str(release)).returncode == 0
