@@ -318,3 +318,42 @@ def test_a_release_of_variant_folders_holds_each_variant(run_cli, sample_source,
     assert manifest["exports"]["semantic"]["options"]["semantic_mask"] is True
     assert "semantic/tasks.json" in files and manifest["tasks"] == 6
     assert run_cli("verify", str(release)).returncode == 0
+
+
+def test_served_deployments_export_the_ground_truth_and_release_it_by_name_and_by_date(
+    prefect_api, sample_source, tmp_path
+):
+    from prefect.deployments import run_deployment
+    from prefect_helpers import scheduled_runs_of, served, wait_for
+    from test_filters import stage_tasks
+    from test_schedules import run_to_completion
+
+    stage_tasks(sample_source)
+    export, releases = tmp_path / "ground-truth", tmp_path / "releases"
+    settings = {
+        "RBEXPORT_SOURCE": str(sample_source),
+        "RBEXPORT_GROUND_TRUTH_DESTINATION": str(export),
+        "RBEXPORT_RELEASES": str(releases),
+        "RBEXPORT_ENDPOINT_URL": "",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    names = ("export-ground-truth-nightly", "release-manual", "release-weekly")
+    with served(prefect_api, *names, env=settings) as server:
+        nightly = wait_for(
+            lambda: scheduled_runs_of("export-project/export-ground-truth-nightly"), 60, "ground-truth nightly runs"
+        )
+        state = run_to_completion(min(nightly, key=lambda run: run.expected_start_time))
+        assert state.is_completed(), (state, server.stdout.read1().decode(errors="replace")[-4000:])
+        assert [task["taskId"] for task in json.loads((export / "tasks.json").read_text())] == [
+            "task-001",
+            "task-003",
+            "task-005",
+        ]
+        by_hand = run_deployment("release-export/release-manual", parameters={"name": "v1"}, timeout=240)
+        assert by_hand.state.is_completed(), by_hand.state
+        assert json.loads((releases / "v1" / "release.json").read_text())["tasks"] == 3
+        weekly = wait_for(lambda: scheduled_runs_of("release-export/release-weekly"), 60, "weekly release runs")
+        state = run_to_completion(min(weekly, key=lambda run: run.expected_start_time))
+        assert state.is_completed(), state
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert json.loads((releases / today / "release.json").read_text())["name"] == today
