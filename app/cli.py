@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,release,demo}")
 
     run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")
     run.add_argument("--source", required=True, metavar="SRC", help="s3://bucket/prefix or a local folder")
@@ -126,6 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dataset.add_argument("--dataset-name", metavar="TEXT", help="name in dataset.json")
     dataset.add_argument("--description", metavar="TEXT", help="description in dataset.json")
+    selection = run.add_argument_group("filters (SPEC 8): which tasks the export holds; several keep what matches all")
+    selection.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep tasks in this stage (currentStageName; repeatable)",
+    )
+    selection.add_argument(
+        "--ground-truth", action="store_true", help="keep only the ground truth (tasks whose currentStageName is END)"
+    )
+    selection.add_argument(
+        "--task-id", action="append", default=[], metavar="ID", help="keep the task with this taskId (repeatable)"
+    )
+    selection.add_argument(
+        "--since",
+        metavar="TIME",
+        help="keep tasks whose updatedAt is at or after TIME (ISO 8601; a date alone is midnight UTC)",
+    )
+    selection.add_argument(
+        "--without-masks", action="store_true", help="write tasks.json and the report only, no mask file"
+    )
     run.add_argument(
         "--variant",
         action="append",
@@ -216,6 +238,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="while a run writes DST, wait this long for it to publish before checking (default: 3600)",
     )
 
+    release = commands.add_parser(
+        "release",
+        help="make, list and compare releases: named, immutable copies of an export (SPEC 9)",
+        description="A release is a copy of an export, with release.json (every file's size and sha256), "
+        "that no later run, --prune or --replace-layout touches.",
+    )
+    actions = release.add_subparsers(dest="release_command", required=True, metavar="{create,list,diff}")
+    create = actions.add_parser(
+        "create",
+        help="copy EXPORT to RELEASE (an empty location) and write its release.json",
+        description="Copy the export at EXPORT (every file its state records, tasks.json, the indexes) to "
+        "RELEASE, an empty location outside EXPORT, under the export's lease; release.json is written last. "
+        "S3 to S3 on one endpoint the store copies. Exit 0: released; 2: RELEASE not empty, no export at "
+        "EXPORT, a bad name, a bucket without Object Lock for --retain-days.",
+    )
+    create.add_argument("export", metavar="EXPORT", help="the export: s3://bucket/prefix or a local folder")
+    create.add_argument("release", metavar="RELEASE", help="where the release goes: empty, outside EXPORT")
+    create.add_argument("--name", metavar="NAME", help="the release's name (default: RELEASE's last path part)")
+    create.add_argument(
+        "--retain-days",
+        type=_positive,
+        metavar="N",
+        help="S3 Object Lock retention (compliance mode) of N days on every object: the bucket must have Object Lock",
+    )
+    create.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="while a run writes EXPORT, wait this long before giving up with exit 2 (default: 3600)",
+    )
+    _store_arguments(create)
+    listing = actions.add_parser(
+        "list", help="the releases made from EXPORT", description="The releases made from EXPORT."
+    )
+    listing.add_argument("export", metavar="EXPORT")
+    _store_arguments(listing)
+    diff = actions.add_parser(
+        "diff",
+        help="the tasks added, removed and changed from release A to release B",
+        description="The tasks added, removed and changed (by their files' sha256) from release A to release B.",
+    )
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    _store_arguments(diff)
+
     demo = commands.add_parser(
         "demo",
         help="export a generated sample project on a local SeaweedFS",
@@ -259,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_demo() if arguments.keep else run_demo(arguments.output)
         if arguments.command == "verify":
             return _verify(arguments)
+        if arguments.command == "release":
+            return _release(arguments)
         return _run(arguments)
     except KeyboardInterrupt:
         say("interrupted")
@@ -289,6 +359,7 @@ def _run(arguments: argparse.Namespace) -> int:
         arguments.credentials_block if choice.engine == "prefect" else None,
     )
     from rbexport.errors import ConfigurationError
+    from rbexport.filters import TaskFilter, parse_time
     from rbexport.options import ExportOptions
     from rbexport.run import check_locations
     from rbexport.variants import Variant, parse_variant_argument, resolve_variants
@@ -325,6 +396,13 @@ def _run(arguments: argparse.Namespace) -> int:
     )
     resolved = resolve_variants(options, variants)  # the variant folders' places, before Prefect starts
     check_locations(arguments.source, arguments.dest, [v.name for v in resolved] if len(resolved) > 1 else None)
+    filters = TaskFilter(
+        stages=tuple(arguments.stage),
+        ground_truth=arguments.ground_truth,
+        task_ids=tuple(arguments.task_id),
+        updated_since=parse_time(arguments.since) if arguments.since is not None else None,
+        without_masks=arguments.without_masks,
+    )
     lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
     say(choice.line())
     if choice.engine == "local":
@@ -342,6 +420,7 @@ def _run(arguments: argparse.Namespace) -> int:
             access=S3Access(_endpoint(arguments.endpoint_url)),
             allowed_buckets=tuple(arguments.allow_bucket),
             **lock_timeout,
+            filters=filters,
         )
         reports = runner.run_local(request, arguments.workers, arguments.task_runner, arguments.batch_size)
         return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
@@ -361,6 +440,7 @@ def _run(arguments: argparse.Namespace) -> int:
         task_runner=arguments.task_runner,
         dask_address=arguments.dask_address,
         batch_size=arguments.batch_size or 0,
+        filters=filters,
         **lock_timeout,
     )
     return EXIT_OK if all(report.succeeded for report in reports) else EXIT_TASKS_FAILED
@@ -385,25 +465,63 @@ def _choose_engine(arguments: argparse.Namespace):
     return choose_engine(arguments.engine, needs_prefect)
 
 
-def _verify(arguments: argparse.Namespace) -> int:
+def _access(arguments: argparse.Namespace):
+    """The S3 access of a command: --endpoint-url, or a Prefect credentials block."""
     from rbexport.storage import S3Access
-    from rbexport.verify import verify_settled
 
     endpoint = _endpoint(arguments.endpoint_url, arguments.credentials_block)
     if arguments.credentials_block:
         with runner.prefect_api():
             from tasks.credentials import s3_access
 
-            access = s3_access(endpoint, arguments.credentials_block)
-    else:
-        access = S3Access(endpoint)
-    result = verify_settled(arguments.destination, access, arguments.lock_timeout, notify=say)
-    from rbexport.display import shown
+            return s3_access(endpoint, arguments.credentials_block)
+    return S3Access(endpoint)
 
+
+def _verify(arguments: argparse.Namespace) -> int:
+    from rbexport.display import shown
+    from rbexport.releases import is_release, verify_release
+    from rbexport.verify import verify_settled
+
+    access = _access(arguments)
+    if is_release(arguments.destination, access):
+        result = verify_release(arguments.destination, access)
+    else:
+        result = verify_settled(arguments.destination, access, arguments.lock_timeout, notify=say)
     for problem in result.problems:
         print(shown(problem.line()))
     print(shown(result.summary()))
     return EXIT_OK if result.ok else EXIT_TASKS_FAILED
+
+
+def _release(arguments: argparse.Namespace) -> int:
+    from rbexport import releases
+    from rbexport.display import shown
+
+    access = _access(arguments)
+    if arguments.release_command == "create":
+        release = releases.create_release(
+            arguments.export,
+            arguments.release,
+            access,
+            name=arguments.name,
+            retain_days=arguments.retain_days,
+            notify=say,
+            timeout=arguments.lock_timeout,
+        )
+        print(shown(release.summary()))
+    elif arguments.release_command == "list":
+        records = releases.list_releases(arguments.export, access)
+        for record in records:
+            print(f"{shown(record.name)}\t{shown(record.created)}\t{record.tasks} tasks\t{shown(record.url)}")
+        if not records:
+            print(f"no releases made from {shown(arguments.export)}")
+    else:
+        diff = releases.diff_releases(arguments.a, arguments.b, access)
+        for line in diff.lines():
+            print(shown(line))
+        print(f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed")
+    return EXIT_OK
 
 
 def _exit_code_for(error: Exception, verbose: bool) -> int:

@@ -118,6 +118,9 @@ def _print_report(report, prefix: str = "") -> None:
     print(f"{prefix}{report.summary()}")
     if report.warnings:
         print(f"{prefix}{len(report.warnings)} warning{'s' * (len(report.warnings) != 1)} (see the report)")
+    for notice in report.warnings:
+        if notice.taskId is None and notice.file is None:  # about the whole export (filters that keep nothing)
+            print(f"{prefix}warning: {notice.message}")
     for failure in report.failures:
         print(f"  failed {shown(failure.line())}")
     print(f"{prefix}report: {shown(report.destination.rstrip('/'))}/{REPORT_NAME}")

@@ -17,6 +17,13 @@ class DeploymentSettings(BaseSettings):
     source: str = Field("s3://rbexport-source/brain-study", description="The project the deployments export.")
     destination: str = Field("s3://rbexport-export/live", description="Where their exports go.")
     endpoint_url: str = Field("", description="The S3 endpoint; empty: AWS_ENDPOINT_URL, else AWS.")
+    ground_truth_destination: str = Field(
+        "s3://rbexport-export/ground-truth", description="Where the ground-truth nightly export goes."
+    )
+    releases: str = Field(
+        "s3://rbexport-releases/ground-truth",
+        description="Where releases of the ground-truth export go (one folder per release), outside it.",
+    )
 
 
 class ReceiverSettings(BaseSettings):
@@ -35,4 +42,6 @@ def template_values() -> dict[str, str]:
         "RBEXPORT_SOURCE": settings.source,
         "RBEXPORT_DESTINATION": settings.destination,
         "RBEXPORT_ENDPOINT_URL": settings.endpoint_url,
+        "RBEXPORT_GROUND_TRUTH_DESTINATION": settings.ground_truth_destination,
+        "RBEXPORT_RELEASES": settings.releases,
     }

@@ -27,6 +27,7 @@ from rbexport import progress
 from rbexport.display import shown
 from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
 from rbexport.errors import ConfigurationError, ExportIncomplete, StorageError
+from rbexport.filters import TaskFilter
 from rbexport.lease import WAIT_SECONDS
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
@@ -47,6 +48,7 @@ OptionalNames = Annotated[tuple[str, ...], BeforeValidator(lambda value: () if v
 
 # The form's default: every option at its default (ExportOptions is frozen).
 DEFAULT_OPTIONS = ExportOptions()
+DEFAULT_FILTERS = TaskFilter()  # every task of the source
 
 
 def run_name() -> str:
@@ -102,6 +104,7 @@ def export_project(
     dask_address: OptionalText = "",
     batch_size: int = 0,
     lock_timeout: float = WAIT_SECONDS,
+    filters: TaskFilter = DEFAULT_FILTERS,
 ) -> list[RunReport]:
     """Export a RedBrick-format project into the RedBrick export structure.
 
@@ -149,6 +152,10 @@ def export_project(
         lock_timeout: Seconds to wait while another run (of any deployment, engine or
             machine) writes to the same destination; after that the run fails with
             "destination busy since ... by ...". One writer at a time keeps tasks.json whole.
+        filters: Which tasks of the source the export holds (SPEC 8): stages, the ground truth
+            (stage END), task ids, updated since a time; several keep the tasks matching all.
+            Tasks that no longer match leave tasks.json (and, with prune, their files go).
+            without_masks: tasks.json and the report only.
     """
     tag_run(destination)
     try:
@@ -167,6 +174,7 @@ def export_project(
             access=access,
             allowed_buckets=tuple(allowed_buckets or ()),
             lock_timeout=lock_timeout,
+            filters=filters,
         )
         with one_writer(request, notify=tell_watchers) as lease:
             read = read_source.submit(request)  # a future: wait_for below need not walk its result

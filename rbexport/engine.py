@@ -26,6 +26,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from . import progress
 from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .filters import TaskFilter
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
 from .report import Failure, RunReport
@@ -222,6 +223,7 @@ def run_export(
     replace_layout: bool = False,
     allowed_buckets: Sequence[str] = (),
     batch_size: int = 0,
+    filters: TaskFilter | None = None,
 ) -> list[RunReport]:
     """`run_local` with the request spelled out; `endpoint_url` may also be an S3Access."""
     request = ExportRequest(
@@ -234,5 +236,6 @@ def run_export(
         replace_layout=replace_layout,
         access=S3Access.of(endpoint_url),
         allowed_buckets=tuple(allowed_buckets),
+        filters=filters or TaskFilter(),
     )
     return run_local(request, workers=workers, batch_size=batch_size)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import TaskDataError
+from .filters import TaskFilter
 from .incremental import CaseRecord, ExportState
 from .layouts.cases import Case
 from .lease import WAIT_SECONDS
@@ -35,6 +36,7 @@ class ExportRequest:
     access: S3Access = S3Access()
     allowed_buckets: tuple[str, ...] = ()
     lock_timeout: float = WAIT_SECONDS  # how long to wait while another run writes the destination
+    filters: TaskFilter = TaskFilter()  # which tasks of the source the export holds (SPEC 8)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class RunPlan:
     source_task_ids: set[str]
     prune: bool = False
     started: float = field(default_factory=time.perf_counter)
+    filters: TaskFilter = TaskFilter()
+    filtered: list[str] = field(default_factory=list)  # source tasks the filters left out (their ids)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -63,6 +63,8 @@ class RunReport:
     variant: str = "export"
     exported: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    filtered: list[str] = field(default_factory=list)  # source tasks the filters left out (SPEC 8)
+    filters: dict = field(default_factory=dict)  # the filters set (SPEC 8); none: every task
     failed: list[str | None] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Notice] = field(default_factory=list)
@@ -94,6 +96,8 @@ class RunReport:
         """One line: what happened."""
         tasks = f"{len(self.exported)} task{'s' * (len(self.exported) != 1)} exported"
         parts = [tasks, f"{len(self.skipped)} skipped as unchanged"] if self.skipped else [tasks]
+        if self.filtered:
+            parts.append(f"{len(self.filtered)} filtered out")
         parts.append(f"{len(self.failures)} failed")
         pruned = f", {len(self.pruned)} pruned" if self.pruned else ""
         return (
@@ -116,6 +120,13 @@ class RunReport:
             "",
             "Options: " + ", ".join(f"`{name}={json.dumps(value)}`" for name, value in self.options.items()),
         ]
+        if self.filters:
+            lines += [
+                "",
+                "Filters: "
+                + ", ".join(f"`{name}={json.dumps(value)}`" for name, value in self.filters.items())
+                + f"; {len(self.filtered)} task(s) filtered out",
+            ]
         lines += self.dataset_markdown()
         lines += _table("Failures", "reason", [(item.taskId, item.file, item.reason) for item in self.failures], limit)
         lines += _table(

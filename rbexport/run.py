@@ -17,6 +17,7 @@ from .annotations import mask_references
 from .dataset_run import plan_cases, publish_dataset
 from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .filters import TaskFilter, without_masks_entry
 from .images.export import image_references
 from .incremental import (
     EXPORT_FOLDERS,
@@ -45,7 +46,8 @@ from .model import (
 )
 from .naming import deduplicate, task_folder_name
 from .options import ExportOptions
-from .report import REPORT_NAME, Failure, FileRecord, RunReport
+from .releases import refuse_release_destination
+from .report import REPORT_NAME, Failure, FileRecord, Notice, RunReport
 from .source import (
     MaskReader,
     SourceTask,
@@ -82,7 +84,9 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     source_storage = storage_for(source_location.url, access)
     source_storage.check_reachable()
     storage_for(destination_location.url, access).check_reachable()
-    tasks = read_tasks(source_storage)
+    refuse_release_destination(destination_location, access)
+    tasks, filtered = select_tasks(read_tasks(source_storage), request.filters)
+    check_filters(request.filters, targets)
     check_layout(destination_location, access, variant_folders, request.replace_layout, rebuild=not request.incremental)
     category_numbers = _category_numbers(source_storage, targets)
     needs = frozenset().union(*(writer_for(target.options).needs for target in targets))
@@ -103,11 +107,47 @@ def prepare_run(request: ExportRequest) -> RunPlan:
         if isinstance(item.task, dict) and isinstance(item.task.get("taskId"), str)
     }
     target_plans = [_load_target(target, access, rebuild=not request.incremental) for target in targets]
-    jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, request.incremental)
+    if request.filters.without_masks:
+        jobs = [replace(job, targets=()) for job in jobs]  # nothing to export: tasks.json only
+    else:
+        jobs = _decide_exports(jobs, target_plans, settings, source_storage, source_location, request.incremental)
+    if request.filters.selects and not tasks and filtered:
+        for target_plan in target_plans:
+            target_plan.warnings.append(
+                Notice(None, None, f"the filters keep none of the source's {len(filtered)} tasks: the export is empty")
+            )
     prune = request.prune
-    plan = RunPlan(settings, jobs, failures, target_plans, source_task_ids, prune, started=started)
+    plan = RunPlan(
+        settings, jobs, failures, target_plans, source_task_ids, prune, started=started, filters=request.filters
+    )
+    plan.filtered = filtered
     plan.timings["read_source"] = time.perf_counter() - started
     return plan
+
+
+def select_tasks(tasks: list[SourceTask], filters: TaskFilter) -> tuple[list[SourceTask], list[str]]:
+    """The tasks the filters keep, in source order, and the ids of those they leave out (SPEC 8)."""
+    kept, filtered = [], []
+    for item in tasks:
+        if filters.keeps(item.task):
+            kept.append(item)
+        else:
+            filtered.append(str(item.task.get("taskId")) if isinstance(item.task, dict) else item.origin)
+    return kept, filtered
+
+
+def check_filters(filters: TaskFilter, targets: Sequence[Target]) -> None:
+    """without_masks writes tasks.json and the report only: a layout or images need files."""
+    if not filters.without_masks:
+        return
+    for target in targets:
+        if target.options.dataset:
+            raise ConfigurationError(
+                f"without_masks writes tasks.json only, and the {target.options.layout} layout has none: "
+                "choose one or the other"
+            )
+        if target.options.images:
+            raise ConfigurationError("without_masks writes no file but tasks.json: it cannot copy images too")
 
 
 def _category_numbers(source: Storage, targets: Sequence[Target]) -> dict[str, int] | None:
@@ -132,6 +172,7 @@ def destination_lease(
     _, destination = check_locations(request.source, request.destination, variant_folders)
     storage = storage_for(destination.url, request.access)
     storage.check_reachable()
+    refuse_release_destination(destination, request.access)  # before the lease writes there
     return DestinationLease(storage, owner, notify)
 
 
@@ -344,7 +385,9 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
         destination=target.root,
         options=target.options.model_dump(),
         variant=target.name,
-        exported=[job.task_id for job in plan.tasks if job.task_id in results],
+        exported=[job.task_id for job in plan.tasks if job.task_id in results or plan.filters.without_masks],
+        filtered=list(plan.filtered),
+        filters=plan.filters.describe(),
         skipped=[job.task_id for job in plan.tasks if job.task_id in target_plan.skipped],
         failed=[failure.taskId for failure in failures],
         failures=failures,
@@ -355,6 +398,9 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
     indexes = {} if target.options.dataset else _publish_tasks_json(destination, plan, target_plan, results, report)
 
     state = _next_state(target_plan, results, failures, plan.source_task_ids)
+    if plan.filters.without_masks:
+        for record in state.tasks.values():
+            record.fingerprint = None  # tasks.json has no masks of them now: export them again next time
     state.images = bool(target.options.images) and not target.options.dataset
     state.indexes.update(indexes)
     if target.options.dataset:
@@ -383,11 +429,14 @@ def _publish_tasks_json(
     """tasks.json: the entry of every task exported now or skipped as unchanged, in source
     order (and before it, the index files of its mask format, such as PNG's class_map.json).
     Returns their checksums (`sha256:<hex>`), for the state."""
-    entries = [
-        results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
-        for job in plan.tasks
-        if job.task_id in results or job.task_id in target_plan.skipped
-    ]
+    if plan.filters.without_masks:
+        entries = [without_masks_entry(job.task) for job in plan.tasks]
+    else:
+        entries = [
+            results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
+            for job in plan.tasks
+            if job.task_id in results or job.task_id in target_plan.skipped
+        ]
     options = target_plan.target.options
     indexes: dict[str, str] = {}
     # What the values mean, before tasks.json points at the files.

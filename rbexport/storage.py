@@ -32,6 +32,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -680,11 +681,31 @@ class S3Storage(Storage):
         with _s3_errors(self.url_of(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=tag)
 
-    def create_bucket(self) -> None:
-        """Create the bucket if it does not exist (demo and tests)."""
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket has S3 Object Lock (it can only be switched on when the bucket is made)."""
+        try:
+            with _s3_errors(f"s3://{self.bucket}"):
+                answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except (ConfigurationError, ObjectNotFoundError, TransientStorageError) as error:
+            if "ObjectLockConfigurationNotFound" in str(error) or "object lock" in str(error).lower():
+                return False
+            raise
+        return answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+    def retain(self, key: str, until: datetime) -> None:
+        """Object Lock retention in compliance mode: no one can delete or overwrite this version
+        of the object before `until` (an Object Lock bucket only)."""
+        with _s3_errors(self.url_of(key)):
+            self.client.put_object_retention(
+                Bucket=self.bucket, Key=self._key(key), Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until}
+            )
+
+    def create_bucket(self, object_lock: bool = False) -> None:
+        """Create the bucket if it does not exist (demo and tests); `object_lock`: with S3 Object Lock."""
         with _s3_errors(f"s3://{self.bucket}"):
             try:
-                self.client.create_bucket(Bucket=self.bucket)
+                extra = {"ObjectLockEnabledForBucket": True} if object_lock else {}
+                self.client.create_bucket(Bucket=self.bucket, **extra)
             except self.client.exceptions.BucketAlreadyOwnedByYou:
                 pass
 

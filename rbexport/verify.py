@@ -136,7 +136,7 @@ def verify_export(destination: str, access: S3Access | str | None = None) -> Ver
             result.problems.append(Problem(NO_CHECKSUM, check.key, f"unknown checksum {check.checksum.split(':')[0]}"))
     result.checked = len(checks)
     with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="rbexport-verify") as pool:
-        outcomes = pool.map(lambda item: _read(storage, item[0].key), to_read)
+        outcomes = pool.map(lambda item: read_digest(storage, item[0].key), to_read)
         for (read, _), outcome in zip(to_read, outcomes, strict=True):
             if isinstance(outcome, Problem):
                 result.problems.append(outcome)
@@ -276,7 +276,7 @@ def _paths(value: object) -> list:
     return list(value) if isinstance(value, list) else []
 
 
-def _read(storage: Storage, key: str) -> tuple[int, str] | Problem:
+def read_digest(storage: Storage, key: str) -> tuple[int, str] | Problem:
     try:
         return storage.digest(key)
     except ObjectNotFoundError:

@@ -143,3 +143,26 @@ def _flow_run_owner() -> str:
 
     deployed = f", deployment {deployment.name}" if deployment.name else ""
     return f"flow run {flow_run.name}{deployed} ({default_owner()})"
+
+
+@contextmanager
+def one_writer_of(lease: DestinationLease, timeout: float, notify: Callable[[str], None]) -> Iterator[DestinationLease]:
+    """`one_writer` for a lease made elsewhere (a release holds its export this way): the
+    destination's concurrency slot, then the lease, within `timeout`."""
+    from prefect.runtime import flow_run
+
+    url, name = lease.storage.url, concurrency_limit_name(lease.storage.url)
+    lease.owner = _flow_run_owner()
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run.id)) if flow_run.id else None
+    deadline = time.monotonic() + timeout
+
+    def waiting() -> None:
+        notify(f"waiting for {url}: concurrency limit {name} is taken{_held_since(lease)}")
+
+    def busy() -> DestinationBusy:
+        held = _held_since(lease) or f" (its concurrency limit {name} stayed taken)"
+        return DestinationBusy(f"destination {url} busy{held} (gave up after {timeout:.0f} s)")
+
+    with _slot(name, holder, deadline, waiting, busy):
+        with lease.held(max(0.0, deadline - time.monotonic())):
+            yield lease

@@ -107,7 +107,13 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _flow_of(deployment: str) -> str:
-    return {"watch-source": "watch-source", "verify-after-export": "verify-export"}.get(deployment, "export-project")
+    flows = {
+        "watch-source": "watch-source",
+        "verify-after-export": "verify-export",
+        "release-manual": "release-export",
+        "release-weekly": "release-export",
+    }
+    return flows.get(deployment, "export-project")
 
 
 def scheduled_runs_of(deployment_name: str) -> list:
