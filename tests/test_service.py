@@ -71,12 +71,13 @@ def artifacts_of(flow_run_id) -> dict:
     return {artifact.key: artifact for artifact in asyncio.run(read())}
 
 
-def full_log(flow_run_id) -> str:
-    """The run's log once the run has sent it all (the last record is the final state's)."""
+def full_log(flow_run_id, final: str = "") -> str:
+    """The run's log once the run has sent it all: its last record is the final state's, which
+    holds `final` (task runs log "Finished in state" too, so that alone is not the end)."""
     from prefect_helpers import wait_for
 
     return wait_for(
-        lambda: (text := log_messages_of(flow_run_id)) and "Finished in state" in text and text,
+        lambda: (text := log_messages_of(flow_run_id)) and "Finished in state" in text and final in text and text,
         60,
         "the run's log",
     )

@@ -841,6 +841,8 @@ def test_report_lists_counts_files_with_sha256_options_and_time(tmp_path):
         "no_consensus": False,
         "compress": True,
         "mask_format": "nifti",
+        "seg_type": "auto",
+        "seg_compression": "none",
         "with_images": False,
         "image_format": "original",
         **NO_DATASET,
