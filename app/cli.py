@@ -17,6 +17,7 @@ MinIOCredentials; tasks/credentials.py). Prefect's own console logging is off un
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,unlock,demo}")
 
     run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")
     run.add_argument("--source", required=True, metavar="SRC", help="s3://bucket/prefix or a local folder")
@@ -198,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="while a run writes DST, wait this long for it to publish before checking (default: 3600)",
     )
 
+    unlock = commands.add_parser(
+        "unlock",
+        help="free a destination a killed run left held",
+        description="Remove the destination's lease object (DST/.rbexport/lock) when its holder is not "
+        "live (expired, or not a lease), and free its Prefect concurrency slot when PREFECT_API_URL names "
+        "a server and no live run holds it. Refuses (exit 2, naming the holder) while the holder is "
+        "alive, unless it ran on this host and its process is gone. A killed run's hold also frees by "
+        "itself: its lease expires 120 s after its last renewal.",
+    )
+    unlock.add_argument("destination", metavar="DST", help="s3://bucket/prefix or a local folder")
+    _store_arguments(unlock)
+
     demo = commands.add_parser(
         "demo",
         help="export a generated sample project on a local SeaweedFS",
@@ -235,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(arguments.output)
         if arguments.command == "verify":
             return _verify(arguments)
+        if arguments.command == "unlock":
+            return _unlock(arguments)
         return _run(arguments)
     except KeyboardInterrupt:
         say("interrupted")
@@ -349,6 +364,31 @@ def _verify(arguments: argparse.Namespace) -> int:
         print(problem.line())
     print(result.summary())
     return EXIT_OK if result.ok else EXIT_TASKS_FAILED
+
+
+def _unlock(arguments: argparse.Namespace) -> int:
+    from rbexport.lease import read_lease, unlock
+    from rbexport.storage import S3Access, open_storage
+
+    endpoint = _endpoint(arguments.endpoint_url, arguments.credentials_block)
+    prefect = bool(arguments.credentials_block or os.environ.get("PREFECT_API_URL"))
+    with runner.prefect_api() if prefect else contextlib.nullcontext():
+        if arguments.credentials_block:
+            from tasks.credentials import s3_access
+
+            access = s3_access(endpoint, arguments.credentials_block)
+        else:
+            access = S3Access(endpoint)
+        storage = open_storage(arguments.destination, access)
+        storage.check_reachable()
+        done = [unlock(storage)]
+        if os.environ.get("PREFECT_API_URL"):
+            from tasks.one_writer import free_orphaned_slot
+
+            freed = free_orphaned_slot(storage.url, read_lease(storage))
+            done.append(freed or "its Prefect concurrency slot was free")
+    print("; ".join(done))
+    return EXIT_OK
 
 
 def _exit_code_for(error: Exception, verbose: bool) -> int:

@@ -1,0 +1,179 @@
+"""No lock outlives its run, and an interrupted run ends quickly (issue 19, items 1 and 2).
+
+Locks: a lock file holding an absurd expiry never crashes a run (it is not a lease: stale);
+a Prefect concurrency slot left taken by no live run (what an API restart or a killed
+ephemeral API leaves) is reset by the next run, with a warning; `rbexport unlock DST` frees
+what a killed run left and refuses while the holder lives.
+Interruption: SIGINT to the process group (a terminal's Ctrl-C) or SIGTERM ends a run of
+the local engine with exit 130 (143), one line, no traceback; tasks.json is not published;
+the next run is not blocked and skips the tasks the interrupted run finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import RBEXPORT
+from prefect_helpers import wait_for
+
+from benchmarks.data import write_small_project
+from rbexport.lease import LEASE_KEY, Lease
+from rbexport.storage import LocalStorage
+
+
+def rbexport(*arguments: str, tmp_path: Path, env: dict | None = None, timeout: float = 300):
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
+    return subprocess.run([RBEXPORT, *arguments], capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+ABSURD_EXPIRIES = ["1e308", "NaN", "Infinity", "-Infinity", "-5", '"tomorrow"', "1" + "0" * 400, "true", "[1]"]
+
+
+@pytest.mark.parametrize("expiry", ABSURD_EXPIRIES)
+def test_a_lock_file_with_an_absurd_expiry_is_stale_not_a_crash(tmp_path, expiry):
+    source = write_small_project(tmp_path / "source", tasks=2)
+    destination = tmp_path / "export"
+    (destination / ".rbexport").mkdir(parents=True)
+    lock = f'{{"owner": "mallory@elsewhere pid 1", "since": 0, "expires": {expiry}}}'
+    (destination / LEASE_KEY).write_text(lock)
+    result = rbexport(
+        "run", "--engine", "local", "--source", str(source), "--dest", str(destination), "--lock-timeout", "1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert (destination / "tasks.json").exists()
+    assert not (destination / LEASE_KEY).exists()
+
+    (destination / LEASE_KEY).write_text(lock)
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env={"PREFECT_API_URL": ""})
+    assert result.returncode == 0, result.stderr
+    assert f"{destination}: removed a lock object that is not a lease" in result.stdout
+    assert not (destination / LEASE_KEY).exists()
+
+
+def write_lease(destination: Path, owner: str, since: float, expires: float) -> None:
+    (destination / ".rbexport").mkdir(parents=True, exist_ok=True)
+    (destination / LEASE_KEY).write_bytes(Lease(owner, since, expires, "t", since).to_json())
+
+
+def test_unlock_frees_what_is_not_live_and_refuses_a_live_holder(tmp_path):
+    destination = tmp_path / "export"
+    environment = {"PREFECT_API_URL": ""}
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env=environment)
+    assert (result.returncode, result.stdout.strip()) == (0, f"{destination}: no lease held it"), result.stderr
+
+    # A live holder elsewhere: refused, naming it.
+    now = time.time()
+    write_lease(destination, "alice@scanner pid 42", now, now + 600)
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env=environment)
+    assert result.returncode == 2, result.stdout
+    [line] = result.stderr.splitlines()
+    assert "held since " in line and "by alice@scanner pid 42 (its lease runs until" in line and "alive" in line
+    assert (destination / LEASE_KEY).exists()
+
+    # A live lease whose holder ran on this host and is gone: removed, saying so.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    import socket
+
+    write_lease(destination, f"bob@{socket.gethostname()} pid {gone.pid}", now, now + 600)
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert "removed the lease whose holder's process is gone" in result.stdout
+    assert not (destination / LEASE_KEY).exists()
+
+    # An expired one: removed.
+    write_lease(destination, "carol@scanner pid 7", now - 300, now - 180)
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env=environment)
+    assert result.returncode == 0 and "expired lease of carol@scanner pid 7" in result.stdout, result.stderr
+    assert not (destination / LEASE_KEY).exists()
+
+
+def _take_slot_as_a_lost_lease_would(name: str) -> None:
+    """The slot taken with no lease on the server: what a restarted API (leases in memory) or
+    a killed ephemeral API (no repossessor) leaves behind."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=1))
+
+
+def _active_slots(name: str) -> int:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def test_an_orphaned_concurrency_slot_is_reset_by_the_next_run(prefect_api, tmp_path):
+    from tasks.one_writer import concurrency_limit_name
+
+    source = write_small_project(tmp_path / "source", tasks=2)
+    destination = tmp_path / "export"
+    name = concurrency_limit_name(str(destination))
+    _take_slot_as_a_lost_lease_would(name)
+    # The killed holder's lease object, last renewed three minutes ago.
+    now = time.time()
+    write_lease(destination, "flow run killed-fox (alice@scanner pid 42)", now - 180, now - 60)
+    result = rbexport(
+        "run", "--engine", "prefect", "--source", str(source), "--dest", str(destination), "--lock-timeout", "60",
+        tmp_path=tmp_path, env={"PREFECT_API_URL": prefect_api},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"concurrency limit {name} was taken by no live run" in result.stderr
+    assert "killed-fox" in result.stderr
+    assert _active_slots(name) == 0
+    assert (destination / "tasks.json").exists()
+
+
+def test_unlock_frees_an_orphaned_slot_and_says_who_holds_a_live_one(prefect_api, tmp_path):
+    from tasks.one_writer import concurrency_limit_name
+
+    destination = tmp_path / "export"
+    destination.mkdir()
+    name = concurrency_limit_name(str(destination))
+    _take_slot_as_a_lost_lease_would(name)
+    environment = {"PREFECT_API_URL": prefect_api}
+    now = time.time()
+    write_lease(destination, "flow run live-owl (alice@scanner pid 42)", now, now + 600)
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env=environment)
+    assert result.returncode == 2 and "live-owl" in result.stderr, result.stdout
+    assert _active_slots(name) == 1
+
+    (destination / LEASE_KEY).unlink()
+    result = rbexport("unlock", str(destination), tmp_path=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert f"freed the Prefect concurrency slot {name}" in result.stdout
+    assert _active_slots(name) == 0
+
+
+def test_a_waiting_run_says_who_holds_the_destination_and_how_to_free_it(tmp_path):
+    source = write_small_project(tmp_path / "source", tasks=1)
+    destination = tmp_path / "export"
+    now = time.time()
+    write_lease(destination, "dave@scanner pid 9", now, now + 600)
+    result = rbexport(
+        "run", "--engine", "local", "--source", str(source), "--dest", str(destination), "--lock-timeout", "1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "busy since " in result.stderr and "by dave@scanner pid 9 (its lease runs until " in result.stderr
+    assert f"rbexport unlock {destination}" in result.stderr
+
+
+def _unused() -> None:  # keep imports used by later tests
+    _ = (json, signal, uuid, wait_for, LocalStorage)
