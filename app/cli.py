@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -240,6 +242,7 @@ def _store_arguments(command: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     _quiet_prefect(arguments.verbose)
+    previous_handlers = _signals.install()
     started = time.perf_counter()
     try:
         if arguments.command == "demo":
@@ -252,11 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _unlock(arguments)
         return _run(arguments)
     except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+        say(
+            "interrupted; nothing was published (the previous export stays as it was); run again to export the rest"
+            if arguments.command == "run"
+            else "interrupted"
+        )
+        return 128 + _signals.received
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         return _exit_code_for(error, arguments.verbose)
     finally:
+        _signals.restore(previous_handlers)
         if arguments.verbose:
             say(f"done in {time.perf_counter() - started:.1f} s")
 
@@ -433,6 +441,37 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
+
+
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM: the first stops the run (KeyboardInterrupt in the main
+    thread: the engine leaves after the tasks in flight, releases the destination, and the
+    exit code is 128 + the signal: 130, 143); a second one exits at once."""
+
+    received = signal.SIGINT
+
+    def install(self) -> dict:
+        """Returns the handlers it replaced (for `restore`)."""
+        self.received = signal.SIGINT
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {number: signal.signal(number, self._handle) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self._interrupted:
+            os._exit(128 + self.received)
+        self._interrupted = True
+        self.received = signal.Signals(number)
+        raise KeyboardInterrupt
+
+
+_signals = _Signals()
 
 
 def _quiet_prefect(verbose: bool) -> None:

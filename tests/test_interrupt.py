@@ -25,7 +25,6 @@ from prefect_helpers import wait_for
 
 from benchmarks.data import write_small_project
 from rbexport.lease import LEASE_KEY, Lease
-from rbexport.storage import LocalStorage
 
 
 def rbexport(*arguments: str, tmp_path: Path, env: dict | None = None, timeout: float = 300):
@@ -175,5 +174,67 @@ def test_a_waiting_run_says_who_holds_the_destination_and_how_to_free_it(tmp_pat
     assert f"rbexport unlock {destination}" in result.stderr
 
 
-def _unused() -> None:  # keep imports used by later tests
-    _ = (json, signal, uuid, wait_for, LocalStorage)
+class Background:
+    """`rbexport run` in its own session (as a terminal's job), its stderr in a file."""
+
+    def __init__(self, tmp_path: Path, *arguments: str, env: dict | None = None) -> None:
+        self.log = tmp_path / f"run-{uuid.uuid4().hex[:8]}.log"
+        environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [RBEXPORT, *arguments], stdout=log, stderr=log, env=environment, start_new_session=True
+            )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def interrupt_when_progressing(self, number: int = signal.SIGINT) -> tuple[int, str]:
+        wait_for(lambda: "] " in self.output or self.process.poll() is not None, 240, "progress lines")
+        assert self.process.poll() is None, self.output
+        os.killpg(self.process.pid, number)
+        self.process.wait(timeout=120)
+        return self.process.returncode, self.output
+
+
+def _interrupted_output_is_one_line(output: str) -> None:
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "interrupted" in line]
+    assert lines == [
+        "rbexport: interrupted; nothing was published (the previous export stays as it was); run again to export the rest"
+    ], output
+
+
+@pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_local_engine_stops_on_a_signal_to_its_group(tmp_path, number, code):
+    source = write_small_project(tmp_path / "source", tasks=60, shape=(1536, 1536))
+    destination = tmp_path / "export"
+    run = ["run", "--engine", "local", "--source", str(source), "--dest", str(destination)]
+    interrupted = Background(tmp_path, *run, "--workers", "2", "--batch-size", "2")
+    returncode, output = interrupted.interrupt_when_progressing(number)
+    assert returncode == code, output
+    _interrupted_output_is_one_line(output)
+    assert not (destination / "tasks.json").exists()  # nothing published
+    assert not (destination / LEASE_KEY).exists()  # released
+    again = rbexport(*run, "--lock-timeout", "5", tmp_path=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((destination / "tasks.json").read_text())[0]["taskId"] == "x-0000"
+
+
+def test_the_local_engine_stops_on_ctrl_c_on_s3_and_keeps_the_previous_export(seaweed, make_bucket, tmp_path):
+    source, destination = make_bucket("project"), make_bucket("export")
+    local = write_small_project(tmp_path / "source", tasks=40, shape=(1024, 1024))
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            source.write(path.relative_to(local).as_posix(), path.read_bytes())
+    run = ["run", "--engine", "local", "--source", source.url, "--dest", destination.url]
+    run += ["--endpoint-url", seaweed.endpoint_url]
+    assert rbexport(*run, tmp_path=tmp_path).returncode == 0
+    published = destination.read("tasks.json")
+    interrupted = Background(tmp_path, *run, "--full", "--workers", "2", "--batch-size", "2")
+    returncode, output = interrupted.interrupt_when_progressing()
+    assert returncode == 130, output
+    _interrupted_output_is_one_line(output)
+    assert destination.read("tasks.json") == published
+    assert not destination.exists(LEASE_KEY)
+    assert rbexport(*run, "--lock-timeout", "5", tmp_path=tmp_path).returncode == 0
