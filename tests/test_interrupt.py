@@ -238,3 +238,22 @@ def test_the_local_engine_stops_on_ctrl_c_on_s3_and_keeps_the_previous_export(se
     assert destination.read("tasks.json") == published
     assert not destination.exists(LEASE_KEY)
     assert rbexport(*run, "--lock-timeout", "5", tmp_path=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("api", ["ephemeral", "server"])
+def test_the_prefect_engine_stops_on_ctrl_c_and_frees_the_destination(prefect_api, tmp_path, api):
+    """The CLI's ephemeral API survives the group's SIGINT (its own session) until the flow
+    run has ended and given back its slot; the next run into the destination is not blocked."""
+    source = write_small_project(tmp_path / "source", tasks=60, shape=(1536, 1536))
+    destination = tmp_path / "export"
+    run = ["run", "--engine", "prefect", "--source", str(source), "--dest", str(destination)]
+    environment = {"PREFECT_API_URL": prefect_api if api == "server" else ""}
+    interrupted = Background(tmp_path, *run, "--workers", "2", "--batch-size", "2", env=environment)
+    returncode, output = interrupted.interrupt_when_progressing()
+    assert returncode == 130, output
+    _interrupted_output_is_one_line(output)
+    assert not (destination / "tasks.json").exists()
+    assert not (destination / LEASE_KEY).exists()
+    again = rbexport(*run, "--lock-timeout", "20", tmp_path=tmp_path, env=environment)
+    assert again.returncode == 0, again.stderr
+    assert "waiting for" not in again.stderr
