@@ -1,4 +1,4 @@
-"""`rbexport run | verify | demo`: an export from the command line, and its check.
+"""`rbexport run | verify | unlock | demo`: an export from the command line, its check, and freeing a destination.
 
 Exit codes: 0 every task exported (verify: every file as recorded); 1 some tasks failed,
 the rest exported and published (verify: files missing or changed, one line each); 2

@@ -293,7 +293,7 @@ def _back_off(failures: int, error: TransientStorageError) -> int:
 
 # Expiry times a lease may hold: from the epoch to the year 9000 (datetime's range ends at
 # 9999). Anything else (NaN, inf, 1e308, negative, a string, an int beyond a float) is not a
-# lease this program wrote: it is treated as stale, like an unparseable object.
+# lease this program wrote: it is treated as stale, like an unparsable object.
 _LATEST_EPOCH_SECONDS = 221_845_392_000.0
 
 
