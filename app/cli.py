@@ -1,4 +1,4 @@
-"""`rbexport run | verify | demo`: an export from the command line, and its check.
+"""`rbexport run | verify | unlock | demo`: an export from the command line, its check, and freeing a destination.
 
 Exit codes: 0 every task exported (verify: every file as recorded); 1 some tasks failed,
 the rest exported and published (verify: files missing or changed, one line each); 2
@@ -19,8 +19,11 @@ MinIOCredentials; tasks/credentials.py). Prefect's own console logging is off un
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,release,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,verify,release,unlock,demo}")
 
     run = commands.add_parser("run", help="export a project", description="Export a project (SPEC.md).")
     run.add_argument("--source", required=True, metavar="SRC", help="s3://bucket/prefix or a local folder")
@@ -283,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a", metavar="A")
     diff.add_argument("b", metavar="B")
     _store_arguments(diff)
+    unlock = commands.add_parser(
+        "unlock",
+        help="free a destination a killed run left held",
+        description="Remove the destination's lease object (DST/.rbexport/lock) when its holder is not "
+        "live (expired, or not a lease), and free its Prefect concurrency slot when PREFECT_API_URL names "
+        "a server and no live run holds it. Refuses (exit 2, naming the holder) while the holder is "
+        "alive, unless it ran on this host and its process is gone. A killed run's hold also frees by "
+        "itself: its lease expires 120 s after its last renewal.",
+    )
+    unlock.add_argument("destination", metavar="DST", help="s3://bucket/prefix or a local folder")
+    _store_arguments(unlock)
 
     demo = commands.add_parser(
         "demo",
@@ -319,6 +333,7 @@ def _store_arguments(command: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     _quiet_prefect(arguments.verbose)
+    previous_handlers = _signals.install()
     started = time.perf_counter()
     try:
         if arguments.command == "demo":
@@ -329,13 +344,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(arguments)
         if arguments.command == "release":
             return _release(arguments)
+        if arguments.command == "unlock":
+            return _unlock(arguments)
         return _run(arguments)
     except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+        say(
+            "interrupted; nothing was published (the previous export stays as it was); run again to export the rest"
+            if arguments.command == "run"
+            else "interrupted"
+        )
+        return 128 + _signals.received
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         return _exit_code_for(error, arguments.verbose)
     finally:
+        _signals.restore(previous_handlers)
         if arguments.verbose:
             say(f"done in {time.perf_counter() - started:.1f} s")
 
@@ -521,6 +543,28 @@ def _release(arguments: argparse.Namespace) -> int:
         for line in diff.lines():
             print(shown(line))
         print(f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed")
+def _unlock(arguments: argparse.Namespace) -> int:
+    from rbexport.lease import read_lease, unlock
+    from rbexport.storage import S3Access, open_storage
+
+    endpoint = _endpoint(arguments.endpoint_url, arguments.credentials_block)
+    prefect = bool(arguments.credentials_block or os.environ.get("PREFECT_API_URL"))
+    with runner.prefect_api() if prefect else contextlib.nullcontext():
+        if arguments.credentials_block:
+            from tasks.credentials import s3_access
+
+            access = s3_access(endpoint, arguments.credentials_block)
+        else:
+            access = S3Access(endpoint)
+        storage = open_storage(arguments.destination, access)
+        storage.check_reachable()
+        done = [unlock(storage)]
+        if os.environ.get("PREFECT_API_URL"):
+            from tasks.one_writer import free_orphaned_slot
+
+            freed = free_orphaned_slot(storage.url, read_lease(storage))
+            done.append(freed or "its Prefect concurrency slot was free")
+    print("; ".join(done))
     return EXIT_OK
 
 
@@ -566,6 +610,37 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value
+
+
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM: the first stops the run (KeyboardInterrupt in the main
+    thread: the engine leaves after the tasks in flight, releases the destination, and the
+    exit code is 128 + the signal: 130, 143); a second one exits at once."""
+
+    received = signal.SIGINT
+
+    def install(self) -> dict:
+        """Returns the handlers it replaced (for `restore`)."""
+        self.received = signal.SIGINT
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {number: signal.signal(number, self._handle) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self._interrupted:
+            os._exit(128 + self.received)
+        self._interrupted = True
+        self.received = signal.Signals(number)
+        raise KeyboardInterrupt
+
+
+_signals = _Signals()
 
 
 def _quiet_prefect(verbose: bool) -> None:

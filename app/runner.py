@@ -182,6 +182,9 @@ class EphemeralAPI:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                # Its own session: a terminal's Ctrl-C (SIGINT to our process group) must not
+                # kill it before the flow run has ended and released its slot; stop() ends it last.
+                start_new_session=True,
             )
 
     @classmethod

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -47,6 +48,15 @@ DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 
 logger = logging.getLogger("rbexport")
 
+# Set when the run is interrupted (Ctrl-C, SIGTERM): a batch on this process's threads
+# stops before its next task, so an interrupted run ends after the tasks in flight.
+STOPPING = threading.Event()
+
+
+class Interrupted(Exception):
+    """The run was told to stop before its batch's next task."""
+
+
 # (batch, its outcomes or the exception that ended it), in the order batches finish.
 BatchResults = Iterable[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]
 
@@ -64,7 +74,12 @@ def export_batch(
     """
     retries = STORAGE_RETRIES if retries is None else retries
     backoff = BACKOFF_SECONDS if backoff_seconds is None else backoff_seconds
-    return [_export_with_retries(job, settings, retries, backoff, sleep) for job in jobs]
+    outcomes = []
+    for job in jobs:
+        if STOPPING.is_set():
+            raise Interrupted(f"stopped before {job.task_id}")
+        outcomes.append(_export_with_retries(job, settings, retries, backoff, sleep))
+    return outcomes
 
 
 def _export_with_retries(
@@ -184,9 +199,16 @@ def pool_batches(pool: Executor, settings: ExportSettings) -> Callable[[list[lis
 
     def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
         futures = {pool.submit(export_batch, batch, settings): batch for batch in batches}
-        for future in as_completed(futures):
-            error = future.exception()
-            yield futures[future], error if error is not None else future.result()
+        try:
+            for future in as_completed(futures):
+                error = future.exception()
+                yield futures[future], error if error is not None else future.result()
+        except BaseException:
+            # Interrupted (KeyboardInterrupt from the signal): no new batch starts, running
+            # ones stop before their next task, and nothing is published.
+            STOPPING.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
     return run
 
@@ -198,6 +220,7 @@ def run_local(
     destination's one writer (waiting up to `request.lock_timeout` for another to finish)."""
     if task_runner not in ("threads", "processes"):
         raise ConfigurationError(f"the local engine runs tasks on threads or processes, not {task_runner!r}")
+    STOPPING.clear()
     with destination_lease(request, notify=progress.current().notice).held(request.lock_timeout) as lease:
         plan = prepare_run(request)
         pool: Executor = (
@@ -206,7 +229,12 @@ def run_local(
             else ProcessPoolExecutor(max_workers=workers)
         )
         with pool:
-            outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size)
+            try:
+                outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size)
+            except BaseException:
+                STOPPING.set()  # interrupted: leave after the tasks in flight, publish nothing
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         lease.check()
         return publish_export(plan, outcomes)
 

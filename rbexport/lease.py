@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
+import re
 import socket
 import threading
 import time
@@ -50,6 +52,7 @@ class Lease:
     since: float  # seconds since the epoch
     expires: float
     token: str = ""  # this holder's, among holders of one owner (threads of one process)
+    renewed: float = 0.0  # the holder's last renewal (0: never renewed, `since` then)
 
     def to_json(self) -> bytes:
         body = {**asdict(self), "since_utc": _utc(self.since), "expires_utc": _utc(self.expires)}
@@ -60,12 +63,39 @@ class Lease:
         """The lease, or None for an object that is not one (it is then treated as expired)."""
         try:
             body = json.loads(data)
-            return cls(str(body["owner"]), float(body["since"]), float(body["expires"]), str(body.get("token", "")))
-        except (ValueError, TypeError, KeyError):
+            since, expires = _epoch_seconds(body["since"]), _epoch_seconds(body["expires"])
+            if since is None or expires is None:
+                return None
+            renewed = _epoch_seconds(body.get("renewed", since))
+            return cls(str(body["owner"]), since, expires, str(body.get("token", "")), renewed or since)
+        except (ValueError, TypeError, KeyError, RecursionError):
             return None
 
     def describe(self) -> str:
         return f"since {_utc(self.since)} by {self.owner}"
+
+    def detail(self) -> str:
+        """Who holds it, since when, until when: for a waiting run and `rbexport unlock`."""
+        state = "runs until" if self.live else "expired"
+        return f"{self.describe()} (its lease {state} {_utc(self.expires)} unless renewed)"
+
+    @property
+    def last_sign_of_life(self) -> float:
+        """When the holder last wrote this lease (took it or renewed it)."""
+        return max(self.since, self.renewed)
+
+    def holder_process_gone(self) -> bool:
+        """The holder ran on this host and its process is no longer there."""
+        found = re.search(r"@(\S+) pid (\d+)\)?$", self.owner)
+        if found is None or found.group(1) != socket.gethostname():
+            return False
+        try:
+            os.kill(int(found.group(2)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OverflowError, ValueError):
+            return False
+        return False
 
     @property
     def live(self) -> bool:
@@ -114,6 +144,7 @@ class DestinationLease:
         self.tag: str | None = None
         self.lost: Lease | None = None
         self._stop = threading.Event()
+        self.since = 0.0
 
     @contextmanager
     def held(self, timeout: float = WAIT_SECONDS) -> Iterator[DestinationLease]:
@@ -141,9 +172,10 @@ class DestinationLease:
             now = time.time()
             if current is not None and held is not None and held.token == self.token:
                 self.tag = current[1]  # ours: an earlier attempt was stored but its answer lost
+                self.since = held.since
                 return
             if current is None or held is None or held.expires <= now:
-                mine = Lease(self.owner, now, now + self.seconds, self.token)
+                mine = Lease(self.owner, now, now + self.seconds, self.token, now)
                 try:
                     self.tag = self.storage.write_if(LEASE_KEY, mine.to_json(), current[1] if current else None)
                 except PreconditionFailed:
@@ -154,6 +186,7 @@ class DestinationLease:
                     continue
                 if not self._still_mine(mine):
                     continue  # a store that ignored the condition let another writer overwrite it
+                self.since = now
                 if held is not None:
                     self.notify(
                         f"took over the lease on {self.storage.url} from {held.owner} "
@@ -163,10 +196,11 @@ class DestinationLease:
             if time.monotonic() >= deadline:
                 raise DestinationBusy(
                     f"destination {self.storage.url} busy {held.describe()} (gave up after {timeout:.0f} s; "
-                    f"its lease runs until {_utc(held.expires)} unless renewed)"
+                    f"its lease runs until {_utc(held.expires)} unless renewed; if that run is gone: "
+                    f"rbexport unlock {self.storage.url})"
                 )
             if waiting_for is None or waiting_for.owner != held.owner:
-                self.notify(f"waiting for {self.storage.url}: busy {held.describe()}")
+                self.notify(f"waiting for {self.storage.url}: busy {held.detail()}; {unlock_hint(self.storage.url)}")
                 waiting_for = held
             time.sleep(max(0.05, min(self.seconds / 4, 1.0, deadline - time.monotonic())))
 
@@ -191,7 +225,9 @@ class DestinationLease:
             now = time.time()
             try:
                 self.tag = self.storage.write_if(
-                    LEASE_KEY, Lease(self.owner, now, now + self.seconds, self.token).to_json(), self.tag
+                    LEASE_KEY,
+                    Lease(self.owner, self.since or now, now + self.seconds, self.token, now).to_json(),
+                    self.tag,
                 )
             except PreconditionFailed:
                 try:
@@ -215,12 +251,60 @@ class DestinationLease:
         self.tag = None
 
 
+def unlock_hint(url: str) -> str:
+    return f"a killed run's hold frees by itself when its lease expires; to free it now: rbexport unlock {url}"
+
+
+def unlock(storage: Storage) -> str:
+    """Delete the destination's lease object when its holder is not live; what was done, in a line.
+
+    A live lease (not expired) is refused (DestinationBusy, naming its holder), unless the
+    holder ran on this host and its process is gone."""
+    current = storage.read_tagged(LEASE_KEY)
+    if current is None:
+        return f"{storage.url}: no lease held it"
+    held = Lease.parse(current[0])
+    if held is not None and held.live:
+        if not held.holder_process_gone():
+            raise DestinationBusy(
+                f"{storage.url} is held {held.detail()}: that run is alive; stop it, or wait for its lease to expire"
+            )
+        reason = f"the lease whose holder's process is gone ({held.owner}, lease until {_utc(held.expires)})"
+    elif held is not None:
+        reason = f"the expired lease of {held.owner} (expired {_utc(held.expires)})"
+    else:
+        reason = "a lock object that is not a lease"
+    try:
+        storage.delete_if(LEASE_KEY, current[1])
+    except (PreconditionFailed, ObjectNotFoundError):
+        raise DestinationBusy(
+            f"{storage.url}: its lease changed meanwhile (another run took it); not removed"
+        ) from None
+    return f"{storage.url}: removed {reason}"
+
+
 def _back_off(failures: int, error: TransientStorageError) -> int:
     """Wait before asking the store again; after the fourth failure in a row, give up."""
     if failures >= 3:
         raise error
     time.sleep(0.5 * 2**failures)
     return failures + 1
+
+
+# Expiry times a lease may hold: from the epoch to the year 9000 (datetime's range ends at
+# 9999). Anything else (NaN, inf, 1e308, negative, a string, an int beyond a float) is not a
+# lease this program wrote: it is treated as stale, like an unparsable object.
+_LATEST_EPOCH_SECONDS = 221_845_392_000.0
+
+
+def _epoch_seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and 0.0 <= seconds <= _LATEST_EPOCH_SECONDS else None
 
 
 def _utc(seconds: float) -> str:
