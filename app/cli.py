@@ -543,6 +543,8 @@ def _release(arguments: argparse.Namespace) -> int:
         for line in diff.lines():
             print(shown(line))
         print(f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed")
+
+
 def _unlock(arguments: argparse.Namespace) -> int:
     from rbexport.lease import read_lease, unlock
     from rbexport.storage import S3Access, open_storage
