@@ -543,6 +543,7 @@ def _release(arguments: argparse.Namespace) -> int:
         for line in diff.lines():
             print(shown(line))
         print(f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed")
+    return EXIT_OK
 
 
 def _unlock(arguments: argparse.Namespace) -> int:
