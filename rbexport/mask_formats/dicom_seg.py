@@ -283,9 +283,15 @@ def _identity(headers: SeriesHeaders, series: str, uid_seed: str) -> dict:
 
 def segmentation_entry(entry: dict, path: str | None, segments: Sequence[Segment]) -> dict:
     """A series' tasks.json entry once its masks are the segments of one SEG at `path`:
-    `segmentations` is that file ([] when nothing was annotated), each segmentMap entry
-    with a segment gets its `segmentNumber`, and no `mask` (there are no per-instance files)."""
-    numbers = {segment.key: segment.number for segment in segments}
+    each segmentMap entry with a segment gets its `segmentNumber` (numbered_entry)."""
+    return numbered_entry(entry, path, {segment.key: segment.number for segment in segments}, "segmentNumber")
+
+
+def numbered_entry(entry: dict, path: str | None, numbers: Mapping[str, int], field_name: str) -> dict:
+    """A series' entry once its masks are parts of one file at `path` (a SEG, a structure
+    set): `segmentations` is that file ([] when nothing was annotated), each segmentMap
+    entry in `numbers` gets its number as `field_name`, and no `mask` (there are no
+    per-instance files)."""
     entry = dict(entry)
     entry["segmentations"] = path if path is not None else []
     segment_map = entry.get("segmentMap")
@@ -295,7 +301,7 @@ def segmentation_entry(entry: dict, path: str | None, segments: Sequence[Segment
             if isinstance(value, dict):
                 value = {field: item for field, item in value.items() if field != "mask"}
                 if key in numbers:
-                    value["segmentNumber"] = numbers[key]
+                    value[field_name] = numbers[key]
             rewritten[key] = value
         entry["segmentMap"] = rewritten
     return entry

@@ -48,7 +48,7 @@ from ..structures.masks import VoxelIndex
 from .base import COLOURS, ROI_TYPES, Encoded, MaskWriter, SeriesJob, SourceExtras
 from .colours import RGB, colour_of
 from .contours import boundary_loops
-from .dicom_seg import PATIENT_AND_STUDY, UID_PREFIX, Segment, _located, plan_segments
+from .dicom_seg import PATIENT_AND_STUDY, UID_PREFIX, Segment, _located, numbered_entry, plan_segments
 
 NEEDED_BY = "an RT Structure Set"
 MANUFACTURER = "rbexport"
@@ -144,22 +144,8 @@ def taxonomy_roi_types(taxonomy: object, origin: str = "taxonomy.json") -> dict[
 
 def structure_set_entry(entry: dict, path: str | None, rois: Sequence[Segment]) -> dict:
     """A series' tasks.json entry once its masks are the ROIs of one structure set at `path`:
-    `segmentations` is that file ([] when nothing was annotated), each segmentMap entry
-    with an ROI gets its `roiNumber`, and no `mask` (there are no per-instance files)."""
-    numbers = {roi.key: int(roi.key) for roi in rois}
-    entry = dict(entry)
-    entry["segmentations"] = path if path is not None else []
-    segment_map = entry.get("segmentMap")
-    if isinstance(segment_map, dict):
-        rewritten = {}
-        for key, value in segment_map.items():
-            if isinstance(value, dict):
-                value = {field: item for field, item in value.items() if field != "mask"}
-                if key in numbers:
-                    value["roiNumber"] = numbers[key]
-            rewritten[key] = value
-        entry["segmentMap"] = rewritten
-    return entry
+    each segmentMap entry with an ROI gets its `roiNumber` (numbered_entry)."""
+    return numbered_entry(entry, path, {roi.key: int(roi.key) for roi in rois}, "roiNumber")
 
 
 def encode_structure_set(
