@@ -425,6 +425,12 @@ def _run(arguments: argparse.Namespace) -> int:
         updated_since=parse_time(arguments.since) if arguments.since is not None else None,
         without_masks=arguments.without_masks,
     )
+    if not arguments.credentials_block:  # with a block the keys are the flow's; it refuses a release itself
+        from rbexport.releases import refuse_release_destination
+        from rbexport.storage import Location, S3Access
+
+        # Before the engine line: a refusal is the run's only line.
+        refuse_release_destination(Location.parse(arguments.dest), S3Access(_endpoint(arguments.endpoint_url)))
     lock_timeout = {} if arguments.lock_timeout is None else {"lock_timeout": arguments.lock_timeout}
     say(choice.line())
     if choice.engine == "local":
