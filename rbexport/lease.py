@@ -174,7 +174,9 @@ class DestinationLease:
                 self.tag = current[1]  # ours: an earlier attempt was stored but its answer lost
                 self.since = held.since
                 return
-            if current is None or held is None or held.expires <= now:
+            # A holder on this host whose process has ended (killed) frees the destination at once.
+            gone = held is not None and held.expires > now and held.holder_process_gone()
+            if current is None or held is None or held.expires <= now or gone:
                 mine = Lease(self.owner, now, now + self.seconds, self.token, now)
                 try:
                     self.tag = self.storage.write_if(LEASE_KEY, mine.to_json(), current[1] if current else None)
@@ -188,9 +190,10 @@ class DestinationLease:
                     continue  # a store that ignored the condition let another writer overwrite it
                 self.since = now
                 if held is not None:
+                    why = "its process has ended" if gone else f"expired {_utc(held.expires)}"
                     self.notify(
                         f"took over the lease on {self.storage.url} from {held.owner} "
-                        f"(held since {_utc(held.since)}, expired {_utc(held.expires)})"
+                        f"(held since {_utc(held.since)}, {why})"
                     )
                 return
             if time.monotonic() >= deadline:

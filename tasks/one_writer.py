@@ -144,6 +144,9 @@ class OrphanWatch:
 
     def orphaned(self, held: Lease | None) -> str | None:
         now = time.time()
+        if held is not None and held.holder_process_gone():  # killed on this host: no need to wait
+            self.absent_since = None
+            return f"{held.owner} has ended"
         if held is not None and held.live:
             self.absent_since = None
             return None

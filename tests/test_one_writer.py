@@ -249,3 +249,38 @@ def test_a_lease_outlives_its_duration_while_renewed(tmp_path):
         with pytest.raises(DestinationBusy, match="busy since .* by the long run"):
             DestinationLease(storage, seconds=1).acquire(timeout=3)
     DestinationLease(storage, seconds=1).acquire(timeout=0)  # released: free at once
+
+
+def test_a_lease_whose_holder_on_this_host_has_ended_is_taken_over_at_once(tmp_path):
+    """A run killed on this host (its lease names host and pid) frees the destination at once,
+    before its lease would expire; a holder whose process lives is waited for."""
+    import socket
+
+    import pytest
+
+    from rbexport.lease import DestinationBusy
+
+    storage = LocalStorage(tmp_path / "export")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    living = subprocess.Popen(["sleep", "60"])
+    try:
+        now = time.time()
+        for pid, gone in ((living.pid, False), (ended.pid, True)):
+            owner = f"flow run killed-{pid} (someone@{socket.gethostname()} pid {pid})"
+            storage.write(LEASE_KEY, Lease(owner, now, now + 3600, "theirs", now).to_json())
+            said: list[str] = []
+            lease = DestinationLease(storage, seconds=60, notify=said.append)
+            if not gone:
+                with pytest.raises(DestinationBusy, match=f"by flow run killed-{pid}"):
+                    lease.acquire(timeout=1)
+                continue
+            started = time.monotonic()
+            lease.acquire(timeout=30)
+            assert time.monotonic() - started < 5  # not the hour its lease had left
+            assert any(f"took over the lease on {storage.url} from {owner}" in line for line in said), said
+            assert any("its process has ended" in line for line in said), said
+            lease.release()
+    finally:
+        living.kill()
+        living.wait()

@@ -23,7 +23,9 @@ def logs_and_artifacts_of_the_latest_flow_run() -> str:
 
     async def read() -> str:
         async with get_client() as client:
-            [flow_run] = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+            # The run of this test, not the latest: a schedule an earlier test file left may have started one since.
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+            [flow_run] = [run for run in runs if run.parameters.get("destination") == destination]
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
             artifacts = await client.read_artifacts()
             return "\n".join(
@@ -98,8 +100,8 @@ WRONG_SECRET = "not-the-secret-3b9e71c0"
 SESSION_TOKEN = "session-token-5a0c2d84"
 
 
-def everything_prefect_recorded_since(start) -> str:
-    """What the API holds about the latest flow run (its parameters, state, task runs' states,
+def everything_prefect_recorded_since(start, destination: str) -> str:
+    """What the API holds about the flow run into `destination` (its parameters, state, task runs' states,
     logs, artifacts) and every event since `start`, as text; once the run's block-loaded
     event is there, so the CLI's events have reached the server."""
     from prefect.client.orchestration import get_client
@@ -119,7 +121,9 @@ def everything_prefect_recorded_since(start) -> str:
 
     async def read() -> str:
         async with get_client() as client:
-            [flow_run] = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+            # The run of this test, not the latest: a schedule an earlier test file left may have started one since.
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+            [flow_run] = [run for run in runs if run.parameters.get("destination") == destination]
             ids = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
             task_runs = await client.read_task_runs(flow_run_filter=ids)
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
@@ -212,7 +216,7 @@ def test_no_trace_of_a_credentials_block_secret(run_cli, seaweed, make_bucket, s
             result.stdout,
             result.stderr,  # --verbose: Prefect's own logs too
             *(destination.read(key).decode() for key in written),
-            everything_prefect_recorded_since(start),
+            everything_prefect_recorded_since(start, destination.url),
         ]
     )
     assert "Flow run" in result.stderr and f"{kind}/{name}" in everything  # the haystack is the run's
