@@ -275,7 +275,7 @@ def six_tasks(runs: int, server: PrefectServer, sdk: SdkPeer | None) -> list[lis
 
 def tiny_run(runs: int, server: PrefectServer) -> list[list[str]]:
     """The sample project's 6 tiny tasks end to end: Prefect's fixed cost per run."""
-    from app.sample import write_sample_project
+    from rbexport.app.sample import write_sample_project
     from rbexport.storage import LocalStorage
 
     source = DATA / "tiny"
@@ -291,7 +291,7 @@ def tiny_run(runs: int, server: PrefectServer) -> list[list[str]]:
 
 def many_small_tasks(runs: int, server: PrefectServer) -> list[list[str]]:
     """1,000 small tasks: the flow on a server against the local engine (the baseline)."""
-    from app.seaweed import SeaweedServer
+    from rbexport.app.seaweed import SeaweedServer
     from rbexport.storage import S3Storage
 
     count = 1000

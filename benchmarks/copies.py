@@ -193,7 +193,7 @@ def boto3_loop_once(endpoint_url: str, prefix: str) -> tuple[float, dict[str, in
 
 def bench_copies(runs: int = 3) -> dict[str, dict[str, float]]:
     """Per way of copying: median 'seconds', and median bytes received ('socket', 'content_length', 'rchar')."""
-    from app.seaweed import SeaweedServer
+    from rbexport.app.seaweed import SeaweedServer
 
     measured: dict[str, list[tuple[float, dict[str, int]]]] = {"rbexport": [], "boto3 loop": [], "streamed": []}
     with (

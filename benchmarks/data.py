@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from app.sample import TAXONOMY
+from rbexport.app.sample import TAXONOMY
 
 CT_SHAPE = (512, 512, 300)
 CATEGORIES = ["Glioma", "Edema", "Abscess"]

@@ -71,7 +71,7 @@ def import_milliseconds(arguments: list[str]) -> float:
     environment = {**os.environ, "PREFECT_HOME": str(scratch / "home")}
     environment.pop("PREFECT_API_URL", None)
     result = subprocess.run(
-        [PYTHON, "-X", "importtime", "-m", "app.cli", *arguments],
+        [PYTHON, "-X", "importtime", "-m", "rbexport.app.cli", *arguments],
         capture_output=True,
         text=True,
         env=environment,
@@ -87,7 +87,7 @@ def import_milliseconds(arguments: list[str]) -> float:
 
 
 def tiny_rows(runs: int) -> list[list[str]]:
-    from app.sample import write_sample_project
+    from rbexport.app.sample import write_sample_project
     from rbexport.storage import LocalStorage
 
     source = DATA / "tiny"
@@ -114,7 +114,7 @@ def error_rows(runs: int, server: PrefectServer) -> list[list[str]]:
         ["missing source folder, default command", median_seconds(runs, missing, expect=2)],
         ["missing source folder, Prefect server", median_seconds(runs, missing, server.url, expect=2)],
     ]
-    from app.seaweed import SeaweedServer
+    from rbexport.app.seaweed import SeaweedServer
 
     keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {name: os.environ.get(name) for name in keys}
@@ -161,7 +161,7 @@ def server_rows(runs: int, server: PrefectServer) -> list[list[str]]:
 def import_rows() -> list[list[str]]:
     missing = ["run", "--source", str(DATA / "no-such-project"), "--dest", str(DATA / "unused")]
     return [
-        ["import app.cli (--help)", f"{import_milliseconds(['--help']):.0f}"],
+        ["import rbexport.app.cli (--help)", f"{import_milliseconds(['--help']):.0f}"],
         ["a configuration error (missing source folder)", f"{import_milliseconds(missing):.0f}"],
     ]
 

@@ -46,8 +46,8 @@ def ct_with_images() -> Path:
         return CT_WITH_IMAGES
     import numpy as np
 
-    from app.sample_images import dicom_series_on_grid
     from benchmarks.data import CT_SHAPE, write_ct_project
+    from rbexport.app.sample_images import dicom_series_on_grid
 
     shutil.rmtree(CT_WITH_IMAGES, ignore_errors=True)
     write_ct_project(CT_WITH_IMAGES, 1)

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 from isal import igzip
 
-from app.sample_images import dicom_series
+from rbexport.app.sample_images import dicom_series
 from rbexport.images.read import read_image_series
 from rbexport.images.volume import encode_nifti
 

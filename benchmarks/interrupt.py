@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1500)
     options = parser.parse_args()
-    from app.seaweed import SeaweedServer
+    from rbexport.app.seaweed import SeaweedServer
     from rbexport.storage import S3Storage
 
     work = Path(tempfile.mkdtemp(prefix="rbexport-interrupt-bench-"))

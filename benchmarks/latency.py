@@ -1,7 +1,7 @@
 """Upload to export: `python -m benchmarks.latency [--project DIR] [--runs 5] [--only served|worker]`.
 
 A real `prefect server start`, SeaweedFS with the sample project, the receiver
-(deployments/receiver.py) and export-on-upload run by `python -m deployments.serve` or by a
+(deployments/receiver.py) and export-on-upload run by `python -m rbexport.deployments.serve` or by a
 process worker (`prefect deploy`, `prefect worker start`). Each run uploads one new task
 (its mask, then its JSON), posts the store's notification to the receiver and times until
 the task is in the destination's standard/tasks.json. Prints the median of `--runs` (after
@@ -58,8 +58,8 @@ def post(url: str, body: bytes) -> None:
 def measure(kind: str, project: Path, runs: int) -> list[float]:
     from prefect_server import PrefectServer, free_port
 
-    from app.sample import box, nifti_bytes, write_sample_project
-    from app.seaweed import SeaweedServer
+    from rbexport.app.sample import box, nifti_bytes, write_sample_project
+    from rbexport.app.seaweed import SeaweedServer
     from rbexport.storage import LocalStorage, S3Storage
 
     work = Path(tempfile.mkdtemp(prefix="rbexport-latency-"))
@@ -107,11 +107,11 @@ def measure(kind: str, project: Path, runs: int) -> list[float]:
         try:
             port = free_port()
             environment["RBEXPORT_RECEIVER_PORT"] = str(port)
-            start(sys.executable, "-m", "deployments.receiver")
+            start(sys.executable, "-m", "rbexport.deployments.receiver")
             receiver = f"http://127.0.0.1:{port}/"
             wait_for(lambda: urllib.request.urlopen(receiver, timeout=2).status == 200, 60, "the receiver")
             if kind == "served":
-                start(sys.executable, "-m", "deployments.serve", "export-on-upload")
+                start(sys.executable, "-m", "rbexport.deployments.serve", "export-on-upload")
             else:
                 for command in (
                     [PREFECT, "work-pool", "create", "rbexport", "--type", "process", "--overwrite"],

@@ -86,7 +86,7 @@ def loop_once(endpoint_url: str, keys: list[str]) -> tuple[float, dict[str, int]
 
 
 def bench_releases(tasks: int = 1000, runs: int = 3) -> dict[str, float]:
-    from app.seaweed import SeaweedServer
+    from rbexport.app.seaweed import SeaweedServer
     from rbexport.storage import S3Storage
 
     with (

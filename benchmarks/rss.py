@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.cli import main
+from rbexport.app.cli import main
 
 
 def peak_rss() -> int:

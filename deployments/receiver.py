@@ -1,6 +1,6 @@
 """Receives S3 event notifications and emits one Prefect event per created object.
 
-    RBEXPORT_WEBHOOK_SECRET=... python -m deployments.receiver
+    RBEXPORT_WEBHOOK_SECRET=... python -m rbexport.deployments.receiver
 
 Point the store's webhook at `http://<host>:8787/` with the header
 `Authorization: Bearer <secret>` (MinIO: `auth_token`; AWS SNS: a subscription URL with
@@ -104,8 +104,8 @@ def _token(authorization: str) -> bytes:
 def main() -> int:
     from pydantic import ValidationError
 
-    from deployments.settings import ReceiverSettings
-    from tasks.events import emit_created
+    from rbexport.deployments.settings import ReceiverSettings
+    from rbexport.tasks.events import emit_created
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

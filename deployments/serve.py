@@ -1,7 +1,7 @@
 """Serve the deployments of prefect.yaml from this process, without a work pool or worker.
 
-    python -m deployments.serve                      # all of them
-    python -m deployments.serve export-on-upload     # some, by name
+    python -m rbexport.deployments.serve                      # all of them
+    python -m rbexport.deployments.serve export-on-upload     # some, by name
 
 Schedules, event triggers and runs started from the Prefect UI execute here until you
 stop it with Ctrl+C. Needs a Prefect server (PREFECT_API_URL). The RBEXPORT_* settings
@@ -29,7 +29,7 @@ from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 from prefect.utilities.templating import apply_values
 
-from deployments.settings import template_values
+from rbexport.deployments.settings import template_values
 
 # How often the runner asks the server for runs to start (Prefect's default: 10 s, most of
 # the wait from an upload to its export). A query is one small request.

@@ -1,7 +1,7 @@
 """The settings of the deployments, in one place, from the environment (RBEXPORT_*).
 
 prefect.yaml refers to them as `{{ $RBEXPORT_SOURCE }}` and so on: `prefect deploy` fills
-them in from the environment, and `python -m deployments.serve` from here (defaults
+them in from the environment, and `python -m rbexport.deployments.serve` from here (defaults
 included). Credentials are not settings: they come from boto3's standard chain.
 """
 

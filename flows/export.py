@@ -32,10 +32,10 @@ from rbexport.lease import WAIT_SECONDS
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
 from rbexport.report import REPORT_NAME, RunReport
+from rbexport.tasks.credentials import s3_access
+from rbexport.tasks.export import export_tasks_of_batch, failed, publish, read_source, wait_for_uploads
+from rbexport.tasks.one_writer import one_writer
 from rbexport.variants import Preset, Variant
-from tasks.credentials import s3_access
-from tasks.export import export_tasks_of_batch, failed, publish, read_source, wait_for_uploads
-from tasks.one_writer import one_writer
 
 # Emitted once per variant when a run ends, about its destination (`destination_resource`).
 EXPORT_COMPLETED = "rbexport.export.completed"

@@ -14,9 +14,9 @@ from rbexport.errors import ConfigurationError
 from rbexport.lease import WAIT_SECONDS
 from rbexport.releases import Release, create_release
 from rbexport.storage import Location
-from tasks.credentials import s3_access
-from tasks.export import failed
-from tasks.one_writer import one_writer_of
+from rbexport.tasks.credentials import s3_access
+from rbexport.tasks.export import failed
+from rbexport.tasks.one_writer import one_writer_of
 
 RELEASE_CREATED = "rbexport.release.created"
 

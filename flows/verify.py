@@ -6,14 +6,14 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from flows.export import refuse_placeholders
 from rbexport.display import shown
 from rbexport.errors import ConfigurationError, ExportDamaged, StorageError
+from rbexport.flows.export import refuse_placeholders
 from rbexport.lease import WAIT_SECONDS
 from rbexport.storage import S3Access
+from rbexport.tasks.credentials import s3_access
+from rbexport.tasks.export import RETRY_STORAGE, expected_failures_as_states, failed
 from rbexport.verify import VerifyResult, verify_settled
-from tasks.credentials import s3_access
-from tasks.export import RETRY_STORAGE, expected_failures_as_states, failed
 
 
 @task(name="verify-files", **RETRY_STORAGE)

@@ -11,9 +11,9 @@ from prefect.variables import Variable
 from rbexport.errors import ConfigurationError, TransientStorageError
 from rbexport.notifications import Watermark, baseline, objects_since
 from rbexport.storage import open_storage
-from tasks.credentials import s3_access
-from tasks.events import emit_created
-from tasks.export import failed
+from rbexport.tasks.credentials import s3_access
+from rbexport.tasks.events import emit_created
+from rbexport.tasks.export import failed
 
 
 def watermark_variable(source: str) -> str:

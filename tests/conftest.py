@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prefect_server import PrefectServer
 
-from app.sample import write_sample_project
-from app.seaweed import SeaweedServer
+from rbexport.app.sample import write_sample_project
+from rbexport.app.seaweed import SeaweedServer
 from rbexport.storage import LocalStorage, S3Storage
 
 # No telemetry from the test API server (its heartbeat races the harness on SQLite).

@@ -70,10 +70,10 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 
 @contextmanager
 def served(prefect_api: str, *names: str, env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """`python -m deployments.serve NAMES`, until its deployments are registered."""
+    """`python -m rbexport.deployments.serve NAMES`, until its deployments are registered."""
     environment = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve", *names],
+        [sys.executable, "-m", "rbexport.deployments.serve", *names],
         cwd=PROJECT,
         env=environment,
         stdout=subprocess.PIPE,

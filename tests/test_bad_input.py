@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from app.sample import TAXONOMY, nifti_bytes
+from rbexport.app.sample import TAXONOMY, nifti_bytes
 from rbexport.engine import run_export
 from rbexport.options import ExportOptions
 

@@ -101,8 +101,8 @@ def test_the_cli_takes_keys_and_endpoint_from_an_aws_credentials_block(run_cli, 
 def test_the_flow_with_a_minio_credentials_block(prefect_api, seaweed, make_bucket, sample_source, drop_keys):
     from prefect_aws import MinIOCredentials
 
-    from flows.export import export_project
-    from flows.watch import watch_source
+    from rbexport.flows.export import export_project
+    from rbexport.flows.watch import watch_source
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
@@ -144,7 +144,7 @@ def test_an_aws_credentials_block_with_a_profile(
 ):
     from prefect_aws import AwsCredentials
 
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     (tmp_path / "credentials").write_text(
         f"[seaweed]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
@@ -166,7 +166,7 @@ def test_an_aws_credentials_block_with_a_profile(
 
 
 def test_a_block_that_is_not_there_or_not_a_credentials_block_is_named(run_cli, prefect_api, sample_source, tmp_path):
-    from tasks.credentials import s3_access
+    from rbexport.tasks.credentials import s3_access
 
     for block, message in [
         ("aws-credentials/not-there", "no Prefect AwsCredentials block named 'not-there'"),
@@ -199,7 +199,7 @@ def test_a_block_that_is_not_there_or_not_a_credentials_block_is_named(run_cli, 
 def test_what_a_block_holds_that_rbexport_cannot_honour_is_refused(prefect_api):
     from prefect_aws import AwsCredentials, MinIOCredentials
 
-    from tasks.credentials import s3_access
+    from rbexport.tasks.credentials import s3_access
 
     refused = {
         "config": (
@@ -258,7 +258,7 @@ def test_what_a_block_holds_that_rbexport_cannot_honour_is_refused(prefect_api):
 
 
 def test_without_prefect_aws_the_error_says_what_to_install(prefect_api, monkeypatch):
-    from tasks.credentials import s3_access
+    from rbexport.tasks.credentials import s3_access
 
     monkeypatch.setitem(sys.modules, "prefect_aws", None)  # `import prefect_aws` fails as when not installed
     with pytest.raises(ConfigurationError) as raised:

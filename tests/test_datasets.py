@@ -1,6 +1,6 @@
 """Training layouts (SPEC 6): nnU-Net v2 and Medical Segmentation Decathlon datasets.
 
-The training project (app.sample.write_training_project) gives every study T1 and
+The training project (rbexport.app.sample.write_training_project) gives every study T1 and
 FLAIR DICOM series of known voxels (200 + 40 * channel + 25 * label + (i + j + k) % 9)
 on the label's grid, every other study with its label's slices stored the other way
 round, and two studies per patient: so an image that is not on its label's grid, a label
@@ -18,8 +18,8 @@ import pytest
 from conftest import bucket_tree, copy_tree
 
 import rbexport.source
-from app.sample import AFFINE, nifti_bytes, write_training_project
-from app.sample_images import dicom_series_on_grid
+from rbexport.app.sample import AFFINE, nifti_bytes, write_training_project
+from rbexport.app.sample_images import dicom_series_on_grid
 from rbexport.engine import run_export
 from rbexport.errors import ConfigurationError
 from rbexport.options import ExportOptions
@@ -372,7 +372,7 @@ def test_the_flow_shows_the_class_balance_as_a_table(prefect_api, source, tmp_pa
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     [report] = export_project(str(source), str(tmp_path / "out"), NNUNET)
     assert report.dataset["cases"] == 6

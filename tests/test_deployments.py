@@ -8,7 +8,7 @@ import pytest
 import yaml
 from prefect_helpers import PROJECT, automations_of, prefect_cli, read_deployment, served
 
-from deployments.serve import deployment_specs, runner_deployment
+from rbexport.deployments.serve import deployment_specs, runner_deployment
 
 SETTINGS = {
     "RBEXPORT_SOURCE": "s3://studies/brain",
@@ -82,8 +82,8 @@ def test_serve_offers_every_deployment_of_prefect_yaml(monkeypatch):
 def test_a_placeholder_left_unresolved_is_a_clear_error(prefect_api, tmp_path):
     import pytest
 
-    from flows.export import export_project
     from rbexport.errors import ConfigurationError
+    from rbexport.flows.export import export_project
 
     with pytest.raises(
         ConfigurationError, match=r"parameter source is the unresolved placeholder '\{\{ \$RBEXPORT_SOURCE \}\}'"
@@ -92,7 +92,7 @@ def test_a_placeholder_left_unresolved_is_a_clear_error(prefect_api, tmp_path):
 
 
 def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_path):
-    """`python -m deployments.serve` picks up a run created through the API and exports."""
+    """`python -m rbexport.deployments.serve` picks up a run created through the API and exports."""
     from prefect.deployments import run_deployment
 
     with served(prefect_api, "export-manual") as server:
@@ -114,7 +114,7 @@ def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_
 
 
 def test_serve_stops_on_ctrl_c_with_a_run_in_flight(prefect_api, sample_source, tmp_path):
-    """Ctrl+C (SIGINT to the terminal's process group) ends `deployments.serve` and its run."""
+    """Ctrl+C (SIGINT to the terminal's process group) ends `rbexport.deployments.serve` and its run."""
     import os
     import signal
     import subprocess
@@ -154,7 +154,7 @@ def test_a_stuck_shutdown_still_ends_after_the_grace_period(tmp_path):
     script = tmp_path / "stuck.py"
     script.write_text(
         "import sys, time\n"
-        "from deployments.serve import stop_within\n"
+        "from rbexport.deployments.serve import stop_within\n"
         "stop_within(2, lambda: print('runs marked', flush=True))\n"
         "try:\n    print('serving', flush=True)\n    time.sleep(60)\n"
         "except KeyboardInterrupt:\n    time.sleep(60)  # a shutdown that never ends\n"

@@ -14,10 +14,10 @@ import pytest
 from conftest import tree
 
 import rbexport.engine
-from app.sample import write_sample_project, write_training_project
-from flows.export import export_project
+from rbexport.app.sample import write_sample_project, write_training_project
 from rbexport.engine import BATCH_BYTES, UNKNOWN_TASK_BYTES, batch_label, make_batches, run_export
 from rbexport.errors import TransientStorageError
+from rbexport.flows.export import export_project
 from rbexport.model import TaskJob
 from rbexport.storage import LocalStorage
 
@@ -170,7 +170,7 @@ def test_both_engines_write_the_same_export(run_cli, tmp_path):
 
 def test_the_local_engine_never_imports_prefect(sample_source, tmp_path):
     code = (
-        "import sys; from app.cli import main; "
+        "import sys; from rbexport.app.cli import main; "
         f"code = main(['run', '--engine', 'local', '--source', {str(sample_source)!r}, '--dest', {str(tmp_path / 'x')!r}]); "
         "loaded = sorted({name.split('.')[0] for name in sys.modules} & {'prefect', 'flows', 'tasks'}); "
         "print('loaded:', loaded); sys.exit(code)"

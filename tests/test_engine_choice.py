@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import tree
 from test_cli import api_servers_of, assert_clean
 
-from app.engine_choice import choose_engine
+from rbexport.app.engine_choice import choose_engine
 
 LOCAL_LINE = "rbexport: local engine (no Prefect API configured; --engine prefect to use an ephemeral one)"
 
@@ -60,7 +60,7 @@ COMPARE = textwrap.dedent(
     """
     import json, warnings
     warnings.simplefilter("ignore")
-    from app.engine_choice import configured_api
+    from rbexport.app.engine_choice import configured_api
     ours = configured_api()
     from prefect.settings import Settings
     print(json.dumps({"ours": ours.url if ours else None, "prefect": Settings().api.url or None}))
@@ -134,9 +134,9 @@ def test_the_default_runs_locally_without_an_api(run_cli, sample_source, tmp_pat
 
 
 def without_prefect(arguments: list[str], environment: dict[str, str]) -> subprocess.CompletedProcess:
-    """`rbexport` through app.cli.main in a fresh interpreter that reports whether it imported Prefect."""
+    """`rbexport` through rbexport.app.cli.main in a fresh interpreter that reports whether it imported Prefect."""
     code = (
-        "import sys; from app.cli import main; "
+        "import sys; from rbexport.app.cli import main; "
         f"code = main({arguments!r}); "
         "loaded = sorted({name.split('.')[0] for name in sys.modules} & {'prefect', 'flows'}); "
         "print('loaded:', loaded); sys.exit(code)"

@@ -19,7 +19,7 @@ import pytest
 from conftest import copy_tree
 from prefect_helpers import PROJECT, flow_runs_of, log_messages_of, served, wait_for
 
-from app.sample import box, nifti_bytes
+from rbexport.app.sample import box, nifti_bytes
 from rbexport.notifications import NotificationError, Watermark, created_objects, objects_since
 from rbexport.storage import LocalStorage
 
@@ -77,7 +77,7 @@ def live(prefect_api, seaweed, tmp_path_factory):
     for storage in (source, destination):
         S3Storage(storage.bucket, "", seaweed.endpoint_url).create_bucket()
     sample = tmp_path_factory.mktemp("sample")
-    from app.sample import write_sample_project
+    from rbexport.app.sample import write_sample_project
 
     write_sample_project(LocalStorage(sample))
     copy_tree(sample, source)
@@ -88,7 +88,7 @@ def live(prefect_api, seaweed, tmp_path_factory):
     }
     port = free_port()
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "deployments.receiver"],
+        [sys.executable, "-m", "rbexport.deployments.receiver"],
         cwd=PROJECT,
         env={
             **os.environ,
@@ -168,7 +168,7 @@ def test_two_uploads_in_quick_succession_export_both_without_racing(live):
 
 
 def test_the_watcher_finds_uploads_without_any_notification(live, prefect_api):
-    from flows.watch import watch_source
+    from rbexport.flows.watch import watch_source
 
     source, destination = live["source"], live["destination"]
     before = {run.id for run in flow_runs_of(ON_UPLOAD)}

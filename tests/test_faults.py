@@ -14,8 +14,8 @@ from conftest import ACCESS_KEY, RBEXPORT, SECRET_KEY, bucket_tree, copy_tree, t
 from fault_proxy import FAULTS, FaultProxy
 from prefect_helpers import wait_for
 
-from app.seaweed import SeaweedServer
 from benchmarks.data import write_small_project
+from rbexport.app.seaweed import SeaweedServer
 from rbexport.engine import run_export
 from rbexport.options import ExportOptions
 from rbexport.storage import S3Storage
@@ -28,7 +28,7 @@ def without_report(files: dict[str, bytes]) -> dict[str, bytes]:
 def test_a_flaky_store_is_retried_through_and_the_export_is_byte_identical(
     prefect_api, seaweed, make_bucket, sample_source
 ):
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     source, clean, flaky = make_bucket("project"), make_bucket("clean"), make_bucket("flaky")
     copy_tree(sample_source, source)
@@ -43,7 +43,7 @@ def test_a_flaky_store_is_retried_through_and_the_export_is_byte_identical(
 
 def test_the_store_stopped_mid_run_and_started_again(prefect_api, s3_credentials, tmp_path):
     """The run retries through the outage and gives the clean export; a re-run gives it too."""
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     project = write_small_project(tmp_path / "project", tasks=120)
     with SeaweedServer(tmp_path / "store", access_key=ACCESS_KEY, secret_key=SECRET_KEY) as server:

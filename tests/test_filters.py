@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import bucket_tree, copy_tree
 
-from app.sample import write_training_project
+from rbexport.app.sample import write_training_project
 from rbexport.engine import run_export
 from rbexport.filters import TaskFilter
 from rbexport.options import ExportOptions
@@ -142,7 +142,7 @@ def test_without_masks_writes_tasks_json_and_the_report_only(run_cli, staged, tm
 
 
 def test_the_flow_filters_an_nnunet_dataset_on_s3(prefect_api, make_bucket, tmp_path):
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     project = tmp_path / "training"
     write_training_project(LocalStorage(project), tasks=6)

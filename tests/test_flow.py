@@ -7,8 +7,8 @@ import json
 import pytest
 
 import rbexport.engine
-from flows.export import export_project
 from rbexport.errors import ConfigurationError, TaskDataError, TransientStorageError
+from rbexport.flows.export import export_project
 from rbexport.options import ExportOptions
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from isal import igzip
 
-from app.sample import TAXONOMY, nifti_bytes, write_sample_project
+from rbexport.app.sample import TAXONOMY, nifti_bytes, write_sample_project
 from rbexport.engine import run_export
 from rbexport.nifti import GZIP_LEVEL
 from rbexport.options import ExportOptions

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import RBEXPORT, tree
 
-from app.sample import TAXONOMY, nifti_bytes
+from rbexport.app.sample import TAXONOMY, nifti_bytes
 
 LABELS = np.zeros((6, 5, 4), dtype=np.uint8)
 LABELS[1:3, 1:3, 1:3] = 1
@@ -599,13 +599,13 @@ def test_a_source_path_cannot_forge_a_line(tmp_path):
 
 def test_prefect_logs_and_artifacts_show_input_escaped(run_cli, tmp_path):
     """Through the Prefect flow: its logs and its artifacts, read back from the API."""
-    from test_security import logs_and_artifacts_of_the_latest_flow_run
+    from test_security import logs_and_artifacts_of_the_flow_run_into
 
     source = project(tmp_path / "source", task(FORGED, "masks/missing.nii.gz"))
     result = run_cli("run", "--source", str(source), "--dest", str(tmp_path / "export"), "--engine", "prefect")
     assert result.returncode == 1, result.stdout + result.stderr
     assert_clean(result)
-    recorded = logs_and_artifacts_of_the_latest_flow_run()
+    recorded = logs_and_artifacts_of_the_flow_run_into(str(tmp_path / "export"))
     flow_parameters, _, logged = recorded.partition("\n")  # the parameters hold the true source path only
     assert r"x\nrbexport: 99 tasks exported" in logged
     assert "\x1b" not in logged and "\u202e" not in logged

@@ -29,7 +29,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from app.sample_images import dicom_series, expected_affine, xray_image
+from rbexport.app.sample_images import dicom_series, expected_affine, xray_image
 from rbexport.errors import TaskDataError
 from rbexport.images.dicom import read_dicom_series
 from rbexport.images.geometry import onto_label_grid

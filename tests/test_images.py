@@ -16,8 +16,8 @@ import pytest
 from conftest import bucket_tree, copy_tree, tree
 
 import rbexport.task_export
-from app.sample import write_sample_project
-from app.sample_images import dicom_series_on_grid
+from rbexport.app.sample import write_sample_project
+from rbexport.app.sample_images import dicom_series_on_grid
 from rbexport.engine import run_export
 from rbexport.options import ExportOptions
 from rbexport.storage import LocalStorage, S3Storage

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from conftest import bucket_tree, tree
 
-from app.sample import box, nifti_bytes, write_sample_project
+from rbexport.app.sample import box, nifti_bytes, write_sample_project
 from rbexport.engine import run_export
 from rbexport.incremental import STATE_KEY
 from rbexport.options import ExportOptions

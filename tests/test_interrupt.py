@@ -118,7 +118,7 @@ def _active_slots(name: str) -> int:
 
 
 def test_an_orphaned_concurrency_slot_is_reset_by_the_next_run(prefect_api, tmp_path):
-    from tasks.one_writer import concurrency_limit_name
+    from rbexport.tasks.one_writer import concurrency_limit_name
 
     source = write_small_project(tmp_path / "source", tasks=2)
     destination = tmp_path / "export"
@@ -139,7 +139,7 @@ def test_an_orphaned_concurrency_slot_is_reset_by_the_next_run(prefect_api, tmp_
 
 
 def test_unlock_frees_an_orphaned_slot_and_says_who_holds_a_live_one(prefect_api, tmp_path):
-    from tasks.one_writer import concurrency_limit_name
+    from rbexport.tasks.one_writer import concurrency_limit_name
 
     destination = tmp_path / "export"
     destination.mkdir()

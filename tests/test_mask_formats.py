@@ -19,7 +19,7 @@ import pytest
 from conftest import bucket_tree, copy_tree
 from PIL import Image
 
-from app.sample import AFFINE, TAXONOMY, box, nifti_bytes, write_sample_project, write_training_project
+from rbexport.app.sample import AFFINE, TAXONOMY, box, nifti_bytes, write_sample_project, write_training_project
 from rbexport.options import ExportOptions
 from rbexport.report import RunReport
 from rbexport.storage import LocalStorage
@@ -169,7 +169,7 @@ def png_pixels(path: Path) -> np.ndarray:
 
 
 def test_png_from_the_flow_is_the_nifti_array_with_rows_along_its_second_axis(prefect_api, tmp_path):
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     source, out = tmp_path / "source", tmp_path / "out"
     write_2d_project(source)
@@ -603,7 +603,7 @@ def test_the_flow_form_offers_seg_type_and_compression_and_writes_what_it_is_sen
 ):
     from prefect.utilities.callables import parameter_schema
 
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     schema = parameter_schema(export_project).model_dump_for_openapi()
     fields = schema["definitions"]["ExportOptions"]["properties"]

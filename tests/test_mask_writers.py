@@ -26,7 +26,7 @@ import pytest
 from rtstruct_reader import label_under_planes, roi_masks
 from test_mask_formats import write_2d_project
 
-from app.sample import write_sample_project
+from rbexport.app.sample import write_sample_project
 from rbexport.engine import run_export
 from rbexport.mask_formats import WRITERS, writer_named
 from rbexport.options import ExportOptions, MaskFormat
@@ -93,7 +93,7 @@ CASES: dict[str, WriterCase] = {
 
 
 def test_every_writer_in_the_registry_is_a_choice_of_the_form_and_the_cli_and_has_a_case_here():
-    from app.cli import build_parser
+    from rbexport.app.cli import build_parser
 
     assert list(WRITERS) == list(get_args(MaskFormat)) == list(CASES)
     run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from conftest import RBEXPORT, bucket_tree
 from fault_proxy import FaultProxy
 from prefect_helpers import wait_for
 
-from app.sample import write_sample_project
+from rbexport.app.sample import write_sample_project
 from rbexport.lease import LEASE_KEY, DestinationLease, Lease
 from rbexport.storage import LocalStorage
 
@@ -129,7 +129,7 @@ def test_writers_started_together_end_like_writers_one_after_the_other(seaweed, 
 def test_prefect_runs_queue_on_the_destinations_concurrency_limit(seaweed, make_bucket, prefect_api, tmp_path):
     from prefect import get_client
 
-    from tasks.one_writer import concurrency_limit_name
+    from rbexport.tasks.one_writer import concurrency_limit_name
 
     source, destination = make_bucket("project"), make_bucket("export")
     write_sample_project(source)
@@ -189,7 +189,7 @@ def test_a_killed_writers_lease_is_taken_over_once_expired(seaweed, make_bucket,
 def test_a_writer_that_waited_too_long_exits_2_naming_the_holder(
     seaweed, make_bucket, prefect_api, run_cli, sample_source, tmp_path
 ):
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     destination = make_bucket("export")
     holder = DestinationLease(destination, owner="flow run nightly-fox (alice@scanner pid 42)", seconds=600)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from flows.export import EXPORT_COMPLETED, EXPORT_FAILED, export_project
+from rbexport.flows.export import EXPORT_COMPLETED, EXPORT_FAILED, export_project
 
 
 def artifacts_of(flow_run_id, key: str) -> list:

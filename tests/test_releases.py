@@ -12,7 +12,7 @@ import pytest
 from conftest import bucket_tree, copy_tree, tree
 
 import rbexport.releases
-from app.sample import write_training_project
+from rbexport.app.sample import write_training_project
 from rbexport.engine import run_export
 from rbexport.errors import ConfigurationError
 from rbexport.lease import DestinationLease
@@ -266,7 +266,7 @@ def test_a_release_of_an_nnunet_dataset_is_that_dataset(make_bucket, tmp_path):
 def test_the_release_flow_makes_a_release_with_its_artifact_and_event(prefect_api, sample_source, tmp_path):
     from test_operations import artifacts_of
 
-    from flows.release import RELEASE_CREATED, release_export
+    from rbexport.flows.release import RELEASE_CREATED, release_export
 
     export = tmp_path / "export"
     run_export(str(sample_source), str(export))

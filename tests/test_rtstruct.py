@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 from rtstruct_reader import label_under_planes, off_pixel_corners, roi_masks
 
-from app.sample import AFFINE, nifti_bytes, write_sample_project
-from app.sample_images import dicom_series_on_grid
+from rbexport.app.sample import AFFINE, nifti_bytes, write_sample_project
+from rbexport.app.sample_images import dicom_series_on_grid
 from rbexport.images.dicom import read_dicom_headers
 from rbexport.mask_formats.dicom_seg import plan_segments
 from rbexport.mask_formats.rtstruct import encode_structure_set
@@ -344,7 +344,7 @@ def test_bad_series_fail_their_task_with_a_reason_and_an_empty_structure_set_is_
 
 
 def test_rtstruct_from_the_flow_with_roi_types_from_the_taxonomy(prefect_api, sample_with_images, tmp_path):
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     taxonomy = json.loads((sample_with_images / "taxonomy.json").read_text())
     taxonomy["objectTypes"][0]["rtRoiInterpretedType"] = "GTV"  # Glioma
@@ -377,7 +377,7 @@ def test_rtstruct_from_the_flow_with_roi_types_from_the_taxonomy(prefect_api, sa
 
 def test_images_without_patient_coordinates_fail_with_a_reason():
     """An X-ray without ImagePositionPatient or a Frame of Reference: contours have nowhere to lie."""
-    from app.sample_images import xray_image
+    from rbexport.app.sample_images import xray_image
     from rbexport.errors import TaskDataError
 
     name, raw = xray_image(np.zeros((6, 5), np.uint16))

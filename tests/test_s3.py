@@ -8,7 +8,7 @@ import os
 import pytest
 from conftest import bucket_tree, copy_tree, tree
 
-from app.sample import write_sample_project
+from rbexport.app.sample import write_sample_project
 from rbexport.errors import AccessDeniedError, ObjectNotFoundError
 from rbexport.nifti import read_label_map
 from rbexport.storage import MULTIPART_THRESHOLD, LocalStorage, S3Storage

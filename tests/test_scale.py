@@ -92,7 +92,7 @@ def test_a_small_memory_budget_still_exports_everything(sample_source, tmp_path,
 def test_processes_and_a_dask_cluster_write_the_same_files_as_threads(prefect_api, sample_source, tmp_path):
     from distributed import LocalCluster
 
-    from flows.export import export_project
+    from rbexport.flows.export import export_project
 
     variants = ["standard", "semantic-binary"]
     export_project(str(sample_source), str(tmp_path / "threads"), variants=variants, task_runner="threads")

@@ -1,7 +1,7 @@
 """Schedules, proven by the runs they create on a real `prefect server start`.
 
 The server's scheduler must create runs for every scheduled deployment of prefect.yaml,
-deployed for a worker (`prefect deploy --all`) or served (`python -m deployments.serve`);
+deployed for a worker (`prefect deploy --all`) or served (`python -m rbexport.deployments.serve`);
 a run it created, made due and picked up by a worker or a served runner, must complete
 an export. With SQLAlchemy 2.1 the scheduler fails on every pass and creates no run: these
 tests then time out waiting for one (and the server's traceback fails them too).

@@ -9,14 +9,14 @@ import uuid
 import pytest
 from conftest import ACCESS_KEY, SECRET_KEY, copy_tree, keys_only_in_a_secret_block
 
-from app.seaweed import SeaweedServer
+from rbexport.app.seaweed import SeaweedServer
 from rbexport.engine import run_export
 from rbexport.errors import AccessDeniedError
 from rbexport.options import ExportOptions
 from rbexport.storage import S3Storage
 
 
-def logs_and_artifacts_of_the_latest_flow_run() -> str:
+def logs_and_artifacts_of_the_flow_run_into(destination: str) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import FlowRunSort
@@ -54,7 +54,7 @@ def test_no_output_of_a_failing_run_holds_the_secret(run_cli, seaweed, make_buck
             result.stderr,  # --verbose: Prefect's own logs too
             destination.read("export-report.json").decode(),
             destination.read("tasks.json").decode(),
-            logs_and_artifacts_of_the_latest_flow_run(),
+            logs_and_artifacts_of_the_flow_run_into(destination.url),
         ]
     )
     assert "task-003" in everything and "Flow run" in result.stderr
@@ -261,8 +261,8 @@ def test_a_wrong_key_is_access_denied_with_exit_code_2(run_cli, store_with_ident
 def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_bucket, sample_source, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from flows.export import export_project
     from rbexport.errors import ConfigurationError
+    from rbexport.flows.export import export_project
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
@@ -277,7 +277,7 @@ def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_buck
 
     keys = S3Access(seaweed.endpoint_url, S3Credentials(ACCESS_KEY, SecretStr(SECRET_KEY)))
     stored_report = S3Storage(destination.bucket, destination.prefix, keys).read("export-report.json").decode()
-    assert SECRET_KEY not in logs_and_artifacts_of_the_latest_flow_run() + stored_report + repr(keys)
+    assert SECRET_KEY not in logs_and_artifacts_of_the_flow_run_into(destination.url) + stored_report + repr(keys)
     with pytest.raises(ConfigurationError, match="no Prefect Secret block named 'nope'"):
         export_project(source.url, destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="nope")
     Secret(value="not json").save("broken-keys", overwrite=True)

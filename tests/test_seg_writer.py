@@ -20,7 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from app.sample_images import dicom_series_on_grid
+from rbexport.app.sample_images import dicom_series_on_grid
 from rbexport.images.dicom import read_dicom_headers
 from rbexport.mask_formats import dicom_seg
 from rbexport.mask_formats.dicom_seg import Segment, encode_segmentation, highdicom_segmentation, plan_segments

@@ -1,4 +1,4 @@
-"""The export flow run as a service: by a process worker and by `python -m deployments.serve`.
+"""The export flow run as a service: by a process worker and by `python -m rbexport.deployments.serve`.
 
 Failed runs look failed, not broken: an expected failure ends the run Failed with one line
 in its state and its log (read back from the API, as the UI shows it), never a traceback;

@@ -15,8 +15,8 @@ from fault_proxy import FaultProxy
 
 import rbexport.engine
 import rbexport.storage
-from app.cli import main
-from app.sample import write_sample_project, write_training_project
+from rbexport.app.cli import main
+from rbexport.app.sample import write_sample_project, write_training_project
 from rbexport.engine import run_export
 from rbexport.errors import ConfigurationError, TransientStorageError
 from rbexport.incremental import STATE_KEY
@@ -130,7 +130,7 @@ def test_on_s3_copies_by_the_store_are_checked_by_etag_and_the_cli_names_both_pr
 def test_the_flow_fails_listing_the_missing_and_the_changed_file(prefect_api, make_bucket, seaweed, project):
     from prefect.artifacts import Artifact
 
-    from flows.verify import verify_export_flow
+    from rbexport.flows.verify import verify_export_flow
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(project, source)
@@ -157,7 +157,7 @@ def test_keys_from_a_secret_block_for_the_cli_and_the_flow(
     prefect_api, seaweed, make_bucket, sample_source, monkeypatch, capsys
 ):
 
-    from flows.verify import verify_export_flow
+    from rbexport.flows.verify import verify_export_flow
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
@@ -174,7 +174,7 @@ def test_keys_from_a_secret_block_for_the_cli_and_the_flow(
 
 
 def test_the_flow_ends_failed_in_one_line_when_there_is_no_export(prefect_api, tmp_path):
-    from flows.verify import verify_export_flow
+    from rbexport.flows.verify import verify_export_flow
 
     state = verify_export_flow(str(tmp_path / "nothing"), return_state=True)
     assert state.is_failed() and state.message.startswith(f"no export at {tmp_path / 'nothing'}")

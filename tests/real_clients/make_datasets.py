@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.sample import write_training_project
+from rbexport.app.sample import write_training_project
 from rbexport.storage import LocalStorage
 
 RBEXPORT = str(Path(sys.executable).with_name("rbexport"))

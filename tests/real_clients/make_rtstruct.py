@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.sample import nifti_bytes, write_sample_project
-from app.sample_images import dicom_series_on_grid
+from rbexport.app.sample import nifti_bytes, write_sample_project
+from rbexport.app.sample_images import dicom_series_on_grid
 from rbexport.storage import LocalStorage
 
 RBEXPORT = str(Path(sys.executable).with_name("rbexport"))

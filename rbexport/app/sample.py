@@ -205,7 +205,7 @@ def sample_images(tasks: list[dict], files: dict[str, bytes]) -> dict[str, bytes
     The tasks' `items` are replaced by the new files' paths (a consensus task's are its
     top-level series', on its super truth's grid).
     """
-    from app.sample_images import dicom_series_on_grid
+    from rbexport.app.sample_images import dicom_series_on_grid
 
     images: dict[str, bytes] = {}
     for task in tasks:
@@ -240,7 +240,7 @@ def write_training_project(
     (DICOM series of `modality`, each on the label's grid), the first channel annotated,
     two studies per patient (`metaData.patientId`). Tasks alternate between two grids, the
     second with its slices stored the other way round (the DICOM stacks them upwards)."""
-    from app.sample_images import dicom_series_on_grid
+    from rbexport.app.sample_images import dicom_series_on_grid
 
     flipped = AFFINE @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, shape[2] - 1], [0, 0, 0, 1.0]])
     written: list[dict] = []

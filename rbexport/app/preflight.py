@@ -20,7 +20,7 @@ from rbexport.storage import Location, S3Access, open_storage
 def check_before_flow(source: str, destination: str, endpoint_url: str | None, credentials_block: str | None) -> None:
     """Raise ConfigurationError for what would stop the flow at its start."""
     if credentials_block:
-        from tasks.credentials import INSTALL_AWS, KINDS, parse_block_name  # no Prefect import
+        from rbexport.tasks.credentials import INSTALL_AWS, KINDS, parse_block_name  # no Prefect import
 
         kind, name = parse_block_name(credentials_block)
         if kind != "secret" and find_spec("prefect_aws") is None:

@@ -44,7 +44,7 @@ def run_flow(source, destination, options, title=None, workers=None, **parameter
             # At exit, after Prefect's log and event workers (registered later, run
             # earlier) have sent what they hold to it.
             atexit.register(api.stop)
-        from flows.export import export_project  # while the ephemeral API starts
+        from rbexport.flows.export import export_project  # while the ephemeral API starts
 
         _heartbeats_stop_without_waiting()
 

@@ -12,8 +12,8 @@ import signal
 import threading
 from pathlib import Path
 
-from app.sample import write_sample_project
-from app.seaweed import SeaweedServer
+from rbexport.app.sample import write_sample_project
+from rbexport.app.seaweed import SeaweedServer
 from rbexport.options import ExportOptions
 from rbexport.report import human_bytes
 from rbexport.storage import LocalStorage, S3Storage, Storage
@@ -32,7 +32,7 @@ VARIANTS = {
 
 
 def run_demo(output_dir: str | None = None) -> int:
-    from app.runner import run_flow
+    from rbexport.app.runner import run_flow
 
     with SeaweedServer(access_key=DEMO_ACCESS_KEY, secret_key=DEMO_SECRET_KEY) as server:
         print(f"SeaweedFS (S3) running on {server.endpoint_url}")

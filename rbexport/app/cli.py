@@ -7,10 +7,10 @@ access, invalid tasks.json, a credentials block that is not there), with one lin
 what is wrong and no traceback; 3 an internal error (a bug: --verbose shows it).
 
 `--engine auto` (the default) runs the Prefect flow in this process where a Prefect API is
-configured (PREFECT_API_URL, or a profile naming one: app.engine_choice), and the same
-export without Prefect otherwise (`--engine local`, app.runner); `--engine prefect` runs the
+configured (PREFECT_API_URL, or a profile naming one: rbexport.app.engine_choice), and the same
+export without Prefect otherwise (`--engine local`, rbexport.app.runner); `--engine prefect` runs the
 flow on Prefect's ephemeral API when none is configured. The first line says which runs
-and why; configuration errors are found before Prefect is imported (app.preflight). S3 keys come from boto3's chain, or from a
+and why; configuration errors are found before Prefect is imported (rbexport.app.preflight). S3 keys come from boto3's chain, or from a
 Prefect block (--credentials-block: a Secret, or prefect-aws's AwsCredentials or
 MinIOCredentials; tasks/credentials.py). Prefect's own console logging is off unless
 --verbose; the progress bar and the summary say what happened.
@@ -27,9 +27,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from app import runner
-from app.runner import say
 from rbexport import __version__
+from rbexport.app import runner
+from rbexport.app.runner import say
 
 EXIT_OK, EXIT_TASKS_FAILED, EXIT_CONFIGURATION, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if arguments.command == "demo":
-            from app.demo import run_demo, serve_demo
+            from rbexport.app.demo import run_demo, serve_demo
 
             return serve_demo() if arguments.keep else run_demo(arguments.output)
         if arguments.command == "verify":
@@ -370,7 +370,7 @@ def entry() -> None:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from app.preflight import check_before_flow
+    from rbexport.app.preflight import check_before_flow
 
     choice = _choose_engine(arguments)
     # Before Prefect and the export's own modules are imported: a configuration error in well under a second.
@@ -477,7 +477,7 @@ def _run(arguments: argparse.Namespace) -> int:
 def _choose_engine(arguments: argparse.Namespace):
     """--engine, and for auto whether a Prefect API is configured; flags only the flow
     supports make auto choose it, and are refused with --engine local."""
-    from app.engine_choice import LOCAL, choose_engine
+    from rbexport.app.engine_choice import LOCAL, choose_engine
     from rbexport.errors import ConfigurationError
 
     needs_prefect = (
@@ -500,7 +500,7 @@ def _access(arguments: argparse.Namespace):
     endpoint = _endpoint(arguments.endpoint_url, arguments.credentials_block)
     if arguments.credentials_block:
         with runner.prefect_api():
-            from tasks.credentials import s3_access
+            from rbexport.tasks.credentials import s3_access
 
             return s3_access(endpoint, arguments.credentials_block)
     return S3Access(endpoint)
@@ -560,7 +560,7 @@ def _unlock(arguments: argparse.Namespace) -> int:
     prefect = bool(arguments.credentials_block or os.environ.get("PREFECT_API_URL"))
     with runner.prefect_api() if prefect else contextlib.nullcontext():
         if arguments.credentials_block:
-            from tasks.credentials import s3_access
+            from rbexport.tasks.credentials import s3_access
 
             access = s3_access(endpoint, arguments.credentials_block)
         else:
@@ -569,7 +569,7 @@ def _unlock(arguments: argparse.Namespace) -> int:
         storage.check_reachable()
         done = [unlock(storage)]
         if os.environ.get("PREFECT_API_URL"):
-            from tasks.one_writer import free_orphaned_slot
+            from rbexport.tasks.one_writer import free_orphaned_slot
 
             freed = free_orphaned_slot(storage.url, read_lease(storage))
             done.append(freed or "its Prefect concurrency slot was free")
