@@ -59,10 +59,9 @@ class ByteCounters:
         self._installed = True
         for name in ("recv", "recv_into", "recvfrom", "recvfrom_into"):
             setattr(socket.socket, name, self._counting(getattr(socket.socket, name), name))
-        import rbexport.storage as storage
+        from rbexport.storage.clients import shared_session
 
-        storage._new_s3_client(storage.S3Access())  # makes rbexport's one boto3 session
-        storage._session.events.register("response-received.s3", self.on_response)
+        shared_session().events.register("response-received.s3", self.on_response)
 
     def _counting(self, real: Callable, name: str) -> Callable:
         counters = self

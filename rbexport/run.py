@@ -57,8 +57,8 @@ from .source import (
     read_segment_codes,
     read_tasks,
 )
-from .storage import Location, S3Access, Storage
-from .task_export import source_extras, storage_for
+from .storage import Location, S3Access, Storage, open_storage
+from .task_export import source_extras
 from .variants import resolve_variants
 
 # Files at an export root besides tasks.json: the report, a mask format's index files (PNG's
@@ -81,9 +81,9 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     )
 
     access = request.access
-    source_storage = storage_for(source_location.url, access)
+    source_storage = open_storage(source_location.url, access)
     source_storage.check_reachable()
-    storage_for(destination_location.url, access).check_reachable()
+    open_storage(destination_location.url, access).check_reachable()
     refuse_release_destination(destination_location, access)
     tasks, filtered = select_tasks(read_tasks(source_storage), request.filters)
     check_filters(request.filters, targets)
@@ -170,7 +170,7 @@ def destination_lease(
     resolved = resolve_variants(request.options, request.variants)
     variant_folders = [variant.name for variant in resolved] if len(resolved) > 1 else None
     _, destination = check_locations(request.source, request.destination, variant_folders)
-    storage = storage_for(destination.url, request.access)
+    storage = open_storage(destination.url, request.access)
     storage.check_reachable()
     refuse_release_destination(destination, request.access)  # before the lease writes there
     return DestinationLease(storage, owner, notify)
@@ -190,7 +190,7 @@ def check_layout(
     then the export already there is deleted first: the files its state records, its
     tasks.json, report and state.
     """
-    storage = storage_for(destination.url, access)
+    storage = open_storage(destination.url, access)
     roots = export_roots(info.key for info in storage.list())
     at_root, folders = "" in roots, [root for root in roots if root]
     if variant_folders is None and folders:
@@ -205,7 +205,7 @@ def check_layout(
             "destination, or replace that export (--replace-layout, flow parameter replace_layout)"
         )
     for root in old_roots:
-        _delete_export(storage_for(destination.child(root).url if root else destination.url, access), rebuild)
+        _delete_export(open_storage(destination.child(root).url if root else destination.url, access), rebuild)
 
 
 def _delete_export(storage: Storage, rebuild: bool) -> None:
@@ -247,7 +247,7 @@ def plan_jobs(tasks: list[SourceTask]) -> tuple[list[TaskJob], list[Failure]]:
 def _load_target(target: Target, access: S3Access, rebuild: bool = False) -> TargetPlan:
     """What the destination already holds for this variant: its state and tasks.json
     (entries of a tasks.json that cannot be read are exported again)."""
-    storage = storage_for(target.root, access)
+    storage = open_storage(target.root, access)
     previous = storage.read(TASKS_JSON) if storage.exists(TASKS_JSON) else None
     try:
         entries = json.loads(previous) if previous else []
@@ -276,7 +276,7 @@ def _decide_exports(
     source_sizes = {info.key: info.size for info in listing}
     present = (
         {
-            plan.target.name: {info.key: info.size for info in storage_for(plan.target.root, settings.access).list()}
+            plan.target.name: {info.key: info.size for info in open_storage(plan.target.root, settings.access).list()}
             for plan in target_plans
         }
         if incremental
@@ -375,7 +375,7 @@ def publish_export(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport
 def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskOutcome]) -> RunReport:
     started = time.perf_counter()
     target = target_plan.target
-    destination = storage_for(target.root, plan.settings.access)
+    destination = open_storage(target.root, plan.settings.access)
     results = {o.task_id: o.results[target.name] for o in outcomes if target.name in o.results}
     failures = (
         plan.failures + target_plan.failures + [o.failures[target.name] for o in outcomes if target.name in o.failures]

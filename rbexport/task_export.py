@@ -28,7 +28,7 @@ from .nifti import LabelMap
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
 from .source import MaskReader
-from .storage import Location, S3Access, Storage, open_storage
+from .storage import Location, Storage, open_storage
 from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
 
 SEGMENTATIONS_FOLDER = "segmentations"
@@ -51,7 +51,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
 
     Raises TaskFailed when no variant could be exported.
     """
-    source = storage_for(settings.source, settings.access)
+    source = open_storage(settings.source, settings.access)
     reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
     targets = [target for target in settings.targets if target.name in job.targets]
@@ -194,7 +194,7 @@ def _export_variant(
     _check_label_maps(planned, writer)
     image_plan = images.plan(options.images, options.compress, labels) if options.images else None
 
-    destination = storage_for(target.root, settings.access)
+    destination = open_storage(target.root, settings.access)
     files = _write_files(destination, planned, options, writer)
     if image_plan is not None:
         entry = with_image_items(entry, image_plan.items)
@@ -225,7 +225,7 @@ def _export_dataset(
         settings.category_numbers or {},
         reader,
         images,
-        storage_for(target.root, settings.access),
+        open_storage(target.root, settings.access),
     )
     return TaskResult(job.position, job.task_id, {}, files, warnings, cases)
 
@@ -303,9 +303,3 @@ def _refuse_colliding_paths(planned: list[_PlannedSeries]) -> None:
             if path in seen:
                 raise TaskDataError(f"two series would both write {path}; rename one of them", item.reference)
             seen.add(path)
-
-
-@lru_cache(maxsize=64)
-def storage_for(url: str, access: S3Access) -> Storage:
-    """One storage object per root in a process, so each thread's S3 client is reused."""
-    return open_storage(url, access)

@@ -21,7 +21,7 @@ from prefect_server import PrefectServer
 
 from rbexport.app.sample import write_sample_project
 from rbexport.app.seaweed import SeaweedServer
-from rbexport.storage import LocalStorage, S3Storage
+from rbexport.storage import LocalStorage, S3Storage, reset_clients
 
 # No telemetry from the test API server (its heartbeat races the harness on SQLite).
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -164,20 +164,26 @@ def copy_tree(source: Path, target) -> None:
         target.write(key, data)
 
 
-def keys_only_in_a_secret_block(monkeypatch, name: str) -> None:
+@pytest.fixture
+def fresh_clients(monkeypatch):
+    """`fresh_clients()` forgets this process's boto3 session and clients
+    (rbexport.storage.reset_clients), so that boto3 reads the environment anew; they are
+    forgotten again after the test (before monkeypatch restores the environment), so no
+    client made with a test's keys outlives it."""
+    yield reset_clients
+    reset_clients()
+
+
+def keys_only_in_a_secret_block(monkeypatch, fresh_clients, name: str) -> None:
     """The test server's keys in a Prefect Secret block `name`, and nowhere in boto3's chain
     (the process's clients forgotten): only a run that reads the block can reach the store."""
     import json
 
     from prefect.blocks.system import Secret
 
-    from rbexport.task_export import storage_for
-
     Secret(value=json.dumps({"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY})).save(
         name, overwrite=True
     )
     for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(variable)
-    monkeypatch.setattr("rbexport.storage._session", None)
-    monkeypatch.setattr("rbexport.storage._clients", {})
-    storage_for.cache_clear()
+    fresh_clients()

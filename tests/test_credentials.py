@@ -31,22 +31,18 @@ def block_name() -> str:
 
 
 @pytest.fixture
-def drop_keys(monkeypatch):
+def drop_keys(monkeypatch, fresh_clients):
     """Call it once the buckets are made: from then on this process (the in-process flows)
     has no S3 keys in its environment, and fresh boto3 sessions and clients, so nothing
     holds the keys from before."""
-    from rbexport.task_export import storage_for
 
     def drop() -> None:
         for name in KEY_VARIABLES:
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        monkeypatch.setattr("rbexport.storage._session", None)
-        monkeypatch.setattr("rbexport.storage._clients", {})
-        storage_for.cache_clear()
+        fresh_clients()
 
-    yield drop
-    storage_for.cache_clear()
+    return drop
 
 
 def exported_tasks(destination: S3Storage) -> list[str]:

@@ -229,12 +229,12 @@ def test_s3_to_s3_copies_are_made_by_the_store(make_bucket, source, monkeypatch)
 
 
 def test_large_objects_are_copied_in_parts_by_the_store(make_bucket, monkeypatch):
-    import rbexport.storage
+    import rbexport.storage.s3
 
     origin, destination = make_bucket("big"), make_bucket("copy")
     data = os.urandom(12 * 1024**2)
     origin.write("scan.nii", data)
-    monkeypatch.setattr(rbexport.storage, "COPY_PART_THRESHOLD", 5 * 1024**2)  # S3's least part size
+    monkeypatch.setattr(rbexport.storage.s3, "COPY_PART_THRESHOLD", 5 * 1024**2)  # S3's least part size
     monkeypatch.setattr(S3Storage, "open", lambda *_: pytest.fail("streamed through here"))
     copied = destination.copy_from(origin, "scan.nii", "copied/scan.nii")
     assert copied.bytes == len(data) and copied.sha256 is None

@@ -59,7 +59,7 @@ def test_the_installed_package_is_rbexport_alone(tmp_path):
     [wheel] = tmp_path.glob("rbexport-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"rbexport"}, names
-    for module in ("app/cli.py", "flows/export.py", "tasks/export.py", "deployments/serve.py", "storage.py"):
+    for module in ("app/cli.py", "flows/export.py", "tasks/export.py", "deployments/serve.py", "storage/s3.py"):
         assert f"rbexport/{module}" in names
     entry_points = zipfile.ZipFile(wheel).read(next(name for name in names if name.endswith("entry_points.txt")))
     assert b"rbexport = rbexport.app.cli:entry" in entry_points

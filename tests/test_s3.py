@@ -114,13 +114,12 @@ def test_large_objects_go_up_in_parts(make_bucket):
     assert "-" in head["ETag"]  # a multipart upload's ETag is "<md5 of parts>-<part count>"
 
 
-def test_wrong_credentials_are_access_denied(seaweed, make_bucket, monkeypatch):
+def test_wrong_credentials_are_access_denied(seaweed, make_bucket, monkeypatch, fresh_clients):
     storage = make_bucket("p")
     storage.write("x", b"1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-123")
     fresh = S3Storage(storage.bucket, storage.prefix, seaweed.endpoint_url)
-    monkeypatch.setattr("rbexport.storage._session", None)  # boto3 reads the environment anew
-    monkeypatch.setattr("rbexport.storage._clients", {})
+    fresh_clients()  # boto3 reads the environment anew
     with pytest.raises(AccessDeniedError) as denied:
         fresh.read("x")
     assert "wrong-secret-123" not in str(denied.value)

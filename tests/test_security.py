@@ -86,14 +86,10 @@ def store_with_identities(tmp_path_factory):
         yield server
 
 
-def use_keys(monkeypatch, access: str, secret: str) -> None:
+def use_keys(monkeypatch, fresh_clients, access: str, secret: str) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    monkeypatch.setattr("rbexport.storage._session", None)  # a fresh credential chain
-    monkeypatch.setattr("rbexport.storage._clients", {})
-    from rbexport.task_export import storage_for
-
-    storage_for.cache_clear()
+    fresh_clients()  # a fresh credential chain
 
 
 WRONG_SECRET = "not-the-secret-3b9e71c0"
@@ -224,14 +220,16 @@ def test_no_trace_of_a_credentials_block_secret(run_cli, seaweed, make_bucket, s
         assert needle not in everything
 
 
-def test_read_only_access_to_the_source_is_enough(store_with_identities, sample_source, tmp_path, monkeypatch):
+def test_read_only_access_to_the_source_is_enough(
+    store_with_identities, sample_source, tmp_path, monkeypatch, fresh_clients
+):
     endpoint = store_with_identities.endpoint_url
-    use_keys(monkeypatch, "admin-key", "admin-secret-123")
+    use_keys(monkeypatch, fresh_clients, "admin-key", "admin-secret-123")
     for bucket in ("scans", "exports"):
         S3Storage(bucket, "", endpoint).create_bucket()
     copy_tree(sample_source, S3Storage("scans", "brain", endpoint))
 
-    use_keys(monkeypatch, "exporter-key", "exporter-secret-456")
+    use_keys(monkeypatch, fresh_clients, "exporter-key", "exporter-secret-456")
     with pytest.raises(AccessDeniedError):  # the exporter really cannot write the source...
         S3Storage("scans", "brain", endpoint).write("probe", b"x")
     reports = run_export(
@@ -258,7 +256,9 @@ def test_a_wrong_key_is_access_denied_with_exit_code_2(run_cli, store_with_ident
     assert "Traceback" not in result.stderr
 
 
-def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_bucket, sample_source, monkeypatch):
+def test_credentials_from_a_prefect_secret_block(
+    prefect_api, seaweed, make_bucket, sample_source, monkeypatch, fresh_clients
+):
     from prefect.blocks.system import Secret
 
     from rbexport.errors import ConfigurationError
@@ -266,7 +266,7 @@ def test_credentials_from_a_prefect_secret_block(prefect_api, seaweed, make_buck
 
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
-    keys_only_in_a_secret_block(monkeypatch, "seaweed-keys")
+    keys_only_in_a_secret_block(monkeypatch, fresh_clients, "seaweed-keys")
     [report] = export_project(
         source.url, destination.url, endpoint_url=seaweed.endpoint_url, credentials_block="seaweed-keys"
     )

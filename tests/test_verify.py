@@ -14,7 +14,7 @@ from conftest import RBEXPORT, bucket_tree, copy_tree, keys_only_in_a_secret_blo
 from fault_proxy import FaultProxy
 
 import rbexport.engine
-import rbexport.storage
+import rbexport.storage.s3
 from rbexport.app.cli import main
 from rbexport.app.sample import write_sample_project, write_training_project
 from rbexport.engine import run_export
@@ -154,7 +154,7 @@ def test_the_flow_fails_listing_the_missing_and_the_changed_file(prefect_api, ma
 
 
 def test_keys_from_a_secret_block_for_the_cli_and_the_flow(
-    prefect_api, seaweed, make_bucket, sample_source, monkeypatch, capsys
+    prefect_api, seaweed, make_bucket, sample_source, monkeypatch, capsys, fresh_clients
 ):
 
     from rbexport.flows.verify import verify_export_flow
@@ -162,7 +162,7 @@ def test_keys_from_a_secret_block_for_the_cli_and_the_flow(
     source, destination = make_bucket("project"), make_bucket("export")
     copy_tree(sample_source, source)
     run_export(source.url, destination.url, ExportOptions(), seaweed.endpoint_url)
-    keys_only_in_a_secret_block(monkeypatch, "verify-keys")
+    keys_only_in_a_secret_block(monkeypatch, fresh_clients, "verify-keys")
     arguments = [destination.url, "--endpoint-url", seaweed.endpoint_url]
     assert verify(capsys, *arguments)[0] == 2  # no keys
     code, lines = verify(capsys, *arguments, "--credentials-block", "verify-keys")
@@ -259,7 +259,7 @@ def checksums_off_by_default(monkeypatch):
 
 @pytest.mark.parametrize("size", [3000, 12 * 1024**2], ids=["put-object", "multipart"])
 def test_a_corrupted_upload_is_refused_and_stores_nothing(make_bucket, monkeypatch, checksums_off_by_default, size):
-    monkeypatch.setattr(rbexport.storage, "MULTIPART_THRESHOLD", 6 * 1024**2)  # 12 MiB: two 8 MiB parts
+    monkeypatch.setattr(rbexport.storage.s3, "MULTIPART_THRESHOLD", 6 * 1024**2)  # 12 MiB: two 8 MiB parts
     bucket = make_bucket("corrupted")
     data = os.urandom(size)
     with FaultProxy(bucket.endpoint_url, share=0, corrupt_bodies=1) as proxy:
