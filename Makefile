@@ -67,7 +67,8 @@ check-datasets: $(READY) check-datasets-venv
 	$(DATASETS_VENV)/bin/python tests/real_clients/check_datasets.py \
 	    --nnunet build/check-datasets/nnUNet_raw/Dataset501_Brain \
 	    --nnunet build/check-datasets/nnUNet_raw/Dataset502_CT \
-	    --msd build/check-datasets/Task01_Brain
+	    --msd build/check-datasets/Task01_Brain \
+	    --nnunet build/check-datasets/releases/nnUNet_raw/Dataset501_Brain
 	cd build/check-datasets && nnUNet_raw=$$PWD/nnUNet_raw nnUNet_preprocessed=$$PWD/nnUNet_preprocessed \
 	    nnUNet_results=$$PWD/nnUNet_results $(CURDIR)/$(DATASETS_VENV)/bin/nnUNetv2_plan_and_preprocess \
 	    -d 501 -c 3d_fullres -np 1 --verify_dataset_integrity

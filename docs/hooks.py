@@ -36,7 +36,7 @@ def _cli_help(words: list[str]) -> str:
     import argparse
     import os
 
-    from rbexport.app.cli import build_parser
+    from rbexport.app.parser import build_parser
 
     os.environ["COLUMNS"] = "100"
     parser = build_parser()

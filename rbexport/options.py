@@ -55,10 +55,9 @@ class ExportOptions(BaseModel):
     )
     binary_mask: bool | None = Field(
         None,
-        description="None (auto, the default): binary files only for series with overlapping "
-        "instances. Switched to bool, on: one 0/1 file per instance (or per category when "
-        "semantic) for every series; off: one label map per series, overlaps kept as "
-        "overlappingGroups.",
+        description="One 0/1 file per instance (or per category when semantic) for every series "
+        "(true), or one label map per series, overlaps kept as overlappingGroups (false). None "
+        "(auto, the default): binary files only for series with overlapping instances.",
     )
     no_consensus: bool = Field(
         False,

@@ -15,6 +15,8 @@ release.json is a release: never written again (`release create` into it, or a r
 as destination, stops with a ConfigurationError). The releases made from an export are
 listed in the export's `.rbexport/releases.json`.
 
+Here, making a release; what release.json holds is rbexport.release_manifest's, reading,
+verifying, comparing and listing releases rbexport.release_reading's (all named here).
 The core never imports Prefect; flows/release.py wraps it.
 """
 
@@ -25,7 +27,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 
@@ -33,148 +34,26 @@ from .errors import ConfigurationError, ObjectNotFoundError
 from .incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
 from .lease import WAIT_SECONDS, DestinationLease
 from .naming import safe_name
+from .release_manifest import PARTIAL_KEY, RELEASE_JSON, Release, ReleaseFile, ReleaseRecord, record_release
+
+# Reading releases (rbexport.release_reading) and their manifest, named here too: the
+# releases API is this module.
+from .release_manifest import RELEASES_KEY as RELEASES_KEY
+from .release_manifest import list_releases_of as list_releases_of
+from .release_reading import ReleaseDiff as ReleaseDiff
+from .release_reading import diff_releases as diff_releases
+from .release_reading import is_release as is_release
+from .release_reading import list_releases as list_releases
+from .release_reading import read_release as read_release
+from .release_reading import refuse_release_destination as refuse_release_destination
+from .release_reading import verify_release as verify_release
 from .report import REPORT_NAME
 from .storage import Location, ObjectInfo, S3Access, S3Storage, Storage, open_storage
-from .verify import CHANGED, MISSING, NOT_RECORDED, Problem, VerifyResult, read_digest
 
-RELEASE_JSON = "release.json"
-PARTIAL_KEY = ".rbexport/release-partial.json"
-RELEASES_KEY = ".rbexport/releases.json"  # in the export: the releases made from it
-RELEASE_FORMAT = 1
 # Copies asked of the store at once (each is one request the store serves by itself).
 COPY_THREADS = 16
 
 Hold = Callable[[DestinationLease], AbstractContextManager]
-
-
-@dataclass(frozen=True)
-class ReleaseFile:
-    path: str  # relative to the release (and to the export)
-    bytes: int
-    checksum: str  # "sha256:<hex>", or "etag:<ETag>" for an image the store copied itself
-    task: str | None = None  # the task whose file it is; None for tasks.json and the indexes
-
-    def to_json(self) -> dict:
-        kind, _, value = self.checksum.partition(":")
-        body: dict = {"path": self.path, "bytes": self.bytes, kind: value}
-        if self.task is not None:
-            body["task"] = self.task
-        return body
-
-    @classmethod
-    def parse(cls, body: object) -> ReleaseFile:
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("path"), str)
-            or not isinstance(body.get("bytes"), int)
-        ):
-            raise ValueError("a file entry needs a path and its bytes")
-        kind = "sha256" if isinstance(body.get("sha256"), str) else "etag" if isinstance(body.get("etag"), str) else ""
-        if not kind:
-            raise ValueError(f"{body['path']}: no sha256 nor etag")
-        task = body.get("task")
-        return cls(body["path"], body["bytes"], f"{kind}:{body[kind]}", task if isinstance(task, str) else None)
-
-
-@dataclass
-class Release:
-    """What release.json holds."""
-
-    name: str
-    created: str  # UTC, ISO 8601
-    export: str
-    rbexport_version: str
-    tasks: int
-    exports: dict[str, dict]  # per export root ("" or a variant folder): its options and filters
-    files: list[ReleaseFile]
-    retain_until: str | None = None
-    url: str = ""  # where the release is (not stored in release.json)
-    copied: int = 0  # files copied by this command (the rest were there from an interrupted one)
-    seconds: float = 0.0
-
-    def to_json(self) -> bytes:
-        body = {
-            "format": RELEASE_FORMAT,
-            "name": self.name,
-            "created": self.created,
-            "export": self.export,
-            "rbexport_version": self.rbexport_version,
-            "tasks": self.tasks,
-            "retain_until": self.retain_until,
-            "exports": self.exports,
-            "files": [item.to_json() for item in self.files],
-        }
-        return (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-    @classmethod
-    def parse(cls, data: bytes, url: str) -> Release:
-        try:
-            body = json.loads(data)
-            if not isinstance(body, dict) or body.get("format") != RELEASE_FORMAT:
-                raise ValueError(f"format {body.get('format') if isinstance(body, dict) else None!r}")
-            return cls(
-                str(body["name"]),
-                str(body["created"]),
-                str(body["export"]),
-                str(body.get("rbexport_version", "")),
-                int(body["tasks"]),
-                dict(body.get("exports") or {}),
-                [ReleaseFile.parse(item) for item in body["files"]],
-                body.get("retain_until"),
-                url,
-            )
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise ConfigurationError(
-                f"{url}/{RELEASE_JSON} is not a release manifest this version reads ({error})"
-            ) from None
-
-    @property
-    def bytes(self) -> int:
-        return sum(item.bytes for item in self.files)
-
-    def summary(self) -> str:
-        from .report import human_bytes
-
-        kept = f", retained until {self.retain_until}" if self.retain_until else ""
-        return (
-            f"release {self.name} of {self.export}: {self.tasks} tasks, {len(self.files)} files, "
-            f"{human_bytes(self.bytes)} at {self.url} ({self.copied} copied in {self.seconds:.1f} s{kept})"
-        )
-
-    def to_markdown(self) -> str:
-        lines = [
-            f"# Release `{self.name}`",
-            "",
-            f"`{self.export}` → `{self.url}`",
-            "",
-            "| tasks | files | bytes | created | retained until |",
-            "|---:|---:|---:|---|---|",
-            f"| {self.tasks} | {len(self.files)} | {self.bytes} | {self.created} | {self.retain_until or '-'} |",
-        ]
-        for root, described in self.exports.items():
-            lines += ["", f"`{root or '.'}`: options `{json.dumps(described.get('options'))}`, "
-                      f"filters `{json.dumps(described.get('filters'))}`"]  # fmt: skip
-        return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class ReleaseRecord:
-    """One release in the export's list."""
-
-    name: str
-    url: str
-    created: str
-    tasks: int
-
-
-@dataclass
-class ReleaseDiff:
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        return [f"{kind} {task}" for kind in ("added", "removed", "changed") for task in getattr(self, kind)]
 
 
 def check_release_name(name: str) -> str:
@@ -184,19 +63,6 @@ def check_release_name(name: str) -> str:
             "no trailing dot or space)"
         )
     return name
-
-
-def refuse_release_destination(location: Location, access: S3Access | str | None) -> None:
-    """A run never writes into a release (nor into a variant folder of one)."""
-    for place in (location, location.parent()):
-        if place is None:
-            continue
-        storage = open_storage(place, access)
-        if storage.exists(RELEASE_JSON) or storage.exists(PARTIAL_KEY):
-            raise ConfigurationError(
-                f"{location.url} is a release ({storage.url_of(RELEASE_JSON)}): releases are never written "
-                "again; export somewhere else"
-            )
 
 
 def create_release(
@@ -263,7 +129,7 @@ def create_release(
         if until:
             released.retain(RELEASE_JSON, until)  # type: ignore[attr-defined]
         released.delete(PARTIAL_KEY)
-        _record(exported, ReleaseRecord(name, released.url, release.created, release.tasks))
+        record_release(exported, ReleaseRecord(name, released.url, release.created, release.tasks))
     release.seconds = time.perf_counter() - started
     return release
 
@@ -413,98 +279,3 @@ def _copy_all(
 
     with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="rbexport-release") as pool:
         return sum(pool.map(copy, files))
-
-
-def _record(exported: Storage, record: ReleaseRecord) -> None:
-    records = [asdict(item) for item in list_releases_of(exported) if item.url != record.url]
-    records.append(asdict(record))
-    exported.write(RELEASES_KEY, (json.dumps(records, indent=1) + "\n").encode("utf-8"))
-
-
-def list_releases_of(exported: Storage) -> list[ReleaseRecord]:
-    if not exported.exists(RELEASES_KEY):
-        return []
-    try:
-        body = json.loads(exported.read(RELEASES_KEY))
-        return [ReleaseRecord(str(i["name"]), str(i["url"]), str(i["created"]), int(i["tasks"])) for i in body]
-    except (ValueError, TypeError, KeyError):
-        raise ConfigurationError(f"{exported.url_of(RELEASES_KEY)} is not a list of releases") from None
-
-
-def list_releases(export_url: str, access: S3Access | str | None = None) -> list[ReleaseRecord]:
-    exported = open_storage(Location.parse(export_url), access)
-    exported.check_reachable()
-    if not export_roots(info.key for info in exported.list()):
-        raise ConfigurationError(f"no export at {exported.url}")
-    return list_releases_of(exported)
-
-
-def read_release(release_url: str, access: S3Access | str | None = None) -> Release:
-    released = open_storage(Location.parse(release_url), access)
-    released.check_reachable()
-    if not released.exists(RELEASE_JSON):
-        unfinished = " (an unfinished one: run its release create again)" if released.exists(PARTIAL_KEY) else ""
-        raise ConfigurationError(f"no release at {released.url}: no {RELEASE_JSON} there{unfinished}")
-    return Release.parse(released.read(RELEASE_JSON), released.url)
-
-
-def is_release(url: str, access: S3Access | str | None = None) -> bool:
-    storage = open_storage(Location.parse(url), access)
-    return storage.exists(RELEASE_JSON) or storage.exists(PARTIAL_KEY)
-
-
-def verify_release(release_url: str, access: S3Access | str | None = None) -> VerifyResult:
-    """Every file of the release against release.json: there, its size, its checksum; and no other file."""
-    started = time.perf_counter()
-    release = read_release(release_url, access)
-    released = open_storage(Location.parse(release_url), access)
-    listing = {info.key: info for info in released.list()}
-    result = VerifyResult(released.url, [""])
-    to_read = []
-    for item in release.files:
-        info = listing.get(item.path)
-        if info is None:
-            result.problems.append(Problem(MISSING, item.path))
-        elif info.size != item.bytes:
-            result.problems.append(Problem(CHANGED, item.path, f"{info.size} bytes, the release holds {item.bytes}"))
-        elif item.checksum.startswith("etag:"):
-            if info.etag != item.checksum.removeprefix("etag:"):
-                result.problems.append(Problem(CHANGED, item.path, "its ETag is not the one the copy had"))
-        else:
-            to_read.append(item)
-    known = {item.path for item in release.files} | {RELEASE_JSON}
-    result.problems += [
-        Problem(NOT_RECORDED, key, f"{RELEASE_JSON} does not list it") for key in listing if key not in known
-    ]
-    result.checked = len(release.files)
-    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="rbexport-verify") as pool:
-        for item, outcome in zip(
-            to_read, pool.map(lambda item: read_digest(released, item.path), to_read), strict=True
-        ):
-            if isinstance(outcome, Problem):
-                result.problems.append(outcome)
-                continue
-            result.bytes_read += outcome[0]
-            if f"sha256:{outcome[1]}" != item.checksum:
-                result.problems.append(Problem(CHANGED, item.path, "sha256 differs from the one in release.json"))
-    result.problems.sort(key=lambda problem: problem.path)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def diff_releases(a_url: str, b_url: str, access: S3Access | str | None = None) -> ReleaseDiff:
-    """The tasks added, removed and changed from release A to release B, by their files' checksums."""
-    a, b = _task_files(read_release(a_url, access)), _task_files(read_release(b_url, access))
-    return ReleaseDiff(
-        [task for task in b if task not in a],
-        [task for task in a if task not in b],
-        [task for task in a if task in b and a[task] != b[task]],
-    )
-
-
-def _task_files(release: Release) -> dict[str, dict[str, str]]:
-    tasks: dict[str, dict[str, str]] = {}
-    for item in release.files:
-        if item.task is not None:
-            tasks.setdefault(item.task, {})[item.path] = item.checksum
-    return tasks

@@ -71,13 +71,14 @@ def artifacts_of(flow_run_id) -> dict:
     return {artifact.key: artifact for artifact in asyncio.run(read())}
 
 
-def full_log(flow_run_id, final: str = "") -> str:
+def full_log(flow_run) -> str:
     """The run's log once the run has sent it all: its last record is the final state's, which
-    holds `final` (task runs log "Finished in state" too, so that alone is not the end)."""
+    holds the state's message (task runs log "Finished in state" too, so that alone is not the end)."""
     from prefect_helpers import wait_for
 
+    final = (flow_run.state.message or "")[:40]
     return wait_for(
-        lambda: (text := log_messages_of(flow_run_id)) and "Finished in state" in text and final in text and text,
+        lambda: (text := log_messages_of(flow_run.id)) and "Finished in state" in text and final in text and text,
         60,
         "the run's log",
     )
@@ -103,7 +104,7 @@ def test_failed_runs_end_failed_with_one_line_and_no_traceback(kind, prefect_api
         )
         output = lambda: process.stdout.read1().decode(errors="replace")[-4000:]  # noqa: E731
         assert missing.state.is_final(), (missing.state, output())
-        assert_one_line_failure(missing, full_log(missing.id), "not-there")
+        assert_one_line_failure(missing, full_log(missing), "not-there")
 
         bad_task = run_deployment(
             MANUAL,
@@ -116,7 +117,7 @@ def test_failed_runs_end_failed_with_one_line_and_no_traceback(kind, prefect_api
             timeout=240,
         )
         assert bad_task.state.is_final(), (bad_task.state, output())
-        log = full_log(bad_task.id)
+        log = full_log(bad_task)
         assert_one_line_failure(bad_task, log, "1 of 6 tasks failed")
         assert log.count("brain-001.nii.gz") == 1, log  # the failure, logged once
 

@@ -9,14 +9,16 @@ module is imported when a run first asks for its format, so the CLI starts witho
 - `nifti`: `.nii.gz` (or `.nii`), the source format and the default
 - `metaimage`: `.mhd` header and `.zraw` (or `.raw`) voxels, geometry in LPS as ITK reads it
 - `png`: 8- or 16-bit greyscale PNG of a 2D label map, and the export's `class_map.json`
-- `seg` (over `dicom_seg` and `seg_writer`): one DICOM Segmentation per series,
+- `seg` (over `dicom_seg`: `segments`, `seg_frames`; and `seg_writer`: `seg_planes`,
+  `seg_functional_groups`, `dicom_bytes`): one DICOM Segmentation per series,
   referencing the series' DICOM images
-- `rtstruct` (over `contours`): one RT Structure Set per series, its structures as
+- `rtstruct` (over `contours` and `segments`): one RT Structure Set per series, its structures as
   contours on the voxel boundary
 - `colours`: a category's RGB colour (the taxonomy's, else a fixed palette)
 
 Adding a format: a module with a `MaskWriter`, a line here, its name in
-rbexport.options.MaskFormat (the form's drop-down), and tests/test_mask_writers.py's cases.
+rbexport.options.MaskFormat and its description in ExportOptions.mask_format's (the
+form's drop-down, the CLI's help), and tests/test_mask_writers.py's cases.
 """
 
 from __future__ import annotations
@@ -35,22 +37,15 @@ if TYPE_CHECKING:
 class KnownWriter:
     module: str  # under rbexport.mask_formats
     cls: str
-    summary: str  # one line for the CLI's help
     index_files: tuple[str, ...] = ()  # what it writes at an export root (MaskWriter.index_files)
 
 
 WRITERS: dict[str, KnownWriter] = {
-    "nifti": KnownWriter("nifti", "NiftiWriter", "nifti (default)"),
-    "png": KnownWriter("png", "PngWriter", "png (2D series only, with class_map.json)", ("class_map.json",)),
-    "mhd": KnownWriter("metaimage", "MetaImageWriter", "mhd (MetaImage)"),
-    "dicom-seg": KnownWriter(
-        "seg", "DicomSegWriter", "dicom-seg (one DICOM SEG per series, referencing its DICOM items)"
-    ),
-    "rtstruct": KnownWriter(
-        "rtstruct",
-        "RtStructWriter",
-        "rtstruct (one RT Structure Set per series: contours on the voxel boundary, referencing its DICOM items)",
-    ),
+    "nifti": KnownWriter("nifti", "NiftiWriter"),
+    "png": KnownWriter("png", "PngWriter", ("class_map.json",)),
+    "mhd": KnownWriter("metaimage", "MetaImageWriter"),
+    "dicom-seg": KnownWriter("seg", "DicomSegWriter"),
+    "rtstruct": KnownWriter("rtstruct", "RtStructWriter"),
 }
 
 # Every format's root files, known without importing the formats (a source there is refused).

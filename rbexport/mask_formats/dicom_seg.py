@@ -4,6 +4,9 @@ A series' SEG references the DICOM images the series' `items` name (only their h
 are read): it lies on their grid, each frame derived from the source image (or frame)
 at its position. The label map is put onto that grid as rbexport.images puts images
 onto a label's (axis order and flips only; any other difference fails with both grids).
+Here: the SEG's segment descriptions and identity, and its two encoders; its segments are
+rbexport.mask_formats.segments', its frames seg_frames', the file seg_writer's (written
+directly), or highdicom's constructor's for images without patient coordinates.
 
 - Segments: one per instance with voxels (one per category in semantic exports),
   numbered 1, 2, ... in instance (category number) order. SegmentLabel is the category's
@@ -29,25 +32,35 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from io import BytesIO
 
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ..errors import TaskDataError
 from ..images.dicom import SeriesHeaders
-from ..images.geometry import axis_mapping, grid_description, onto_label_grid
-from ..images.volume import ImageVolume
-from ..nifti import LabelMap, smallest_unsigned
-from ..segment_map import Instance
+from ..nifti import LabelMap
 from ..structures.masks import VoxelIndex
 from .colours import RGB, colour_of
+from .seg_frames import (
+    binary_frames,
+    binary_frames_by_segment,
+    labelmap_frames,
+    labelmap_planes,
+    on_image_grid,
+    source_order,
+)
 from .seg_writer import NotPatientCoordinates, binary_segmentation, labelmap_segmentation, source_planes
 from .segment_codes import SegmentCode, code_of
+
+# What a series' segments are and its entry: rbexport.mask_formats.segments (named here too).
+from .segments import Segment as Segment
+from .segments import numbered_entry as numbered_entry
+from .segments import overlapping_segments, segments_overlap
+from .segments import plan_segments as plan_segments
+from .segments import segmentation_entry as segmentation_entry
 
 # highdicom warns when a source's PatientName has one component: the source's business, not the export's.
 warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name", category=UserWarning)
@@ -107,44 +120,6 @@ def load_highdicom() -> None:
     gc.freeze()
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One segment: its number in the SEG, what it is, and the label values that belong to it."""
-
-    number: int
-    key: str  # the segmentMap key it describes (instance id, or category number when semantic)
-    category: str | None
-    values: tuple[int, ...]
-
-
-def plan_segments(
-    instances: Sequence[Instance],
-    index: VoxelIndex,
-    semantic: bool,
-    category_numbers: Mapping[str, int] | None,
-) -> list[Segment]:
-    """The segments of a series: its instances (or categories) with at least one voxel."""
-    from ..structures.semantic import category_number
-
-    groups: dict[str, tuple[str | None, set[int]]] = {}
-    order: list[tuple[int, str]] = []
-    for instance in instances:
-        category = instance.entry.get("category")
-        category = category if isinstance(category, str) else None
-        key = str(category_number(instance, category_numbers or {})) if semantic else instance.key
-        if key not in groups:
-            groups[key] = (category, set())
-            order.append((int(key) if semantic else instance.id, key))
-        groups[key][1].update(instance.values)
-    segments: list[Segment] = []
-    for _, key in sorted(order):
-        category, values = groups[key]
-        present = tuple(sorted(value for value in values if value < len(index.counts) and index.counts[value]))
-        if present:
-            segments.append(Segment(len(segments) + 1, key, category, present))
-    return segments
-
-
 def encode_segmentation(
     segments: Sequence[Segment],
     index: VoxelIndex,
@@ -169,7 +144,7 @@ def encode_segmentation(
     descriptions = [_description(segment, colours, codes) for segment in segments]
     identity = _identity(headers, series, uid_seed)
     try:
-        planes = source_planes([headers.datasets[file] for file in _source_order(headers)])
+        planes = source_planes([headers.datasets[file] for file in source_order(headers)])
     except NotPatientCoordinates:
         return highdicom_segmentation(
             segments,
@@ -183,18 +158,18 @@ def encode_segmentation(
             seg_type=seg_type,
             compression=compression,
         )
-    on_grid = _on_image_grid(label_map, headers, series)  # (columns, rows[, slices]) label values
+    on_grid = on_image_grid(label_map, headers, series)  # (columns, rows[, slices]) label values
     if binary:
-        by_segment = _binary_frames_by_segment(segments, on_grid, headers, label_map, index)
-        return binary_segmentation(planes, descriptions, by_segment, identity, _segments_overlap(segments))
-    plane_indices, frames = _labelmap_planes(segments, on_grid, headers, label_map, index, planes.order)
+        by_segment = binary_frames_by_segment(segments, on_grid, headers, label_map, index)
+        return binary_segmentation(planes, descriptions, by_segment, identity, segments_overlap(segments))
+    plane_indices, frames = labelmap_planes(segments, on_grid, headers, label_map, index, planes.order)
     return labelmap_segmentation(planes, descriptions, plane_indices, frames, identity, compression)
 
 
 def _is_binary(segments: Sequence[Segment], series: str, seg_type: str, compression: str) -> bool:
     """Whether the series' SEG is BINARY (else LABELMAP); a series its seg_type or
     seg_compression cannot be written for fails with a reason."""
-    overlapping = _overlapping(segments)
+    overlapping = overlapping_segments(segments)
     if not overlapping:
         return seg_type == "binary"
     names = ", ".join(f"{segment.category or 'segment'} ({segment.key})" for segment in overlapping)
@@ -232,12 +207,12 @@ def highdicom_segmentation(
 
     _check_encodable(label_map, headers, series)
     binary = _is_binary(segments, series, seg_type, compression)
-    on_grid = _on_image_grid(label_map, headers, series)
+    on_grid = on_image_grid(label_map, headers, series)
     if binary:
-        pixels = _binary_frames(segments, on_grid, headers)
+        pixels = binary_frames(segments, on_grid, headers)
     else:
-        pixels = _labelmap_frames(segments, on_grid, headers, label_map, index)
-    sources = [_source_header(headers.datasets[file]) for file in _source_order(headers)]
+        pixels = labelmap_frames(segments, on_grid, headers, label_map, index)
+    sources = [_source_header(headers.datasets[file]) for file in source_order(headers)]
     segmentation = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
@@ -279,225 +254,6 @@ def _identity(headers: SeriesHeaders, series: str, uid_seed: str) -> dict:
         "content_label": "SEGMENTATION",
         "content_description": f"{series} (rbexport)"[:64],
     }
-
-
-def segmentation_entry(entry: dict, path: str | None, segments: Sequence[Segment]) -> dict:
-    """A series' tasks.json entry once its masks are the segments of one SEG at `path`:
-    each segmentMap entry with a segment gets its `segmentNumber` (numbered_entry)."""
-    return numbered_entry(entry, path, {segment.key: segment.number for segment in segments}, "segmentNumber")
-
-
-def numbered_entry(entry: dict, path: str | None, numbers: Mapping[str, int], field_name: str) -> dict:
-    """A series' entry once its masks are parts of one file at `path` (a SEG, a structure
-    set): `segmentations` is that file ([] when nothing was annotated), each segmentMap
-    entry in `numbers` gets its number as `field_name`, and no `mask` (there are no
-    per-instance files)."""
-    entry = dict(entry)
-    entry["segmentations"] = path if path is not None else []
-    segment_map = entry.get("segmentMap")
-    if isinstance(segment_map, dict):
-        rewritten = {}
-        for key, value in segment_map.items():
-            if isinstance(value, dict):
-                value = {field: item for field, item in value.items() if field != "mask"}
-                if key in numbers:
-                    value[field_name] = numbers[key]
-            rewritten[key] = value
-        entry["segmentMap"] = rewritten
-    return entry
-
-
-def _segments_overlap(segments: Sequence[Segment]) -> bool:
-    return bool(_overlapping(segments))
-
-
-def _overlapping(segments: Sequence[Segment]) -> list[Segment]:
-    """The segments sharing a label value (a voxel) with another, in segment order."""
-    owners: dict[int, list[Segment]] = {}
-    for segment in segments:
-        for value in segment.values:
-            owners.setdefault(value, []).append(segment)
-    shared = {segment.number for owned in owners.values() if len(owned) > 1 for segment in owned}
-    return [segment for segment in segments if segment.number in shared]
-
-
-def _on_image_grid(label_map: LabelMap, headers: SeriesHeaders, series: str) -> np.ndarray:
-    """The label values on the images' grid (a view: transposed and flipped, never resampled)."""
-    affine = label_map.header.get_best_affine()
-    label = ImageVolume(label_map.values, affine, modality=None)
-    try:
-        return onto_label_grid(label, headers.shape, headers.affine, series).data
-    except TaskDataError:
-        raise TaskDataError(
-            f"series {series}: the label map does not lie on its DICOM images' grid: label map "
-            f"{grid_description(label_map.values.shape, affine)} vs images "
-            f"{grid_description(headers.shape, headers.affine)}"
-        ) from None
-
-
-def _frames(volume: np.ndarray) -> np.ndarray:
-    """(columns, rows[, slices]) as (slices, rows, columns): frame k is slice k as DICOM stores it."""
-    stack = volume[:, :, np.newaxis] if volume.ndim == 2 else volume
-    return stack.transpose(2, 1, 0)
-
-
-def _labelmap_planes(
-    segments: Sequence[Segment],
-    on_grid: np.ndarray,
-    headers: SeriesHeaders,
-    label_map: LabelMap,
-    index: VoxelIndex,
-    plane_order: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The source planes with segment voxels, and their frames as segment numbers (planes,
-    rows, columns), in `plane_order` (the planes in the order the SEG stores them; default,
-    by plane index): a sparse map's from its index's voxel positions, a dense map's slice by slice."""
-    dtype = smallest_unsigned(len(segments))
-    plane_of = _plane_numbers(headers)  # slice -> plane
-    order = np.arange(len(plane_of)) if plane_order is None else np.asarray(plane_order)
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    slice_rank = rank[plane_of]  # slice -> its place in `order`
-    located = _located(segments, label_map, headers, index)
-    if located is not None:
-        columns, rows, _ = headers.shape
-        ranks = [slice_rank[slice_index] for _, _, slice_index in located]
-        used, page_of = _pages(ranks, len(order))
-        frames = np.zeros((used.size, rows, columns), dtype=dtype)
-        flat = frames.reshape(-1)
-        for segment, (column, row, _), voxel_ranks in zip(segments, located, ranks, strict=True):
-            flat[(page_of[voxel_ranks] * rows + row) * columns + column] = segment.number
-        return order[used], frames
-    table = np.zeros(int(on_grid.max()) + 1, dtype=dtype)
-    for segment in segments:
-        table[[value for value in segment.values if value < len(table)]] = segment.number
-    stack = _frames(on_grid)
-    kept, frames_kept = [], []
-    for slice_index in np.argsort(slice_rank):
-        numbers = table[stack[slice_index]]
-        if numbers.any():
-            kept.append(plane_of[slice_index])
-            frames_kept.append(numbers)
-    if not kept:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, *stack.shape[1:]), dtype=dtype)
-    return np.array(kept), np.stack(frames_kept)
-
-
-def _pages(keys: Sequence[np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which of 0..count-1 occur in `keys` (ascending: the frames to write), and each one's
-    frame among them (a running count: no sort of the voxels' keys)."""
-    present = np.zeros(count, dtype=bool)
-    for part in keys:
-        present[part] = True
-    return np.flatnonzero(present), np.cumsum(present) - 1
-
-
-def _labelmap_frames(
-    segments: Sequence[Segment], on_grid: np.ndarray, headers: SeriesHeaders, label_map: LabelMap, index: VoxelIndex
-) -> np.ndarray:
-    """Every source plane as segment numbers, in the source frames' order (as highdicom takes them)."""
-    planes, frames = _labelmap_planes(segments, on_grid, headers, label_map, index)
-    full = np.zeros((len(headers.slices), *frames.shape[1:]), dtype=frames.dtype)
-    full[planes] = frames
-    return full
-
-
-def _binary_frames_by_segment(
-    segments: Sequence[Segment],
-    on_grid: np.ndarray,
-    headers: SeriesHeaders,
-    label_map: LabelMap,
-    index: VoxelIndex,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """For each segment in turn: the source planes it has voxels in and its frames there
-    (planes, rows, columns; bool). One segment's frames at a time; a sparse map's from its
-    index's voxel positions, a dense map's from the slices that hold one of its values."""
-    plane_of = _plane_numbers(headers)
-    located = _located(segments, label_map, headers, index)
-    if located is not None:
-        columns, rows, slices = headers.shape
-        for column, row, slice_index in located:
-            used, page_of = _pages([slice_index], slices)
-            frames = np.zeros((used.size, rows, columns), dtype=bool)
-            frames.reshape(-1)[(page_of[slice_index] * rows + row) * columns + column] = True
-            yield plane_of[used], frames
-        return
-    stack = _frames(on_grid)  # (slices, rows, columns), a view
-    values = int(on_grid.max()) + 1
-    present = np.zeros((stack.shape[0], values), dtype=bool)  # slice, value -> any voxel
-    for slice_number, frame in enumerate(stack):
-        present[slice_number] = np.bincount(frame.ravel(), minlength=values) > 0
-    for segment in segments:
-        members = np.zeros(values, dtype=bool)
-        members[[value for value in segment.values if value < values]] = True
-        used = np.flatnonzero(present[:, members].any(axis=1))
-        frames = np.empty((used.size, *stack.shape[1:]), dtype=bool)
-        for page, used_slice in enumerate(used):
-            frames[page] = members[stack[used_slice]]
-        yield plane_of[used], frames
-
-
-def _plane_numbers(headers: SeriesHeaders) -> np.ndarray:
-    """Slice k's plane among the SEG's sources: its frame in a multi-frame file, else k (files go in slice order)."""
-    if len(headers.datasets) == 1 and len(headers.slices) > 1:
-        return np.array([frame for _, frame in headers.slices])
-    return np.arange(len(headers.slices))
-
-
-def _located(
-    segments: Sequence[Segment], label_map: LabelMap, headers: SeriesHeaders, index: VoxelIndex
-) -> list[list[np.ndarray]] | None:
-    """Each segment's voxels as (column, row, slice) on the images' grid, from the index's
-    positions; None when the map is dense or not a 3D volume on a 3D grid."""
-    shape = label_map.values.shape
-    if not index.sparse or len(shape) != 3 or len(headers.shape) != 3:
-        return None
-    mapping = axis_mapping(shape, label_map.header.get_best_affine(), headers.shape, headers.affine)
-    if mapping is None:
-        return None
-    order, flips = mapping
-    located = []
-    for segment in segments:
-        positions = np.concatenate([index.positions(value) for value in segment.values])
-        label_axes = np.unravel_index(positions, shape, order="F")  # flat positions are in file order
-        located.append(
-            [
-                headers.shape[axis] - 1 - label_axes[order[axis]] if flips[axis] else label_axes[order[axis]]
-                for axis in range(3)
-            ]
-        )
-    return located
-
-
-def _binary_frames(segments: Sequence[Segment], on_grid: np.ndarray, headers: SeriesHeaders) -> np.ndarray:
-    """(frames, rows, columns, segments) bool for every source frame, as highdicom's constructor
-    takes a BINARY segmentation (it omits the empty frames itself)."""
-    frames = _frames(on_grid)
-    membership = np.zeros((len(segments), int(on_grid.max()) + 1), dtype=bool)  # segment, value -> in it
-    for position, segment in enumerate(segments):
-        membership[position, [value for value in segment.values if value < membership.shape[1]]] = True
-    stacked = np.zeros((len(segments), *frames.shape), dtype=bool)
-    for position in range(len(segments)):
-        for slice_index, frame in enumerate(frames):
-            stacked[position, slice_index] = membership[position, frame]
-    return _in_source_order(np.moveaxis(stacked, 0, -1), headers)
-
-
-def _in_source_order(frames: np.ndarray, headers: SeriesHeaders) -> np.ndarray:
-    """Frames in slice order, put in the order of the source frames they lie on (multi-frame
-    sources: the file's frame order; single-frame images: `_source_order`'s, which is slice order)."""
-    if len(headers.datasets) == 1 and len(headers.slices) > 1:
-        ordered = np.empty_like(frames)
-        ordered[[frame for _, frame in headers.slices]] = frames
-        return ordered
-    return frames
-
-
-def _source_order(headers: SeriesHeaders) -> list[int]:
-    """The files as highdicom's source images: in slice order (one multi-frame file: itself)."""
-    if len(headers.datasets) == 1:
-        return [0]
-    return [file for file, _ in headers.slices]
 
 
 def _source_header(dataset: Dataset) -> Dataset:

@@ -48,7 +48,9 @@ from ..structures.masks import VoxelIndex
 from .base import COLOURS, ROI_TYPES, Encoded, MaskWriter, SeriesJob, SourceExtras
 from .colours import RGB, colour_of
 from .contours import boundary_loops
-from .dicom_seg import PATIENT_AND_STUDY, UID_PREFIX, Segment, _located, numbered_entry, plan_segments
+from .dicom_seg import PATIENT_AND_STUDY, UID_PREFIX
+from .seg_frames import located_voxels
+from .segments import Segment, numbered_entry, plan_segments
 
 NEEDED_BY = "an RT Structure Set"
 MANUFACTURER = "rbexport"
@@ -344,7 +346,7 @@ def _roi_voxels(
     """Each ROI's voxels as (column, row, slice) on the images' grid: a sparse 3D map's from
     its index's positions, any other's by looking its values up on the grid."""
     on_grid = _on_image_grid(label_map, headers, series)  # a view; TaskDataError off the images' grid
-    located = _located(rois, label_map, headers, index)
+    located = located_voxels(rois, label_map, headers, index)
     if located is not None:
         return [(column, row, slice_index) for column, row, slice_index in located]
     if on_grid.ndim == 2:

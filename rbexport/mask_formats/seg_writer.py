@@ -23,93 +23,35 @@ Lossless, each frame encoded by pydicom's encoder for that transfer syntax (pydi
 RLE encoder; pyjpegls for JPEG-LS) exactly as highdicom calls it, then encapsulated with a
 Basic Offset Table. BINARY frames (1 bit a pixel) stay uncompressed: highdicom allows no
 other encapsulated transfer syntax for them than JPEG 2000 Lossless, which is not offered.
+
+Its parts: the source's planes (rbexport.mask_formats.seg_planes), the dimensions and
+functional groups (seg_functional_groups), and the bytes of elements and of the file
+(dicom_bytes); here, the top level, the pixel module and the two kinds of SEG.
 """
 
 from __future__ import annotations
 
-import copy
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, SegmentationStorage
-from pydicom.valuerep import DS
+
+from .dicom_bytes import SEQUENCE_DELIMITER, UNDEFINED_LENGTH, element_bytes, file_with_raw_elements
+from .seg_functional_groups import add_dimensions, frame_items, source_references
+
+# Where the source's planes lie (rbexport.mask_formats.seg_planes; named here too).
+from .seg_planes import NotPatientCoordinates as NotPatientCoordinates
+from .seg_planes import Planes, included_planes
+from .seg_planes import source_planes as source_planes
 
 LABELMAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"  # DICOM 2024: newer than pydicom's UID table
-SEGMENT_NUMBER_POINTER = 0x0062000B  # ReferencedSegmentNumber
-SEGMENT_GROUP_POINTER = 0x0062000A  # SegmentIdentificationSequence
-POSITION_POINTER = 0x00200032  # ImagePositionPatient
-POSITION_GROUP_POINTER = 0x00209113  # PlanePositionSequence
 PER_FRAME_GROUPS = 0x52009230
 PIXEL_DATA = 0x7FE00010
-LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"}
-ITEM = b"\xfe\xff\x00\xe0"
-SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-UNDEFINED_LENGTH = b"\xff\xff\xff\xff"
 # seg_compression: the transfer syntax of each choice (rbexport.options.SegCompression).
 TRANSFER_SYNTAXES = {"none": ExplicitVRLittleEndian, "rle": RLELossless, "jpegls": JPEGLSLossless}
-# (value, scheme, meaning) of the codes highdicom puts in every frame's derivation.
-PURPOSE_OF_REFERENCE = ("121322", "DCM", "Source image for image processing operation")
-DERIVATION = ("113076", "DCM", "Segmentation")
-
-
-class NotPatientCoordinates(ValueError):
-    """The source has no Frame of Reference or plane positions: highdicom's general path handles it."""
-
-
-@dataclass(frozen=True)
-class Planes:
-    """The source's planes, in the order its frames (or files) come: where each lies and what it is."""
-
-    sources: list[Dataset]  # single-frame images in plane order, or one multi-frame image
-    multiframe: bool
-    positions: np.ndarray  # (planes, 3) ImagePositionPatient, LPS mm
-    position_values: list[list[Any]]  # DS values, as highdicom formats them
-    orientation: Dataset  # the PlaneOrientationSequence's item
-    pixel_measures: Dataset  # the PixelMeasuresSequence's item
-    order: np.ndarray  # plane indices in highdicom's sorted order
-
-    @property
-    def count(self) -> int:
-        return len(self.positions)
-
-
-def source_planes(sources: Sequence[Dataset]) -> Planes:
-    """The planes of single-frame `sources` (in the order given) or of one multi-frame image."""
-    import highdicom as hd
-    from highdicom.image import _Image
-    from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector
-    from highdicom.utils import get_plane_positions_of_image
-
-    first = sources[0]
-    multiframe = len(sources) == 1 and int(first.get("NumberOfFrames") or 1) > 1
-    if "FrameOfReferenceUID" not in first:
-        raise NotPatientCoordinates("the source images have no Frame of Reference UID")
-    if multiframe:
-        shared = first.SharedFunctionalGroupsSequence[0]
-        orientation = hd.PlaneOrientationSequence.from_sequence(shared.PlaneOrientationSequence)
-        raw_positions = [item[0].ImagePositionPatient for item in get_plane_positions_of_image(first)]
-    else:
-        if any("ImagePositionPatient" not in image or "ImageOrientationPatient" not in image for image in sources):
-            raise NotPatientCoordinates("a source image has no plane position or orientation")
-        orientation = hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT, first.ImageOrientationPatient)
-        raw_positions = [image.ImagePositionPatient for image in sources]
-    measures = _Image._get_pixel_measures_sequence(
-        source_image=first, is_multiframe=multiframe, coordinate_system=hd.CoordinateSystemNames.PATIENT
-    )
-    if measures is None:
-        raise NotPatientCoordinates("the source images have no pixel spacing")
-    measures = copy.deepcopy(measures)  # a multi-frame source's own item: the SEG's may gain a slice spacing
-    values = [[DS(value, auto_format=True) for value in position] for position in raw_positions]
-    positions = np.array([[float(value) for value in position] for position in raw_positions])
-    normal = get_normal_vector(orientation[0].ImageOrientationPatient, index_convention=VOLUME_INDEX_CONVENTION)
-    _, order = np.unique(positions @ normal, return_index=True)
-    if len(order) != len(positions):
-        raise NotPatientCoordinates("two source planes lie at the same position")
-    return Planes(list(sources), multiframe, positions, values, orientation[0], measures[0], order)
 
 
 def labelmap_segmentation(
@@ -127,7 +69,7 @@ def labelmap_segmentation(
     from highdicom.seg import SegmentDescription
     from pydicom.sr.codedict import codes
 
-    included = _included(planes, np.asarray(plane_indices))
+    included = included_planes(planes, np.asarray(plane_indices))
     background = SegmentDescription(
         segment_number=1,
         segment_label="Background",
@@ -149,8 +91,8 @@ def labelmap_segmentation(
     _pixel_module(dataset, bits)
     dataset.PixelPaddingValue = 0
     dataset.SegmentsOverlap = "NO"
-    _dimensions(dataset, planes, included, channels=False)
-    items = _frame_items(planes, included, [(None, included)])
+    add_dimensions(dataset, planes, included, channels=False)
+    items = frame_items(planes, included, [(None, included)])
     row_of = {int(plane): row for row, plane in enumerate(plane_indices)}
     if all(int(plane) in row_of for plane in included):
         rows = np.array([row_of[int(plane)] for plane in included], dtype=np.int64)
@@ -212,16 +154,16 @@ def binary_segmentation(
     if len(per_segment) != len(descriptions) or not descriptions or (overlap and len(descriptions) < 2):
         raise ValueError("a BINARY SEG holds one or more segments (two or more when they overlap), each with frames")
     nonempty = np.unique(np.concatenate([plane_indices for plane_indices, _ in per_segment]))
-    included = _included(planes, nonempty)
+    included = included_planes(planes, nonempty)
     dataset = _top_level(planes, identity, SegmentationStorage, "BINARY", list(descriptions))
     _pixel_module(dataset, 1)
     dataset.SegmentsOverlap = "YES" if overlap else "NO"
-    _dimensions(dataset, planes, included, channels=True)
+    add_dimensions(dataset, planes, included, channels=True)
     if len(per_segment) == 1:  # one segment: identified once, in the shared groups (as highdicom does)
         identification = Dataset()
         identification.ReferencedSegmentNumber = 1
         dataset.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence = [identification]
-    items = _frame_items(
+    items = frame_items(
         planes,
         included,
         [(number, planes_of) for number, (planes_of, _) in enumerate(per_segment, 1)],
@@ -234,15 +176,6 @@ def binary_segmentation(
         pixels = np.packbits(np.concatenate([chunk.ravel() for chunk in chunks]), bitorder="little").tobytes()
     frame_count = sum(len(plane_indices) for plane_indices, _ in per_segment)
     return _encode(dataset, planes, items, frame_count, pixels)
-
-
-def _included(planes: Planes, nonempty: np.ndarray) -> np.ndarray:
-    """The planes with segment voxels, in sorted order (all of them when none has any, as highdicom does)."""
-    keep = np.zeros(planes.count, dtype=bool)
-    keep[nonempty] = True
-    if not keep.any():
-        keep[:] = True
-    return planes.order[keep[planes.order]]
 
 
 def _top_level(
@@ -300,24 +233,6 @@ def _top_level(
     return dataset
 
 
-def _references(planes: Planes) -> dict[int, bytes]:
-    """The Source Image and Referenced Series Sequences: every source image, once."""
-    references = [
-        _item(
-            _element(0x0008, 0x1150, b"UI", str(image.SOPClassUID).encode("ascii"))
-            + _element(0x0008, 0x1155, b"UI", str(image.SOPInstanceUID).encode("ascii"))
-        )
-        for image in planes.sources
-    ]
-    listed = b"".join(references)
-    series = _element(0x0008, 0x114A, b"SQ", listed)
-    series += _element(0x0020, 0x000E, b"UI", str(planes.sources[0].SeriesInstanceUID).encode("ascii"))
-    return {
-        0x00081115: _element(0x0008, 0x1115, b"SQ", _item(series)),
-        0x00082112: _element(0x0008, 0x2112, b"SQ", listed),
-    }
-
-
 def _pixel_module(dataset: Dataset, bits: int) -> None:
     dataset.BitsAllocated = bits
     dataset.SamplesPerPixel = 1
@@ -325,122 +240,6 @@ def _pixel_module(dataset: Dataset, bits: int) -> None:
     dataset.BitsStored = bits
     dataset.HighBit = bits - 1
     dataset.PixelRepresentation = 0
-
-
-def _dimensions(dataset: Dataset, planes: Planes, included: np.ndarray, channels: bool) -> None:
-    """Dimension index and organization, and the shared functional groups (orientation, pixel measures)."""
-    from highdicom.spatial import get_volume_positions
-    from pydicom.uid import UID
-
-    organization = UID(_dimension_organization_uid())
-    pointers = [(SEGMENT_NUMBER_POINTER, SEGMENT_GROUP_POINTER, "Referenced Segment Number")] if channels else []
-    pointers.append((POSITION_POINTER, POSITION_GROUP_POINTER, "Image Position Patient"))
-    index = []
-    for pointer, group, label in pointers:
-        item = Dataset()
-        item.DimensionOrganizationUID = organization
-        item.DimensionIndexPointer = pointer
-        item.FunctionalGroupPointer = group
-        item.DimensionDescriptionLabel = label
-        index.append(item)
-    dataset.DimensionIndexSequence = index
-    orientation = planes.orientation.ImageOrientationPatient
-    measures = planes.pixel_measures
-    if "SpacingBetweenSlices" not in measures:
-        spacing, _ = get_volume_positions(image_positions=planes.positions.tolist(), image_orientation=orientation)
-        if spacing is not None:
-            from pydicom.valuerep import format_number_as_ds
-
-            measures.SpacingBetweenSlices = format_number_as_ds(spacing)
-    shared = Dataset()
-    shared.PlaneOrientationSequence = [planes.orientation]
-    shared.PixelMeasuresSequence = [measures]
-    dataset.SharedFunctionalGroupsSequence = [shared]
-    organized = Dataset()
-    organized.DimensionOrganizationUID = organization
-    dataset.DimensionOrganizationSequence = [organized]
-    if not channels and len(included) > 1:
-        in_input_order = np.sort(included)
-        spacing, _ = get_volume_positions(
-            image_positions=planes.positions[in_input_order].tolist(), image_orientation=orientation, sort=False
-        )
-        if spacing is not None and spacing > 0.0:
-            dataset.DimensionOrganizationType = "3D"
-
-
-def _dimension_organization_uid() -> str:
-    from highdicom import UID
-
-    return str(UID())
-
-
-def _frame_items(
-    planes: Planes, included: np.ndarray, channels: list[tuple[int | None, np.ndarray]], identified: bool = True
-) -> bytes:
-    """The Per-Frame Functional Groups Sequence's items: for each channel (segment number, or
-    None for a LABELMAP), a frame for each of its planes in sorted order. `identified`: each
-    frame names its segment (not when the shared groups name the only one)."""
-    position_rank = {int(plane): rank for rank, plane in enumerate(included, 1)}
-    derivations = {int(plane): _derivation(planes, int(plane)) for plane in included}
-    positions = [
-        _sequence(0x0020, 0x9113, _element(0x0020, 0x0032, b"DS", "\\".join(map(str, value)).encode("ascii")))
-        for value in planes.position_values
-    ]
-    items = []
-    for channel, (number, plane_indices) in enumerate(channels, 1):
-        identification = (
-            b""
-            if number is None or not identified
-            else _sequence(0x0062, 0x000A, _element(0x0062, 0x000B, b"US", struct.pack("<H", number)))
-        )
-        for plane in plane_indices:
-            plane = int(plane)
-            dimension_values = [channel, position_rank[plane]] if number is not None else [position_rank[plane]]
-            content = _sequence(
-                0x0020,
-                0x9111,
-                _element(0x0020, 0x9157, b"UL", struct.pack(f"<{len(dimension_values)}I", *dimension_values)),
-            )
-            items.append(_item(derivations[plane] + content + positions[plane] + identification))
-    return b"".join(items)
-
-
-def _derivation(planes: Planes, plane: int) -> bytes:
-    """A plane's Derivation Image Sequence: the source image (and frame) it was drawn on."""
-    source = planes.sources[0] if planes.multiframe else planes.sources[plane]
-    reference = _element(0x0008, 0x1150, b"UI", str(source.SOPClassUID).encode("ascii"))
-    reference += _element(0x0008, 0x1155, b"UI", str(source.SOPInstanceUID).encode("ascii"))
-    if planes.multiframe:
-        reference += _element(0x0008, 0x1160, b"IS", str(plane + 1).encode("ascii"))
-    reference += _element(0x0028, 0x135A, b"CS", b"YES")
-    reference += _sequence(0x0040, 0xA170, _code(*PURPOSE_OF_REFERENCE))
-    derivation = _sequence(0x0008, 0x2112, reference) + _sequence(0x0008, 0x9215, _code(*DERIVATION))
-    return _sequence(0x0008, 0x9124, derivation)
-
-
-def _code(value: str, scheme: str, meaning: str) -> bytes:
-    return (
-        _element(0x0008, 0x0100, b"SH", value.encode("ascii"))
-        + _element(0x0008, 0x0102, b"SH", scheme.encode("ascii"))
-        + _element(0x0008, 0x0104, b"LO", meaning.encode("ascii"))
-    )
-
-
-def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0" if vr == b"UI" else b" "
-    head = struct.pack("<HH", group, element) + vr
-    if vr in LONG_LENGTH_VRS:
-        return head + b"\0\0" + struct.pack("<I", len(value)) + value
-    return head + struct.pack("<H", len(value)) + value
-
-
-def _item(content: bytes) -> bytes:
-    return ITEM + struct.pack("<I", len(content)) + content
-
-
-def _sequence(group: int, element: int, *items: bytes) -> bytes:
-    return _element(group, element, b"SQ", b"".join(_item(item) for item in items))
 
 
 def _encode(
@@ -455,12 +254,9 @@ def _encode(
     groups and the pixel data go in as the bytes made here, each at its place in tag order
     (the pixels are copied once, into the file). `encapsulated`: `pixels` are encapsulated
     compressed frames (OB of undefined length, closed by a Sequence Delimitation Item)."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-
     dataset.NumberOfFrames = frame_count
-    raw: dict[int, list[bytes | memoryview]] = {tag: [value] for tag, value in _references(planes).items()}
-    raw[PER_FRAME_GROUPS] = [_element(0x5200, 0x9230, b"SQ", items)]
+    raw: dict[int, list[bytes | memoryview]] = {tag: [value] for tag, value in source_references(planes).items()}
+    raw[PER_FRAME_GROUPS] = [element_bytes(0x5200, 0x9230, b"SQ", items)]
     pixel_tag = struct.pack("<HH", 0x7FE0, 0x0010)
     if encapsulated:
         raw[PIXEL_DATA] = [pixel_tag + b"OB\0\0" + UNDEFINED_LENGTH, pixels, SEQUENCE_DELIMITER]
@@ -468,22 +264,4 @@ def _encode(
         padding = b"0" if len(pixels) % 2 else b""  # as highdicom pads
         vr = b"OW" if dataset.BitsAllocated > 8 else b"OB"
         raw[PIXEL_DATA] = [pixel_tag + vr + b"\0\0" + struct.pack("<I", len(pixels) + len(padding)), pixels, padding]
-    pieces: list[bytes | memoryview] = []
-    stream = DicomBytesIO()
-    stream.is_little_endian, stream.is_implicit_VR = True, False
-    stream.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(stream, dataset.file_meta, enforce_standard=True)
-    encoding = dataset._character_set
-    chunk = Dataset()
-    for tag in sorted({*dataset.keys(), *raw}):
-        if tag in raw:
-            write_dataset(stream, chunk, encoding)
-            pieces += [stream.getvalue(), *raw[tag]]
-            stream = DicomBytesIO()
-            stream.is_little_endian, stream.is_implicit_VR = True, False
-            chunk = Dataset()
-        else:
-            chunk.add(dataset[tag])
-    write_dataset(stream, chunk, encoding)
-    pieces.append(stream.getvalue())
-    return b"".join(pieces)
+    return file_with_raw_elements(dataset, raw)

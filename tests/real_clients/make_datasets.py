@@ -5,7 +5,9 @@
 OUT/source-mr: ten MR studies of two channels (T1, FLAIR), two per patient;
 OUT/source-ct: ten CT studies of one channel. They become
 OUT/nnUNet_raw/Dataset501_Brain (channels, folds by patient), OUT/nnUNet_raw/Dataset502_CT
-(one case per annotated series) and OUT/Task01_Brain (MSD, channels stacked). Each
+(one case per annotated series) and OUT/Task01_Brain (MSD, channels stacked);
+OUT/releases/nnUNet_raw/Dataset501_Brain is a release of Dataset501 (`rbexport release
+create`), which nnU-Net must read as it is. Each
 command is printed before it runs; the script stops at the first that fails.
 """
 
@@ -64,6 +66,14 @@ def main() -> int:
         "T1,FLAIR",
         "--dataset-name",
         "Brain",
+    )
+    run(
+        "release",
+        "create",
+        str(out / "nnUNet_raw/Dataset501_Brain"),
+        str(out / "releases/nnUNet_raw/Dataset501_Brain"),
+        "--name",
+        "brain-v1",
     )
     return 0
 
