@@ -32,10 +32,10 @@ from . import progress
 from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .filters import TaskFilter
+from .lease import DestinationLease
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
 from .report import Failure, RunReport
-from .lease import DestinationLease
 from .run import destination_lease, failure_of, prepare_run, publish_export, record_finished
 from .storage import S3Access
 from .task_export import export_task
