@@ -101,7 +101,7 @@ def export_batch(
     """
     retries = STORAGE_RETRIES if retries is None else retries
     backoff = BACKOFF_SECONDS if backoff_seconds is None else backoff_seconds
-    outcomes = []
+    outcomes: list[TaskOutcome] = []
     for job in jobs:
         if STOPPING.is_set():
             raise Interrupted(f"stopped before {job.task_id}", outcomes)
