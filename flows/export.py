@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC
 from typing import Annotated, Literal, cast
 from uuid import UUID
@@ -25,7 +26,16 @@ from pydantic import BeforeValidator
 
 from rbexport import progress
 from rbexport.display import shown
-from rbexport.engine import DEFAULT_WORKERS, BatchResults, batch_label, export_all
+from rbexport.engine import (
+    DEFAULT_WORKERS,
+    STOPPING,
+    BatchResults,
+    RunInterrupted,
+    batch_label,
+    export_all,
+    in_flight_results,
+    keep_finished,
+)
 from rbexport.errors import ConfigurationError, ExportIncomplete, StorageError
 from rbexport.filters import TaskFilter
 from rbexport.lease import WAIT_SECONDS
@@ -182,10 +192,20 @@ def export_project(
             workers = workers or DEFAULT_WORKERS
             runner = make_task_runner(task_runner, workers, dask_address)
             batch_runs: list[PrefectFuture] = []
+            finished: list[TaskOutcome] = []
             with progress.observing(ProgressArtifact(progress.current())):
-                outcomes = export_all(
-                    plan, prefect_batches(runner, plan.settings, batch_runs), workers, batch_size, get_run_logger()
-                )
+                try:
+                    outcomes = export_all(
+                        plan,
+                        prefect_batches(runner, plan.settings, batch_runs),
+                        workers,
+                        batch_size,
+                        get_run_logger(),
+                        finished,
+                    )
+                except KeyboardInterrupt:
+                    # Ctrl-C, SIGTERM: keep what finished for the next run, publish nothing.
+                    raise RunInterrupted(keep_finished(plan, finished, lease)) from None
             lease.check()
             # quote: Prefect would walk every task of the plan and outcome twice to find futures
             # in them (1-2 s for 1,000 tasks); wait_for keeps the run graph's edges instead.
@@ -355,7 +375,7 @@ def prefect_batches(
     # Not on Dask: its client takes Prefect's annotations (tuples) apart on the way to a worker.
     local = isinstance(task_runner, ThreadPoolTaskRunner | ProcessPoolTaskRunner)
 
-    def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
+    def run(batches: list[list[TaskJob]]) -> BatchResults:
         with task_runner as runner:
             futures: dict[PrefectFuture, list[TaskJob]] = {
                 runner.submit(
@@ -366,10 +386,33 @@ def prefect_batches(
             }
             if submitted is not None:
                 submitted.extend(futures)
-            for future in as_completed(list(futures)):
-                result = future.result(raise_on_failure=False)
-                if not isinstance(result, (list, BaseException)):
-                    result = RuntimeError(f"the batch's task run returned {type(result).__name__}")
-                yield futures[future], result
+            waiting = set(futures)
+            try:
+                for future in as_completed(list(futures)):
+                    waiting.discard(future)
+                    yield futures[future], batch_result(future)
+            except (KeyboardInterrupt, SystemExit):
+                # Interrupted: batches on this process's threads stop before their next task;
+                # those not started never start; what the ones in flight finished comes back.
+                STOPPING.set()
+                in_flight = [future for future in waiting if not _cancelled(future)]
+                yield from in_flight_results(
+                    in_flight, lambda future: (futures[future], batch_result(future)), as_completed
+                )
+                raise
 
     return run
+
+
+def batch_result(future: PrefectFuture) -> list[TaskOutcome] | BaseException:
+    result = future.result(raise_on_failure=False)
+    if not isinstance(result, (list, BaseException)):
+        result = RuntimeError(f"the batch's task run returned {type(result).__name__}")
+    return result
+
+
+def _cancelled(future: PrefectFuture) -> bool:
+    """Cancel a batch's task run that has not started (threads, processes): True when it
+    never will. One on Dask is left to end (it stops at once when STOPPING is its process's)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    return isinstance(wrapped, concurrent.futures.Future) and wrapped.cancel()

@@ -11,7 +11,11 @@ thread or process pool of its own, without Prefect. Either way:
   retries only that task, with exponential back-off; bad data fails only that task; an
   unexpected error becomes that task's failure (the run goes on);
 - a ConfigurationError (the run itself is wrong) stops the run once every batch is back;
-- progress is reported per source task as its batch comes back.
+- progress is reported per source task as its batch comes back;
+- an interruption (Ctrl-C, SIGTERM: KeyboardInterrupt in the main thread) stops every
+  batch before its next task and cancels those not started; the batches in flight come
+  back within DRAIN_SECONDS with the tasks they finished, which are recorded in the state
+  (`keep_finished`, rbexport.run.record_finished) for the next run, and nothing is published.
 """
 
 from __future__ import annotations
@@ -21,17 +25,18 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
 from . import progress
 from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .filters import TaskFilter
+from .lease import DestinationLease
 from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from .options import ExportOptions
 from .report import Failure, RunReport
-from .run import destination_lease, failure_of, prepare_run, publish_export
+from .run import destination_lease, failure_of, prepare_run, publish_export, record_finished
 from .storage import S3Access
 from .task_export import export_task
 from .variants import Preset, Variant
@@ -45,6 +50,9 @@ BATCH_TASKS = 200
 UNKNOWN_TASK_BYTES = 1024 * 1024  # a task whose objects the listing does not show
 # Source tasks exported at once: twice the cores (they also wait on the store), at most 8.
 DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
+# After an interruption, how long the batches in flight may take to finish their current
+# task and come back with what they finished (what is not back by then is not recorded).
+DRAIN_SECONDS = 3.0
 
 logger = logging.getLogger("rbexport")
 
@@ -54,11 +62,30 @@ STOPPING = threading.Event()
 
 
 class Interrupted(Exception):
-    """The run was told to stop before its batch's next task."""
+    """The run was told to stop before its batch's next task; `outcomes`: the tasks of the
+    batch it had finished (the first ones), to be recorded."""
+
+    def __init__(self, message: str, outcomes: Sequence[TaskOutcome] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.outcomes))
 
 
-# (batch, its outcomes or the exception that ended it), in the order batches finish.
-BatchResults = Iterable[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]
+class RunInterrupted(KeyboardInterrupt):
+    """An interrupted run, once it has recorded what it finished: `kept` source tasks (None:
+    none could be recorded, or the export had not started)."""
+
+    def __init__(self, kept: int | None) -> None:
+        super().__init__(f"interrupted; {kept} finished tasks kept")
+        self.kept = kept
+
+
+# (batch, its outcomes or the exception that ended it), in the order batches finish. A
+# generator: on an interruption export_all throws the KeyboardInterrupt into it, and it
+# yields what the batches in flight bring back before raising it again.
+BatchResults = Generator[tuple[list[TaskJob], list[TaskOutcome] | BaseException], None, None]
 
 
 def export_batch(
@@ -74,10 +101,10 @@ def export_batch(
     """
     retries = STORAGE_RETRIES if retries is None else retries
     backoff = BACKOFF_SECONDS if backoff_seconds is None else backoff_seconds
-    outcomes = []
+    outcomes: list[TaskOutcome] = []
     for job in jobs:
         if STOPPING.is_set():
-            raise Interrupted(f"stopped before {job.task_id}")
+            raise Interrupted(f"stopped before {job.task_id}", outcomes)
         outcomes.append(_export_with_retries(job, settings, retries, backoff, sleep))
     return outcomes
 
@@ -149,12 +176,16 @@ def export_all(
     workers: int,
     batch_size: int = 0,
     log: logging.Logger | logging.LoggerAdapter = logger,
+    finished: list[TaskOutcome] | None = None,
 ) -> list[TaskOutcome]:
     """Export every job of the plan through `run_batches`; one outcome per job.
 
     `run_batches` runs the batches it is given (anywhere) and yields each with its
-    outcomes, or with the exception that ended it, as they finish.
+    outcomes, or with the exception that ended it, as they finish. The outcomes are added to
+    `finished` as they come: on an interruption (KeyboardInterrupt, raised from here) it
+    holds every task that finished, those of the batches in flight included.
     """
+    STOPPING.clear()  # a run interrupted before, in this process (a worker's), is over
     observer = progress.current()
     jobs = plan.jobs
     exporting = {job.task_id for job in jobs}
@@ -175,19 +206,34 @@ def export_all(
         observer.task_done(failure.taskId or "(no taskId)", failure.detail)
 
     started = time.perf_counter()
-    outcomes: list[TaskOutcome] = []
+    outcomes: list[TaskOutcome] = [] if finished is None else finished
     configuration_error: ConfigurationError | None = None
-    for batch, result in run_batches(make_batches(jobs, workers, batch_size)):
-        if isinstance(result, BaseException):
-            if isinstance(result, ConfigurationError):
-                configuration_error = configuration_error or result
-            result = [TaskOutcome(job.task_id, failures=failure_of(job, result)) for job in batch]
-        for job, outcome in zip(batch, result, strict=True):
-            outcomes.append(outcome)
-            first: Failure | None = next(iter(outcome.failures.values()), None)
-            if first:
-                log.warning("%s", shown(first.line()))
-            observer.task_done(job.task_id, first.detail if first else None)
+    results = run_batches(make_batches(jobs, workers, batch_size))
+    interruption: BaseException | None = None
+    while True:
+        try:
+            # After an interruption here (not in run_batches), it is thrown into run_batches,
+            # which yields the batches in flight, then raises it again.
+            batch, result = next(results) if interruption is None else results.throw(interruption)
+        except StopIteration:
+            break
+        interruption = None
+        try:
+            if isinstance(result, Interrupted):
+                batch, result = batch[: len(result.outcomes)], result.outcomes  # the rest never started
+            elif isinstance(result, BaseException):
+                if isinstance(result, ConfigurationError):
+                    configuration_error = configuration_error or result
+                result = [TaskOutcome(job.task_id, failures=failure_of(job, result)) for job in batch]
+            outcomes.extend(result)  # one step: a signal cannot land halfway through a batch
+            for job, outcome in zip(batch, result, strict=True):
+                first: Failure | None = next(iter(outcome.failures.values()), None)
+                if first:
+                    log.warning("%s", shown(first.line()))
+                observer.task_done(job.task_id, first.detail if first else None)
+        except KeyboardInterrupt as error:
+            STOPPING.set()
+            interruption = error
     if configuration_error is not None:
         raise configuration_error
     plan.timings["export_tasks"] = time.perf_counter() - started
@@ -197,20 +243,49 @@ def export_all(
 def pool_batches(pool: Executor, settings: ExportSettings) -> Callable[[list[list[TaskJob]]], BatchResults]:
     """Run batches on a concurrent.futures pool (the local engine)."""
 
-    def run(batches: list[list[TaskJob]]) -> Iterator[tuple[list[TaskJob], list[TaskOutcome] | BaseException]]:
+    def run(batches: list[list[TaskJob]]) -> BatchResults:
         futures = {pool.submit(export_batch, batch, settings): batch for batch in batches}
+        waiting = set(futures)
         try:
             for future in as_completed(futures):
-                error = future.exception()
-                yield futures[future], error if error is not None else future.result()
-        except BaseException:
+                waiting.discard(future)
+                yield futures[future], _result(future)
+        except (KeyboardInterrupt, SystemExit):
             # Interrupted (KeyboardInterrupt from the signal): no new batch starts, running
-            # ones stop before their next task, and nothing is published.
+            # ones stop before their next task and come back with what they finished.
             STOPPING.set()
             pool.shutdown(wait=False, cancel_futures=True)
+            in_flight = [future for future in waiting if not future.cancel()]
+            yield from in_flight_results(in_flight, lambda future: (futures[future], _result(future)), as_completed)
             raise
 
     return run
+
+
+def _result(future: Future) -> list[TaskOutcome] | BaseException:
+    error = future.exception()
+    return error if error is not None else future.result()
+
+
+def in_flight_results(in_flight: list, result_of: Callable, completed: Callable) -> Generator:
+    """What the batches in flight bring back after an interruption, within DRAIN_SECONDS
+    (`completed`: the futures' as_completed, which takes a timeout)."""
+    try:
+        for future in completed(in_flight, timeout=DRAIN_SECONDS):
+            yield result_of(future)
+    except TimeoutError:
+        logger.debug("%d batches in flight were not back in %.0f s", len(in_flight), DRAIN_SECONDS)
+
+
+def keep_finished(plan: RunPlan, finished: list[TaskOutcome], lease: DestinationLease) -> int | None:
+    """On an interruption, while the run still holds the destination: record the tasks that
+    finished (rbexport.run.record_finished); how many, or None when they could not be."""
+    try:
+        lease.check()  # never write the state of a destination another writer has taken
+        return record_finished(plan, finished)
+    except Exception as error:  # noqa: BLE001 - the run is ending: say so, never mask the interruption
+        logger.warning("the finished tasks could not be recorded: %s", shown(error))
+        return None
 
 
 def run_local(
@@ -228,12 +303,15 @@ def run_local(
             if task_runner == "threads"
             else ProcessPoolExecutor(max_workers=workers)
         )
+        finished: list[TaskOutcome] = []
         with pool:
             try:
-                outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size)
-            except BaseException:
+                outcomes = export_all(plan, pool_batches(pool, plan.settings), workers, batch_size, finished=finished)
+            except BaseException as error:
                 STOPPING.set()  # interrupted: leave after the tasks in flight, publish nothing
                 pool.shutdown(wait=False, cancel_futures=True)
+                if isinstance(error, KeyboardInterrupt):
+                    raise RunInterrupted(keep_finished(plan, finished, lease)) from None
                 raise
         lease.check()
         return publish_export(plan, outcomes)

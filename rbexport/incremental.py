@@ -15,6 +15,12 @@ before checksums were kept has none: its tasks are exported again, which records
 and the previous tasks.json has its entry.
 Files an export no longer writes (a removed task's, or an instance that is gone) are
 remembered, and deleted by a run with `prune`.
+
+An interrupted run (Ctrl-C, SIGTERM) publishes nothing, but records the tasks it finished
+(their files are all stored): their records, and their tasks.json entries where the
+published tasks.json does not hold the same (`unpublished`). The next run skips those
+tasks as unchanged, takes their entries from there, and drops `unpublished` when it
+publishes.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ class ExportState:
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     indexes: dict[str, str] = field(default_factory=dict)  # tasks.json, dataset.json, ... -> "sha256:<hex>"
     images: bool = False  # the items tasks.json names are files of this export (images exported)
+    # Task id -> its tasks.json entry, for tasks an interrupted run exported whose entry the
+    # published tasks.json does not hold (yet): the next run's tasks.json takes it from here.
+    # Kept in the state as JSON text, so that its keys keep their order.
+    unpublished: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def load(cls, storage: Storage, rebuild: bool = False) -> ExportState:
@@ -110,10 +120,16 @@ class ExportState:
         images = body.get("images", False)
         if not isinstance(images, bool):
             raise ValueError("images is not true or false")
+        records = {_text(task_id, "a task id"): _task_record(task_id, record) for task_id, record in tasks.items()}
+        unpublished = {
+            task_id: _entry(task_id, text, records)
+            for task_id, text in _expect(body.get("unpublished", {}), dict, "unpublished").items()
+        }
         return cls(
-            {_text(task_id, "a task id"): _task_record(task_id, record) for task_id, record in tasks.items()},
+            records,
             {_index_name(name): _text(value, f"the checksum of {name}") for name, value in indexes.items()},
             images,
+            unpublished,
         )
 
     def to_json(self) -> bytes:
@@ -123,6 +139,8 @@ class ExportState:
             "indexes": self.indexes,
             "images": self.images,
         }
+        if self.unpublished:  # only after an interruption: a published state is as it always was
+            body["unpublished"] = {task_id: entry_text(entry) for task_id, entry in self.unpublished.items()}
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -173,6 +191,24 @@ def export_roots(keys: Iterable[str]) -> list[str]:
     return at_root + sorted(
         key.split("/", 1)[0] for key in keys if key.count("/") == 2 and key.endswith("/" + STATE_KEY)
     )
+
+
+def entry_text(entry: dict) -> str:
+    """A tasks.json entry as its JSON text, its keys in order (as tasks.json writes them)."""
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def _entry(task_id: str, text: object, records: dict[str, TaskRecord]) -> dict:
+    what = f"unpublished: the entry of task {shown(repr(task_id))[:80]}"
+    if task_id not in records:
+        raise ValueError(f"{what} has no record")
+    try:
+        entry = json.loads(_text(text, what))
+    except RecursionError:
+        raise ValueError(f"{what} nests too deeply") from None
+    except ValueError:
+        raise ValueError(f"{what} is not JSON") from None
+    return _expect(entry, dict, what)
 
 
 def _expect(value: object, kind: type, what: str):

@@ -25,6 +25,7 @@ from .incremental import (
     TASKS_JSON,
     ExportState,
     TaskRecord,
+    entry_text,
     export_roots,
     is_unchanged,
     task_fingerprint,
@@ -307,7 +308,7 @@ def _decide_exports(
         job_cases = {}
         for plan in target_plans:
             name = plan.target.name
-            listed = job.task_id in plan.previous_entries
+            listed = job.task_id in plan.previous_entries or job.task_id in plan.state.unpublished
             case_ids: list[str] = []
             if name in cases:
                 if job.task_id not in cases[name][0]:
@@ -433,7 +434,7 @@ def _publish_tasks_json(
         entries = [without_masks_entry(job.task) for job in plan.tasks]
     else:
         entries = [
-            results[job.task_id].entry if job.task_id in results else target_plan.previous_entries[job.task_id]
+            results[job.task_id].entry if job.task_id in results else _unchanged_entry(target_plan, job.task_id)
             for job in plan.tasks
             if job.task_id in results or job.task_id in target_plan.skipped
         ]
@@ -453,6 +454,54 @@ def _publish_tasks_json(
         report.files.append(record)
     indexes[TASKS_JSON] = f"sha256:{record.sha256}"
     return indexes
+
+
+def _unchanged_entry(target_plan: TargetPlan, task_id: str) -> dict:
+    """A skipped task's tasks.json entry: the one an interrupted run recorded (newer), else
+    the published tasks.json's."""
+    unpublished = target_plan.state.unpublished
+    return unpublished[task_id] if task_id in unpublished else target_plan.previous_entries[task_id]
+
+
+def record_finished(plan: RunPlan, outcomes: Sequence[TaskOutcome]) -> int:
+    """After an interruption: write each variant's state with the tasks that finished (each
+    outcome is a task whose files are all stored) merged into the state it had. Nothing is
+    published or deleted: tasks.json, the report and a dataset's index files stay as they
+    were; the state is one write (a whole object, or a file renamed into place), so it is
+    the old one or the new one. Returns how many source tasks were kept (finished for at
+    least one variant); the next run skips them as unchanged."""
+    if plan.filters.without_masks:
+        return 0  # such a run writes no task files: nothing to keep
+    kept: set[str] = set()
+    for target_plan in plan.targets:
+        name = target_plan.target.name
+        results = {o.task_id: o.results[name] for o in outcomes if name in o.results}
+        failures = [o.failures[name] for o in outcomes if name in o.failures]
+        state = _next_state(target_plan, results, failures, plan.source_task_ids)
+        state.images = target_plan.state.images  # of the tasks.json still published
+        if not target_plan.target.options.dataset:  # a dataset's index is made from the state
+            state.unpublished = _unpublished_entries(target_plan, results, state)
+        state_json = state.to_json()
+        if state_json != target_plan.state.to_json():
+            storage_for(target_plan.target.root, plan.settings.access).write(STATE_KEY, state_json)
+        kept.update(results)
+    return len(kept)
+
+
+def _unpublished_entries(target_plan: TargetPlan, results: dict[str, TaskResult], state: ExportState) -> dict:
+    """The tasks.json entries the published tasks.json lacks or holds otherwise (compared as
+    they are written), of the tasks finished now and of those an earlier interrupted run
+    finished and this one did not export again."""
+    previous = target_plan.previous_entries
+    entries = {
+        task_id: entry
+        for task_id, entry in target_plan.state.unpublished.items()
+        if task_id not in results and task_id in state.tasks and state.tasks[task_id].fingerprint is not None
+    }
+    for task_id, result in results.items():
+        if task_id not in previous or entry_text(previous[task_id]) != entry_text(result.entry):
+            entries[task_id] = result.entry
+    return entries
 
 
 def _next_state(

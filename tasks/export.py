@@ -19,7 +19,7 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from rbexport.display import shown
-from rbexport.engine import BACKOFF_SECONDS, STORAGE_RETRIES, export_batch
+from rbexport.engine import BACKOFF_SECONDS, STORAGE_RETRIES, Interrupted, export_batch
 from rbexport.errors import ConfigurationError, RbexportError, TaskDataError, TransientStorageError
 from rbexport.model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
 from rbexport.report import RunReport
@@ -139,7 +139,10 @@ def export_tasks_of_batch(jobs: list[TaskJob], settings: ExportSettings, label: 
 
     A batch with a failed source task ends Failed (red in the UI, naming the tasks) and
     still gives every outcome to the flow, which logs each failure once."""
-    outcomes = export_batch(jobs, settings)
+    try:
+        outcomes = export_batch(jobs, settings)
+    except Interrupted as stopped:  # the run is ending (Ctrl-C): its tasks so far, without a traceback
+        return cast(list[TaskOutcome], Failed(message=shown(str(stopped)), data=stopped))
     exported = [
         f"{shown(job.task_id)} [{shown(name)}]: {len(result.files)} files, {sum(record.bytes for record in result.files)} bytes"
         + (f", {len(result.warnings)} warnings" if result.warnings else "")

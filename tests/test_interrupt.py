@@ -6,13 +6,16 @@ ephemeral API leaves) is reset by the next run, with a warning; `rbexport unlock
 what a killed run left and refuses while the holder lives.
 Interruption: SIGINT to the process group (a terminal's Ctrl-C) or SIGTERM ends a run of
 the local engine with exit 130 (143), one line, no traceback; tasks.json is not published;
-the next run is not blocked and skips the tasks the interrupted run finished.
+the next run is not blocked and skips the tasks the interrupted run finished: they are
+recorded in the state (each engine, local folders and S3), and the re-run's export is the
+one a clean run makes, byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RBEXPORT
+from conftest import RBEXPORT, bucket_tree, copy_tree, tree
 
 from benchmarks.data import write_small_project
 from rbexport.lease import LEASE_KEY, Lease
@@ -198,12 +201,18 @@ class Background:
         return self.process.returncode, self.output
 
 
-def _interrupted_output_is_one_line(output: str) -> None:
+def _interrupted_output_is_one_line(output: str) -> int:
+    """The one line an interrupted run prints; returns the finished tasks it kept."""
     assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if "interrupted" in line]
-    assert lines == [
-        "rbexport: interrupted; nothing was published (the previous export stays as it was); run again to export the rest"
-    ], output
+    lines = [line for line in output.splitlines() if "rbexport: interrupted" in line]
+    assert len(lines) == 1, output
+    match = re.fullmatch(
+        r"rbexport: interrupted; (\d+) finished tasks? kept for the next run; "
+        r"nothing was published \(the previous export stays as it was\)",
+        lines[0],
+    )
+    assert match, output
+    return int(match.group(1))
 
 
 @pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -258,3 +267,95 @@ def test_the_prefect_engine_stops_on_ctrl_c_and_frees_the_destination(prefect_ap
     again = rbexport(*run, "--lock-timeout", "20", tmp_path=tmp_path, env=environment)
     assert again.returncode == 0, again.stderr
     assert "waiting for" not in again.stderr
+
+
+def _second_pass(tasks_json: bytes) -> bytes:
+    """The source's tasks.json with every task changed (what a re-annotation does): each is
+    exported again, with a tasks.json entry other than the published one."""
+    return json.dumps([{**task, "metaData": {"pass": 2}} for task in json.loads(tasks_json)]).encode()
+
+
+class Folder:
+    """A local destination (or a clean one beside it), as the test reads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.url = path, str(path)
+
+    def tree(self) -> dict[str, bytes]:
+        return tree(self.path) if self.path.exists() else {}
+
+
+class Bucket:
+    def __init__(self, storage) -> None:
+        self.storage, self.url = storage, storage.url
+
+    def tree(self) -> dict[str, bytes]:
+        return bucket_tree(self.storage)
+
+
+@pytest.mark.parametrize("engine", ["local", "prefect"])
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_an_interrupted_run_keeps_its_finished_tasks_for_the_next_run(request, tmp_path, engine, store):
+    """Ctrl-C mid-way through re-exporting a changed project: exit 130, tasks.json and every
+    file it names as they were; the state records the finished tasks (those of the batches
+    in flight too), so the re-run skips exactly them, and its export is a clean run's."""
+    local = write_small_project(tmp_path / "source", tasks=300)
+    environment = {"PREFECT_API_URL": ""}  # prefect: the CLI's ephemeral API
+    if store == "s3":
+        seaweed, make_bucket = request.getfixturevalue("seaweed"), request.getfixturevalue("make_bucket")
+        source_bucket = make_bucket("project")
+        copy_tree(local, source_bucket)
+        source, destination, clean = source_bucket.url, Bucket(make_bucket("export")), Bucket(make_bucket("clean"))
+        endpoint = ["--endpoint-url", seaweed.endpoint_url]
+
+        def change_source() -> None:
+            source_bucket.write("tasks.json", _second_pass(source_bucket.read("tasks.json")))
+    else:
+        source, destination, clean = str(local), Folder(tmp_path / "export"), Folder(tmp_path / "clean")
+        endpoint = []
+
+        def change_source() -> None:
+            (local / "tasks.json").write_bytes(_second_pass((local / "tasks.json").read_bytes()))
+
+    def run(where, engine: str = engine) -> subprocess.CompletedProcess:
+        result = rbexport(
+            "run", "--engine", engine, "--source", source, "--dest", where.url, *endpoint,
+            tmp_path=tmp_path, env=environment,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result
+
+    run(destination, "local")
+    published = destination.tree()
+    previous_tasks_json = published["tasks.json"]
+    named = [path for entry in json.loads(previous_tasks_json) for path in _segmentations(entry)]
+    change_source()
+
+    interrupted = Background(
+        tmp_path, "run", "--engine", engine, "--source", source, "--dest", destination.url, *endpoint,
+        "--workers", "2", "--batch-size", "3", env=environment,
+    )  # fmt: skip
+    returncode, output = interrupted.interrupt_when_progressing()
+    assert returncode == 130, output
+    kept = _interrupted_output_is_one_line(output)
+    after = destination.tree()
+    assert after["tasks.json"] == previous_tasks_json  # nothing published
+    assert after["export-report.json"] == published["export-report.json"]
+    assert all(path in after for path in named)  # every file the previous tasks.json names
+    assert LEASE_KEY not in after
+    state = json.loads(after[".rbexport/state.json"])  # whole JSON: written in one step
+    assert 0 < kept < 300, output
+    assert len(state["unpublished"]) == kept  # every entry changed: each kept task's is there
+
+    again = run(destination)
+    assert f"{300 - kept} tasks exported, {kept} skipped as unchanged" in again.stdout
+    run(clean, "local")  # both engines write the same files (test_golden): the quicker one
+    final, expected = destination.tree(), clean.tree()
+    assert final["tasks.json"] == expected["tasks.json"]
+    assert b'"unpublished"' not in final[".rbexport/state.json"]  # published: the entries are in tasks.json
+    report = "export-report.json"
+    assert {k: v for k, v in final.items() if k != report} == {k: v for k, v in expected.items() if k != report}
+
+
+def _segmentations(entry: dict) -> list[str]:
+    return [series["segmentations"] for series in entry["series"] if "segmentations" in series]

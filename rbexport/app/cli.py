@@ -53,12 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.command == "unlock":
             return _unlock(arguments)
         return _run(arguments)
-    except KeyboardInterrupt:
-        say(
-            "interrupted; nothing was published (the previous export stays as it was); run again to export the rest"
-            if arguments.command == "run"
-            else "interrupted"
-        )
+    except KeyboardInterrupt as interruption:
+        say(_interrupted_line(arguments.command, getattr(interruption, "kept", None)))
         return 128 + _signals.received
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
         return _exit_code_for(error, arguments.verbose)
@@ -66,6 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _signals.restore(previous_handlers)
         if arguments.verbose:
             say(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def _interrupted_line(command: str, kept: int | None) -> str:
+    """What an interrupted command says; a run, how many finished tasks it recorded."""
+    if command != "run":
+        return "interrupted"
+    unpublished = "nothing was published (the previous export stays as it was)"
+    if kept is None:
+        return f"interrupted; {unpublished}; run again to export the rest"
+    return f"interrupted; {kept} finished task{'s' * (kept != 1)} kept for the next run; {unpublished}"
 
 
 def entry() -> None:
