@@ -300,7 +300,9 @@ def test_an_interrupted_run_keeps_its_finished_tasks_for_the_next_run(request, t
     file it names as they were; the state records the finished tasks (those of the batches
     in flight too), so the re-run skips exactly them, and its export is a clean run's."""
     local = write_small_project(tmp_path / "source", tasks=300)
-    environment = {"PREFECT_API_URL": ""}  # prefect: the CLI's ephemeral API
+    # prefect: the session's server (the ephemeral API's own Ctrl-C is the test above's; each
+    # start of one costs CI half a minute). --engine local never reads it.
+    environment = {"PREFECT_API_URL": request.getfixturevalue("prefect_api")}
     if store == "s3":
         seaweed, make_bucket = request.getfixturevalue("seaweed"), request.getfixturevalue("make_bucket")
         source_bucket = make_bucket("project")
