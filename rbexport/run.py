@@ -483,7 +483,7 @@ def record_finished(plan: RunPlan, outcomes: Sequence[TaskOutcome]) -> int:
             state.unpublished = _unpublished_entries(target_plan, results, state)
         state_json = state.to_json()
         if state_json != target_plan.state.to_json():
-            storage_for(target_plan.target.root, plan.settings.access).write(STATE_KEY, state_json)
+            open_storage(target_plan.target.root, plan.settings.access).write(STATE_KEY, state_json)
         kept.update(results)
     return len(kept)
 
