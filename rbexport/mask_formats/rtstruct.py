@@ -38,8 +38,6 @@ from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from ..errors import ConfigurationError, TaskDataError
 from ..images.dicom import SeriesHeaders
-from ..images.geometry import grid_description, onto_label_grid
-from ..images.volume import ImageVolume
 from ..nifti import LabelMap
 from ..options import ExportOptions
 from ..segment_map import parse_segment_map
@@ -49,7 +47,7 @@ from .base import COLOURS, ROI_TYPES, Encoded, MaskWriter, SeriesJob, SourceExtr
 from .colours import RGB, colour_of
 from .contours import boundary_loops
 from .dicom_seg import PATIENT_AND_STUDY, UID_PREFIX
-from .seg_frames import located_voxels
+from .seg_frames import located_voxels, on_image_grid
 from .segments import Segment, numbered_entry, plan_segments
 
 NEEDED_BY = "an RT Structure Set"
@@ -345,7 +343,7 @@ def _roi_voxels(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Each ROI's voxels as (column, row, slice) on the images' grid: a sparse 3D map's from
     its index's positions, any other's by looking its values up on the grid."""
-    on_grid = _on_image_grid(label_map, headers, series)  # a view; TaskDataError off the images' grid
+    on_grid = on_image_grid(label_map, headers, series)  # a view; TaskDataError off the images' grid
     located = located_voxels(rois, label_map, headers, index)
     if located is not None:
         return [(column, row, slice_index) for column, row, slice_index in located]
@@ -358,19 +356,6 @@ def _roi_voxels(
         column, row, slice_index = np.nonzero(members[on_grid])
         found.append((column, row, slice_index))
     return found
-
-
-def _on_image_grid(label_map: LabelMap, headers: SeriesHeaders, series: str) -> np.ndarray:
-    affine = label_map.header.get_best_affine()
-    label = ImageVolume(label_map.values, affine, modality=None)
-    try:
-        return onto_label_grid(label, headers.shape, headers.affine, series).data
-    except TaskDataError:
-        raise TaskDataError(
-            f"series {series}: the label map does not lie on its DICOM images' grid: label map "
-            f"{grid_description(label_map.values.shape, affine)} vs images "
-            f"{grid_description(headers.shape, headers.affine)}"
-        ) from None
 
 
 def _decimals(largest: float) -> int:
