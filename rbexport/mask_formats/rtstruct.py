@@ -36,13 +36,14 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from ..errors import ConfigurationError, TaskDataError
+from ..errors import TaskDataError
 from ..images.dicom import SeriesHeaders
 from ..nifti import LabelMap
 from ..options import ExportOptions
-from ..segment_map import parse_segment_map
 from ..structures import SeriesExport
 from ..structures.masks import VoxelIndex
+from ..taxonomy import ROI_TYPE_FIELD as ROI_TYPE_FIELD  # where the taxonomy is parsed (re-exported)
+from ..taxonomy import taxonomy_roi_types as taxonomy_roi_types
 from .base import COLOURS, ROI_TYPES, Encoded, MaskWriter, SeriesJob, SourceExtras
 from .colours import RGB, colour_of
 from .contours import boundary_loops
@@ -54,7 +55,6 @@ NEEDED_BY = "an RT Structure Set"
 MANUFACTURER = "rbexport"
 SERIES_NUMBER = 301  # beside the images' and a DICOM SEG's (300)
 DEFAULT_INTERPRETED_TYPE = "ORGAN"
-ROI_TYPE_FIELD = "rtRoiInterpretedType"  # in a taxonomy's objectTypes
 # The structure set's sequences, written as bytes (Implicit VR Little Endian: every length 32 bits, so a long
 # contour's ContourData never meets Explicit VR's 64 kB limit for DS).
 REFERENCED_FRAME_OF_REFERENCE_SEQUENCE = 0x30060010
@@ -87,7 +87,6 @@ ROI_INTERPRETER = 0x300600A6
 ITEM = 0xFFFEE000
 DS_CHARACTERS = 16
 MAX_DECIMALS = 4  # a tenth of a micrometre: far below any pixel, and a third shorter than pydicom's
-_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 _NOT_IN_LO = re.compile(r"[\\\x00-\x1f\x7f]")
 
 
@@ -104,7 +103,7 @@ class RtStructWriter(MaskWriter):
         """The series as one RT Structure Set (its instances or categories as ROIs): its entry and its file."""
         export, extras = job.export, job.extras
         rois = plan_segments(
-            parse_segment_map(job.series.get("segmentMap")),
+            job.instances,
             job.index,
             job.options.semantic_mask,
             extras.category_numbers,
@@ -121,25 +120,6 @@ class RtStructWriter(MaskWriter):
     def written_with(self, extras: SourceExtras) -> dict | None:
         """A structure set holds the taxonomy's colours and ROI types."""
         return {"colours": extras.colours, "roi_types": extras.roi_types}
-
-
-def taxonomy_roi_types(taxonomy: object, origin: str = "taxonomy.json") -> dict[str, str]:
-    """Each category's `rtRoiInterpretedType` (a DICOM code string: ORGAN, PTV, GTV, CTV,
-    AVOIDANCE, EXTERNAL, ...); ConfigurationError naming a category whose value is not one."""
-    object_types = taxonomy.get("objectTypes") if isinstance(taxonomy, dict) else None
-    types: dict[str, str] = {}
-    for object_type in object_types if isinstance(object_types, list) else []:
-        if not isinstance(object_type, dict) or ROI_TYPE_FIELD not in object_type:
-            continue
-        category, value = object_type.get("category"), object_type[ROI_TYPE_FIELD]
-        if not isinstance(value, str) or not _CODE_STRING.fullmatch(value):
-            raise ConfigurationError(
-                f"{origin}: {ROI_TYPE_FIELD} of category {category!r} must be a DICOM code string "
-                f"(capitals, digits, _ or space, at most 16), such as ORGAN or PTV; found {value!r}"[:300]
-            )
-        if isinstance(category, str):
-            types.setdefault(category, value)
-    return types
 
 
 def structure_set_entry(entry: dict, path: str | None, rois: Sequence[Segment]) -> dict:
