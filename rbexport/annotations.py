@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from .errors import TaskDataError
 from .naming import deduplicate, series_names
 from .options import ExportOptions
+from .segment_map import Instance, parse_segment_map
 
 CONSENSUS_FIELDS = ("consensus", "consensusTasks", "consensusScore", "superTruth")
 _MASK_FIELDS = ("segmentations", "segmentMap")
@@ -28,6 +29,49 @@ class Annotation:
     names: list[str]  # safe, unique, one per series
     suffix: str  # "" or "_<i>", after the series name
     stems: tuple[str, ...] = ()  # file name of each series (name + suffix), unique in the task
+
+
+class ParsedTask:
+    """One task's JSON parsed once, for every variant and writer of the task: its annotations
+    (as each `no_consensus` reads them) and each series' segment map, each built on first
+    use and kept, a failure too (every variant asking gets the same reason). `task` stays as
+    read: what passes through into tasks.json untouched is taken from it."""
+
+    def __init__(self, task: dict) -> None:
+        self.task = task
+        self._annotations: dict[bool, list[Annotation] | TaskDataError] = {}
+        # id of a series object of `task` -> (the series, kept so the id stays its own; its instances)
+        self._instances: dict[int, tuple[dict, list[Instance] | TaskDataError]] = {}
+
+    def annotations(self, options: ExportOptions) -> list[Annotation]:
+        """annotations_of(task, options), parsed once per `no_consensus`."""
+        key = options.no_consensus
+        if key not in self._annotations:
+            try:
+                self._annotations[key] = annotations_of(self.task, options)
+            except TaskDataError as error:
+                self._annotations[key] = error
+        found = self._annotations[key]
+        if isinstance(found, TaskDataError):
+            raise found
+        return found
+
+    def case_annotation(self, options: ExportOptions) -> Annotation:
+        """The series a dataset layout's cases are made of: the annotation `no_consensus` exports."""
+        return self.annotations(options.model_copy(update={"no_consensus": True}))[0]
+
+    def instances(self, series: dict) -> list[Instance]:
+        """The instances of a series' segmentMap (parse_segment_map), parsed once per series."""
+        if id(series) not in self._instances:
+            try:
+                parsed: list[Instance] | TaskDataError = parse_segment_map(series.get("segmentMap"))
+            except TaskDataError as error:
+                parsed = error
+            self._instances[id(series)] = (series, parsed)
+        found = self._instances[id(series)][1]
+        if isinstance(found, TaskDataError):
+            raise found
+        return found
 
 
 def annotations_of(task: dict, options: ExportOptions) -> list[Annotation]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .annotations import Annotation, annotations_of
+from .annotations import Annotation, ParsedTask, annotations_of
 from .errors import TaskDataError
 from .images.export import TaskImages
 from .images.volume import encode_nifti
@@ -24,7 +24,6 @@ from .layouts.msd import stack_channels
 from .nifti import encode_fill, mask_header
 from .options import ExportOptions
 from .report import FileRecord, Notice
-from .segment_map import parse_segment_map
 from .source import MaskReader
 from .storage import Storage
 
@@ -44,7 +43,7 @@ def case_series(annotation: Annotation) -> list[tuple[str, bool]]:
 
 
 def export_dataset_task(
-    task: dict,
+    task: ParsedTask,
     task_id: str,
     cases: Sequence[Case],
     options: ExportOptions,
@@ -56,12 +55,14 @@ def export_dataset_task(
     """Write the task's cases; their files, what each case holds (fold not yet given), warnings."""
     layout = LAYOUTS[options.layout]
     labels = training_labels(category_numbers)
-    annotation = case_annotation(task, options)
+    annotation = task.case_annotation(options)
     encoded: list[tuple[str, bytes]] = []
     records: list[CaseRecord] = []
     warnings: list[Notice] = []
     for case in cases:
-        files, record, notes = _encode_case(case, annotation, options, layout, labels, category_numbers, reader, images)
+        files, record, notes = _encode_case(
+            case, annotation, task, options, layout, labels, category_numbers, reader, images
+        )
         encoded += files
         records.append(record)
         warnings += [Notice(task_id, file, text) for file, text in notes]
@@ -76,6 +77,7 @@ def export_dataset_task(
 def _encode_case(
     case: Case,
     annotation: Annotation,
+    task: ParsedTask,
     options: ExportOptions,
     layout,
     labels: TrainingLabels,
@@ -88,7 +90,7 @@ def _encode_case(
     label_name = annotation.names[case.label_position]
     try:
         label_map = reader.load(reference)
-        instances = parse_segment_map(series.get("segmentMap"))
+        instances = task.instances(series)
         fill, voxels, label_notes = label_volume(reader.index(reference), instances, category_numbers, labels)
     except TaskDataError as error:
         raise TaskDataError(f"case {case.case_id}: {error.reason}", error.file or reference) from None

@@ -14,10 +14,10 @@ from .filters import TaskFilter
 from .incremental import CaseRecord, ExportState
 from .layouts.cases import Case
 from .lease import WAIT_SECONDS
-from .mask_formats.segment_codes import SegmentCode
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
 from .storage import S3Access
+from .taxonomy import Taxonomy
 from .variants import Preset, Variant
 
 
@@ -54,13 +54,16 @@ class ExportSettings:
 
     source: str
     targets: tuple[Target, ...]
-    category_numbers: Mapping[str, int] | None = None
-    # Read for the mask writers that need them (rbexport.mask_formats.base.SourceExtras).
-    category_colours: Mapping[str, tuple[int, int, int]] | None = None  # PNG, DICOM SEG, RT-STRUCT
-    segment_codes: Mapping[str, SegmentCode] | None = None  # DICOM SEG
-    roi_types: Mapping[str, str] | None = None  # RT-STRUCT: RTROIInterpretedType by category
+    # The source's categories, read once (rbexport.task_export.read_run_taxonomy) in the parts
+    # the variants need: numbers (semantic, dataset layouts), colours, codes, ROI types (writers).
+    taxonomy: Taxonomy = Taxonomy()
     access: S3Access = S3Access()
     allowed_buckets: tuple[str, ...] = ()
+
+    @property
+    def category_numbers(self) -> Mapping[str, int] | None:
+        """The taxonomy's category numbers (None when no variant needs them)."""
+        return self.taxonomy.category_numbers
 
 
 @dataclass(frozen=True)

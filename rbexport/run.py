@@ -30,10 +30,8 @@ from .incremental import (
     is_unchanged,
     task_fingerprint,
 )
-from .layouts.labels import training_labels
 from .lease import DestinationLease
 from .mask_formats import INDEX_FILES, writer_for
-from .mask_formats.base import COLOURS, ROI_TYPES, SEGMENT_CODES
 from .model import (
     ExportRequest,
     ExportSettings,
@@ -52,14 +50,10 @@ from .report import REPORT_NAME, Failure, FileRecord, Notice, RunReport
 from .source import (
     MaskReader,
     SourceTask,
-    read_category_colours,
-    read_category_numbers,
-    read_roi_types,
-    read_segment_codes,
     read_tasks,
 )
 from .storage import Location, S3Access, Storage, open_storage
-from .task_export import source_extras
+from .task_export import read_run_taxonomy, source_extras
 from .variants import resolve_variants
 
 # Files at an export root besides tasks.json: the report, a mask format's index files (PNG's
@@ -89,15 +83,10 @@ def prepare_run(request: ExportRequest) -> RunPlan:
     tasks, filtered = select_tasks(read_tasks(source_storage), request.filters)
     check_filters(request.filters, targets)
     check_layout(destination_location, access, variant_folders, request.replace_layout, rebuild=not request.incremental)
-    category_numbers = _category_numbers(source_storage, targets)
-    needs = frozenset().union(*(writer_for(target.options).needs for target in targets))
     settings = ExportSettings(
         source=source_location.url,
         targets=targets,
-        category_numbers=category_numbers,
-        category_colours=read_category_colours(source_storage) if COLOURS in needs else None,
-        segment_codes=read_segment_codes(source_storage) if SEGMENT_CODES in needs else None,
-        roi_types=read_roi_types(source_storage) if ROI_TYPES in needs else None,
+        taxonomy=read_run_taxonomy(source_storage, targets),
         access=access,
         allowed_buckets=request.allowed_buckets,
     )
@@ -149,18 +138,6 @@ def check_filters(filters: TaskFilter, targets: Sequence[Target]) -> None:
             )
         if target.options.images:
             raise ConfigurationError("without_masks writes no file but tasks.json: it cannot copy images too")
-
-
-def _category_numbers(source: Storage, targets: Sequence[Target]) -> dict[str, int] | None:
-    """The taxonomy's category numbers when a variant needs them (semantic, dataset layouts)."""
-    dataset = next((target for target in targets if target.options.dataset), None)
-    if dataset is not None:
-        numbers = read_category_numbers(source, f"the {dataset.options.layout} layout (one label per category)")
-        training_labels(numbers)  # refuses a taxonomy no dataset.json can describe
-        return numbers
-    if any(target.options.semantic_mask for target in targets):
-        return read_category_numbers(source)
-    return None
 
 
 def destination_lease(

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .annotations import mask_references
@@ -22,17 +23,14 @@ from .errors import (
     StorageError,
     TaskDataError,
 )
-from .mask_formats.colours import taxonomy_colours
-from .mask_formats.segment_codes import SEGMENT_CODES_FILE, SegmentCode, parse_segment_codes
 from .memory import volume_bytes
 from .nifti import MASK_HEAD_BYTES, LabelMap, max_file_bytes, peek_volume, read_label_map, size_text
 from .storage import Location, S3Access, Storage, normalize_key, open_storage
 from .structures.masks import VoxelIndex
-from .taxonomy import category_numbers
+from .taxonomy import SEGMENT_CODES_FILE, TAXONOMY_FILE, SegmentCode, Taxonomy, TaxonomyNeeds, parse_taxonomy
 
 TASKS_FILE = "tasks.json"
 TASKS_FOLDER = "tasks/"
-TAXONOMY_FILE = "taxonomy.json"
 # Deepest nesting of lists and objects a source's JSON may have (a RedBrick task nests
 # about 6 levels; Python's own limit is near 1,000, and code that walks a task recurses).
 MAX_JSON_DEPTH = 100
@@ -127,34 +125,46 @@ def tasks_complete(source: Storage, keys: set[str]) -> bool:
     return True
 
 
+def read_taxonomy(
+    source: Storage, needs: TaxonomyNeeds, check_numbers: Callable[[Mapping[str, int]], object] | None = None
+) -> Taxonomy:
+    """The source's taxonomy (rbexport.taxonomy), in the parts `needs` asks for: taxonomy.json
+    and segment_codes.json each read once, and only when a part needs it. A run reads it
+    once (rbexport.task_export.read_run_taxonomy) and passes it whole."""
+    taxonomy = None
+    if needs.taxonomy_file:
+        if source.exists(TAXONOMY_FILE):
+            taxonomy = _read_json(source, TAXONOMY_FILE)
+        elif needs.numbers_for is not None:
+            raise ConfigurationError(f"{needs.numbers_for} needs {TAXONOMY_FILE} in {source.url}")
+
+    def segment_codes() -> object:
+        return _read_json(source, SEGMENT_CODES_FILE) if source.exists(SEGMENT_CODES_FILE) else None
+
+    return parse_taxonomy(
+        taxonomy, needs, source.url_of(TAXONOMY_FILE), segment_codes, source.url_of(SEGMENT_CODES_FILE), check_numbers
+    )
+
+
+# One part of the taxonomy each, for callers that need only that (a run reads it whole, once).
 def read_category_numbers(source: Storage, needed_by: str = "a semantic export") -> dict[str, int]:
     """Category numbers from the source's taxonomy.json (semantic exports and dataset layouts need them)."""
-    if not source.exists(TAXONOMY_FILE):
-        raise ConfigurationError(f"{needed_by} needs {TAXONOMY_FILE} in {source.url}")
-    return category_numbers(_read_json(source, TAXONOMY_FILE), source.url_of(TAXONOMY_FILE))
+    return dict(read_taxonomy(source, TaxonomyNeeds(numbers_for=needed_by)).category_numbers or {})
 
 
 def read_category_colours(source: Storage) -> dict[str, tuple[int, int, int]]:
     """The taxonomy's category colours, when the source has a taxonomy.json ({} when not)."""
-    if not source.exists(TAXONOMY_FILE):
-        return {}
-    return taxonomy_colours(_read_json(source, TAXONOMY_FILE))
+    return dict(read_taxonomy(source, TaxonomyNeeds(colours=True)).colours or {})
 
 
 def read_roi_types(source: Storage) -> dict[str, str]:
     """The taxonomy's RT ROI interpreted types (`rtRoiInterpretedType`), {} without a taxonomy.json."""
-    from .mask_formats.rtstruct import taxonomy_roi_types
-
-    if not source.exists(TAXONOMY_FILE):
-        return {}
-    return taxonomy_roi_types(_read_json(source, TAXONOMY_FILE), source.url_of(TAXONOMY_FILE))
+    return dict(read_taxonomy(source, TaxonomyNeeds(roi_types=True)).roi_types or {})
 
 
 def read_segment_codes(source: Storage) -> dict[str, SegmentCode]:
     """The source's segment_codes.json (DICOM SEG codes by category), {} when it has none."""
-    if not source.exists(SEGMENT_CODES_FILE):
-        return {}
-    return parse_segment_codes(_read_json(source, SEGMENT_CODES_FILE), source.url_of(SEGMENT_CODES_FILE))
+    return dict(read_taxonomy(source, TaxonomyNeeds(segment_codes=True)).segment_codes or {})
 
 
 def _read_json(source: Storage, key: str) -> object:

@@ -10,26 +10,29 @@ variant that fails for the task's data writes nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from .annotations import annotations_of, assemble_task
-from .dataset_export import case_annotation, export_dataset_task
+from .annotations import ParsedTask, assemble_task
+from .dataset_export import export_dataset_task
 from .errors import TaskDataError
 from .images.export import TaskImages, with_image_items
+from .layouts.labels import training_labels
 from .mask_formats import writer_for
-from .mask_formats.base import Encoded, MaskWriter, SeriesJob, SourceExtras
+from .mask_formats.base import COLOURS, ROI_TYPES, SEGMENT_CODES, Encoded, MaskWriter, SeriesJob, SourceExtras
 from .memory import process_budget
 from .model import ExportSettings, Target, TaskFailed, TaskJob, TaskOutcome, TaskResult
 from .nifti import LabelMap
 from .options import ExportOptions
 from .report import Failure, FileRecord, Notice
-from .source import MaskReader
+from .source import MaskReader, read_taxonomy
 from .storage import Location, Storage, open_storage
 from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
+from .taxonomy import Taxonomy, TaxonomyNeeds
 
 SEGMENTATIONS_FOLDER = "segmentations"
 # Files encoded and written at once in a process (each holds one output buffer).
@@ -55,9 +58,10 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
     targets = [target for target in settings.targets if target.name in job.targets]
+    task = ParsedTask(job.task)  # parsed once for every variant
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
-    needed = reader.fetch(_masks_used(job, settings)) + _check_images(images, targets, outcome, job.task_id)
-    needed += _series_object_memory(job, targets, reader)
+    needed = reader.fetch(_masks_used(task, targets)) + _check_images(images, targets, outcome, job.task_id)
+    needed += _series_object_memory(task, targets, reader)
     with process_budget().reserve(needed):  # waits while other tasks hold the memory
         try:
             for target in targets:
@@ -65,7 +69,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
                     continue
                 try:
                     export = _export_dataset if target.options.dataset else _export_variant
-                    outcome.results[target.name] = export(job, target, reader, images, settings)
+                    outcome.results[target.name] = export(job, task, target, reader, images, settings)
                 except TaskDataError as error:
                     outcome.failures[target.name] = Failure(job.task_id, error.file, error.reason)
         finally:
@@ -103,7 +107,7 @@ def _check_images(images: TaskImages, targets: list[Target], outcome: TaskOutcom
     return needed
 
 
-def _series_object_memory(job: TaskJob, targets: list[Target], reader: MaskReader) -> int:
+def _series_object_memory(task: ParsedTask, targets: list[Target], reader: MaskReader) -> int:
     """What encoding the task's largest series object holds (series are encoded one at a time)."""
     largest = 0
     for target in targets:
@@ -111,7 +115,7 @@ def _series_object_memory(job: TaskJob, targets: list[Target], reader: MaskReade
         if not writer.needs_dicom:
             continue
         try:
-            annotations = annotations_of(job.task, target.options)
+            annotations = task.annotations(target.options)
         except TaskDataError:
             continue  # the variant's export reports it
         for annotation in annotations:
@@ -121,17 +125,13 @@ def _series_object_memory(job: TaskJob, targets: list[Target], reader: MaskReade
     return largest
 
 
-def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
+def _masks_used(task: ParsedTask, targets: list[Target]) -> list[str]:
     """The masks the variants asked for read (with no_consensus, not every annotator's)."""
     used: list[str] = []
-    for target in settings.targets:
-        if target.name not in job.targets:
-            continue
+    for target in targets:
         try:
             annotations = (
-                [case_annotation(job.task, target.options)]
-                if target.options.dataset
-                else annotations_of(job.task, target.options)
+                [task.case_annotation(target.options)] if target.options.dataset else task.annotations(target.options)
             )
         except TaskDataError:
             continue  # the variant's export reports it
@@ -144,7 +144,7 @@ def _masks_used(job: TaskJob, settings: ExportSettings) -> list[str]:
 
 
 def _export_variant(
-    job: TaskJob, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
+    job: TaskJob, task: ParsedTask, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
 ) -> TaskResult:
     options = target.options
     writer = writer_for(options)
@@ -153,7 +153,7 @@ def _export_variant(
     exported_annotations: list[list[dict]] = []
     warnings: list[Notice] = []
     labels: dict[int, LabelMap] = {}  # the first label map of each series position: its image's grid
-    for annotation in annotations_of(job.task, options):
+    for annotation in task.annotations(options):
         exported_series = []
         for position, (series, name, stem) in enumerate(
             zip(annotation.series, annotation.names, annotation.stems, strict=True)
@@ -166,12 +166,17 @@ def _export_variant(
             labels.setdefault(position, label_map)
             paths = SeriesPaths(f"{SEGMENTATIONS_FOLDER}/{job.folder}/{stem}", writer.suffix(options))
             try:
-                export = export_series(series, reader.index(reference), paths, options, settings.category_numbers)
+                index = reader.index(reference)
+                instances = task.instances(series)  # parsed once for every variant and writer
+                export = export_series(
+                    series, index, paths, options, settings.taxonomy.category_numbers, instances=instances
+                )
                 export, encoded = writer.encode_series(
                     SeriesJob(
                         export=export,
                         series=series,
-                        index=reader.index(reference),
+                        instances=instances,
+                        index=index,
                         label_map=label_map,
                         headers=_headers_of(images, position, name, writer),
                         name=name,
@@ -203,10 +208,24 @@ def _export_variant(
 
 
 def source_extras(settings: ExportSettings) -> SourceExtras:
-    """What the run read from the source for the writers (category numbers, colours, codes, ROI types)."""
-    return SourceExtras(
-        settings.category_numbers, settings.category_colours, settings.segment_codes, settings.roi_types
-    )
+    """What the run read from the source for the writers: its taxonomy (numbers, colours, codes, ROI types)."""
+    return settings.taxonomy
+
+
+def read_run_taxonomy(source: Storage, targets: Sequence[Target]) -> Taxonomy:
+    """The source's taxonomy, read once for the run, in the parts its variants need: category
+    numbers for semantic exports and dataset layouts (whose labels it must allow), and what
+    each variant's mask writer needs (colours, segment codes, ROI types)."""
+    dataset = next((target for target in targets if target.options.dataset), None)
+    numbers_for = None
+    if dataset is not None:
+        numbers_for = f"the {dataset.options.layout} layout (one label per category)"
+    elif any(target.options.semantic_mask for target in targets):
+        numbers_for = "a semantic export"
+    needs = frozenset().union(*(writer_for(target.options).needs for target in targets))
+    wanted = TaxonomyNeeds(numbers_for, COLOURS in needs, SEGMENT_CODES in needs, ROI_TYPES in needs)
+    # A dataset's labels are checked with the numbers: a taxonomy no dataset.json can describe is refused.
+    return read_taxonomy(source, wanted, training_labels if dataset is not None else None)
 
 
 def _headers_of(images: TaskImages, position: int, name: str, writer: MaskWriter):
@@ -215,14 +234,14 @@ def _headers_of(images: TaskImages, position: int, name: str, writer: MaskWriter
 
 
 def _export_dataset(
-    job: TaskJob, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
+    job: TaskJob, task: ParsedTask, target: Target, reader: MaskReader, images: TaskImages, settings: ExportSettings
 ) -> TaskResult:
     files, cases, warnings = export_dataset_task(
-        job.task,
+        task,
         job.task_id,
         job.cases.get(target.name, ()),
         target.options,
-        settings.category_numbers or {},
+        settings.taxonomy.category_numbers or {},
         reader,
         images,
         open_storage(target.root, settings.access),

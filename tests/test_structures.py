@@ -923,3 +923,34 @@ def test_no_consensus_reads_only_the_masks_it_exports(tmp_path, monkeypatch):
     monkeypatch.setattr(rbexport.source.MaskReader, "_download", lambda self, ref: read.append(ref) or real(self, ref))
     export(tmp_path, [consensus_task()], CONSENSUS_MASKS, no_consensus=True)
     assert read == ["masks/truth.nii.gz"]
+
+
+def test_a_task_and_the_taxonomy_are_parsed_once_for_every_variant(tmp_path, monkeypatch):
+    """Issue 21 item 3: three PNG variants of one task (standard, semantic, binary semantic)
+    parse its series' segmentMap once, and the run reads taxonomy.json once (for the
+    semantic variants' category numbers and PNG's colours both)."""
+    import rbexport.annotations
+    import rbexport.source
+
+    parsed, read = [], []
+    real_parse = rbexport.annotations.parse_segment_map
+    real_read = rbexport.source._read_json
+    monkeypatch.setattr(
+        rbexport.annotations, "parse_segment_map", lambda segment_map: parsed.append(1) or real_parse(segment_map)
+    )
+    monkeypatch.setattr(rbexport.source, "_read_json", lambda source, key: read.append(key) or real_read(source, key))
+    source = write_source(
+        tmp_path / "src",
+        [series_task([one_series(PLAIN_SEGMENT_MAP)])],
+        {"masks/t1.nii.gz": PLAIN_MAP[:, :, 0]},
+        TAXONOMY,
+    )
+    reports = run_export(
+        str(source),
+        str(tmp_path / "out"),
+        ExportOptions(mask_format="png"),
+        variants=["standard", "semantic", "semantic-binary"],
+    )
+    assert [report.failures for report in reports] == [[], [], []]
+    assert len(parsed) == 1
+    assert read.count("taxonomy.json") == 1

@@ -14,9 +14,11 @@ a format. Two kinds:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
+
+from ..taxonomy import Taxonomy
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -25,27 +27,21 @@ if TYPE_CHECKING:
     from ..images.dicom import SeriesHeaders
     from ..nifti import LabelMap
     from ..options import ExportOptions
+    from ..segment_map import Instance
     from ..structures import MaskFile, SeriesExport, SeriesPaths
     from ..structures.masks import VoxelIndex
-    from .colours import RGB
-    from .segment_codes import SegmentCode
 
 Encoded = tuple[tuple[str, bytes], ...]  # (path in the export, bytes) of files already encoded
 
-# What a writer may need from the source besides the masks (read once per run, rbexport.run).
+# What a writer may need from the source besides the masks (read once per run into the Taxonomy).
 COLOURS = "colours"  # the taxonomy's category colours
 SEGMENT_CODES = "segment_codes"  # segment_codes.json
 ROI_TYPES = "roi_types"  # the taxonomy's RT ROI interpreted types
 
 
-@dataclass(frozen=True)
-class SourceExtras:
-    """What the source says about categories beyond their numbers, for the writers that need it."""
-
-    category_numbers: Mapping[str, int] | None = None
-    colours: Mapping[str, RGB] | None = None
-    segment_codes: Mapping[str, SegmentCode] | None = None
-    roi_types: Mapping[str, str] | None = None
+# What the source says about categories (numbers, colours, segment codes, ROI types): the
+# run's one Taxonomy, read once, as every writer gets it.
+SourceExtras = Taxonomy
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,7 @@ class SeriesJob:
 
     export: SeriesExport  # what the structure decided (entry, mask files, warnings)
     series: dict  # the source series entry
+    instances: Sequence[Instance]  # its segmentMap, parsed once for the task (rbexport.annotations.ParsedTask)
     index: VoxelIndex
     label_map: LabelMap
     headers: Callable[[], SeriesHeaders]  # the series' DICOM headers (read ahead), TaskDataError when none

@@ -36,27 +36,25 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from ..errors import ConfigurationError, TaskDataError
+from ..errors import TaskDataError
 from ..images.dicom import SeriesHeaders
-from ..images.geometry import grid_description, onto_label_grid
-from ..images.volume import ImageVolume
 from ..nifti import LabelMap
 from ..options import ExportOptions
-from ..segment_map import parse_segment_map
 from ..structures import SeriesExport
 from ..structures.masks import VoxelIndex
+from ..taxonomy import ROI_TYPE_FIELD as ROI_TYPE_FIELD  # where the taxonomy is parsed (re-exported)
+from ..taxonomy import taxonomy_roi_types as taxonomy_roi_types
 from .base import COLOURS, ROI_TYPES, Encoded, MaskWriter, SeriesJob, SourceExtras
 from .colours import RGB, colour_of
 from .contours import boundary_loops
 from .dicom_seg import PATIENT_AND_STUDY, UID_PREFIX
-from .seg_frames import located_voxels
+from .seg_frames import located_voxels, on_image_grid
 from .segments import Segment, numbered_entry, plan_segments
 
 NEEDED_BY = "an RT Structure Set"
 MANUFACTURER = "rbexport"
 SERIES_NUMBER = 301  # beside the images' and a DICOM SEG's (300)
 DEFAULT_INTERPRETED_TYPE = "ORGAN"
-ROI_TYPE_FIELD = "rtRoiInterpretedType"  # in a taxonomy's objectTypes
 # The structure set's sequences, written as bytes (Implicit VR Little Endian: every length 32 bits, so a long
 # contour's ContourData never meets Explicit VR's 64 kB limit for DS).
 REFERENCED_FRAME_OF_REFERENCE_SEQUENCE = 0x30060010
@@ -89,7 +87,6 @@ ROI_INTERPRETER = 0x300600A6
 ITEM = 0xFFFEE000
 DS_CHARACTERS = 16
 MAX_DECIMALS = 4  # a tenth of a micrometre: far below any pixel, and a third shorter than pydicom's
-_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
 _NOT_IN_LO = re.compile(r"[\\\x00-\x1f\x7f]")
 
 
@@ -106,7 +103,7 @@ class RtStructWriter(MaskWriter):
         """The series as one RT Structure Set (its instances or categories as ROIs): its entry and its file."""
         export, extras = job.export, job.extras
         rois = plan_segments(
-            parse_segment_map(job.series.get("segmentMap")),
+            job.instances,
             job.index,
             job.options.semantic_mask,
             extras.category_numbers,
@@ -123,25 +120,6 @@ class RtStructWriter(MaskWriter):
     def written_with(self, extras: SourceExtras) -> dict | None:
         """A structure set holds the taxonomy's colours and ROI types."""
         return {"colours": extras.colours, "roi_types": extras.roi_types}
-
-
-def taxonomy_roi_types(taxonomy: object, origin: str = "taxonomy.json") -> dict[str, str]:
-    """Each category's `rtRoiInterpretedType` (a DICOM code string: ORGAN, PTV, GTV, CTV,
-    AVOIDANCE, EXTERNAL, ...); ConfigurationError naming a category whose value is not one."""
-    object_types = taxonomy.get("objectTypes") if isinstance(taxonomy, dict) else None
-    types: dict[str, str] = {}
-    for object_type in object_types if isinstance(object_types, list) else []:
-        if not isinstance(object_type, dict) or ROI_TYPE_FIELD not in object_type:
-            continue
-        category, value = object_type.get("category"), object_type[ROI_TYPE_FIELD]
-        if not isinstance(value, str) or not _CODE_STRING.fullmatch(value):
-            raise ConfigurationError(
-                f"{origin}: {ROI_TYPE_FIELD} of category {category!r} must be a DICOM code string "
-                f"(capitals, digits, _ or space, at most 16), such as ORGAN or PTV; found {value!r}"[:300]
-            )
-        if isinstance(category, str):
-            types.setdefault(category, value)
-    return types
 
 
 def structure_set_entry(entry: dict, path: str | None, rois: Sequence[Segment]) -> dict:
@@ -345,7 +323,7 @@ def _roi_voxels(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Each ROI's voxels as (column, row, slice) on the images' grid: a sparse 3D map's from
     its index's positions, any other's by looking its values up on the grid."""
-    on_grid = _on_image_grid(label_map, headers, series)  # a view; TaskDataError off the images' grid
+    on_grid = on_image_grid(label_map, headers, series)  # a view; TaskDataError off the images' grid
     located = located_voxels(rois, label_map, headers, index)
     if located is not None:
         return [(column, row, slice_index) for column, row, slice_index in located]
@@ -358,19 +336,6 @@ def _roi_voxels(
         column, row, slice_index = np.nonzero(members[on_grid])
         found.append((column, row, slice_index))
     return found
-
-
-def _on_image_grid(label_map: LabelMap, headers: SeriesHeaders, series: str) -> np.ndarray:
-    affine = label_map.header.get_best_affine()
-    label = ImageVolume(label_map.values, affine, modality=None)
-    try:
-        return onto_label_grid(label, headers.shape, headers.affine, series).data
-    except TaskDataError:
-        raise TaskDataError(
-            f"series {series}: the label map does not lie on its DICOM images' grid: label map "
-            f"{grid_description(label_map.values.shape, affine)} vs images "
-            f"{grid_description(headers.shape, headers.affine)}"
-        ) from None
 
 
 def _decimals(largest: float) -> int:

@@ -8,7 +8,6 @@ ahead while the task decodes its masks), the taxonomy's colours and segment_code
 from __future__ import annotations
 
 from ..options import ExportOptions
-from ..segment_map import parse_segment_map
 from ..structures import SeriesExport
 from . import dicom_seg
 from .base import COLOURS, SEGMENT_CODES, Encoded, MaskWriter, SeriesJob, SourceExtras
@@ -30,7 +29,7 @@ class DicomSegWriter(MaskWriter):
         """The series as one DICOM SEG (its structure's masks as segments): its entry and its file."""
         export, extras = job.export, job.extras
         segments = dicom_seg.plan_segments(
-            parse_segment_map(job.series.get("segmentMap")),
+            job.instances,
             job.index,
             job.options.semantic_mask,
             extras.category_numbers,

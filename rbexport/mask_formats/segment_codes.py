@@ -14,63 +14,38 @@ A category the file does not name (or every category, without the file) is coded
 3D Slicer codes a new segment: category and type both SNOMED CT 85756007 "Tissue", a
 concept of CID 7150 and 7151 that every PACS and viewer accepts. Its name stays in the
 SegmentLabel. A category given a type but no category code gets category "Tissue" too.
+
+The file is read with taxonomy.json, once per run, into the run's `rbexport.taxonomy.Taxonomy`
+(whose module parses it); here is how a writer looks a category's code up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from ..errors import ConfigurationError
+from ..taxonomy import (
+    DEFAULT_SEGMENT_CODE,
+    SEGMENT_CODES_FILE,
+    SNOMED_CT,
+    TISSUE,
+    Code,
+    SegmentCode,
+    parse_segment_codes,
+)
 
-SEGMENT_CODES_FILE = "segment_codes.json"
-SNOMED_CT = "SCT"
-
-
-@dataclass(frozen=True)
-class Code:
-    value: str
-    meaning: str
-    scheme: str = SNOMED_CT
-
-
-@dataclass(frozen=True)
-class SegmentCode:
-    """A segment's Segmented Property Category and Type."""
-
-    category: Code
-    type: Code
-
-
-TISSUE = Code("85756007", "Tissue")
-DEFAULT_SEGMENT_CODE = SegmentCode(category=TISSUE, type=TISSUE)
-
-
-def parse_segment_codes(body: object, origin: str = SEGMENT_CODES_FILE) -> dict[str, SegmentCode]:
-    """The codes of `segment_codes.json`; ConfigurationError naming the entry at fault."""
-    if not isinstance(body, dict):
-        raise ConfigurationError(f"{origin} must be an object mapping category names to codes")
-    return {category: _segment_code(entry, f"{origin}: {category!r}") for category, entry in body.items()}
+__all__ = [
+    "DEFAULT_SEGMENT_CODE",
+    "SEGMENT_CODES_FILE",
+    "SNOMED_CT",
+    "TISSUE",
+    "Code",
+    "SegmentCode",
+    "code_of",
+    "parse_segment_codes",
+]
 
 
 def code_of(category: object, codes: Mapping[str, SegmentCode] | None) -> SegmentCode:
     if isinstance(category, str) and codes and category in codes:
         return codes[category]
     return DEFAULT_SEGMENT_CODE
-
-
-def _segment_code(entry: object, where: str) -> SegmentCode:
-    type_code = _code(entry, where)
-    category = entry.get("category") if isinstance(entry, dict) else None
-    return SegmentCode(category=TISSUE if category is None else _code(category, f"{where} category"), type=type_code)
-
-
-def _code(entry: object, where: str) -> Code:
-    if not isinstance(entry, dict):
-        raise ConfigurationError(f"{where} must be an object with code, meaning and (optionally) scheme")
-    value, meaning, scheme = entry.get("code"), entry.get("meaning"), entry.get("scheme", SNOMED_CT)
-    for name, text in (("code", value), ("meaning", meaning), ("scheme", scheme)):
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigurationError(f"{where} needs a non-empty {name} (a string)")
-    assert isinstance(value, str) and isinstance(meaning, str) and isinstance(scheme, str)
-    return Code(value.strip(), meaning.strip(), scheme.strip())

@@ -7,12 +7,12 @@ its tasks.json entry holds; the voxels of each file are written only when that f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..nifti import Fill
 from ..options import ExportOptions
-from ..segment_map import has_overlaps, label_warnings, parse_segment_map, refuse_absent_groups
+from ..segment_map import Instance, has_overlaps, label_warnings, parse_segment_map, refuse_absent_groups
 from .masks import VoxelIndex
 
 
@@ -64,12 +64,15 @@ def export_series(
     paths: SeriesPaths,
     options: ExportOptions,
     category_numbers: Mapping[str, int] | None = None,
+    instances: Sequence[Instance] | None = None,
 ) -> SeriesExport:
-    """The files and tasks.json entry of one series under `options`."""
+    """The files and tasks.json entry of one series under `options` (`instances`: its
+    segmentMap already parsed, rbexport.annotations.ParsedTask; else parsed here)."""
     from .instances import instance_structure
     from .semantic import semantic_structure
 
-    instances = parse_segment_map(series.get("segmentMap"))
+    if instances is None:
+        instances = parse_segment_map(series.get("segmentMap"))
     refuse_absent_groups(instances, index.counts)
     binary = options.binary_for(has_overlaps(instances))
     if options.semantic_mask:
