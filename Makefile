@@ -28,7 +28,7 @@ serve-demo: $(READY)
 
 # Two workers, a test file each at a time: most tests wait on servers, so this halves the time.
 test: $(READY)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 # ruff (F, I, B, UP), ruff's formatter, mypy and codespell, as configured in pyproject.toml;
 # CI runs it first. .pre-commit-config.yaml runs the same tools before each commit.
