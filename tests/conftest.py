@@ -80,14 +80,42 @@ def seaweed(tmp_path_factory, s3_credentials):
 
 @pytest.fixture
 def make_bucket(seaweed):
-    """Create a fresh bucket; returns an S3Storage on `s3://<bucket>/<prefix>`."""
+    """Create a fresh bucket; returns an S3Storage on `s3://<bucket>/<prefix>`. The test's
+    buckets are deleted after it: SeaweedFS gives each bucket volumes of its own, and a
+    worker's server that kept every test's buckets ran out of writable volumes late in the
+    suite ("No writable volumes", InternalError to every later upload)."""
+    made: list[str] = []
 
     def make(prefix: str = "") -> S3Storage:
         name = f"t-{uuid.uuid4().hex[:12]}"
         S3Storage(name, "", seaweed.endpoint_url).create_bucket()
+        made.append(name)
         return S3Storage(name, prefix, seaweed.endpoint_url)
 
-    return make
+    yield make
+    _delete_buckets(seaweed.endpoint_url, made)
+
+
+def _delete_buckets(endpoint_url: str, names: list[str]) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
+    for name in names:
+        try:
+            for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
+                versions = page.get("Versions", []) + page.get("DeleteMarkers", [])
+                if versions:
+                    client.delete_objects(
+                        Bucket=name,
+                        Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]},
+                    )
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=name, Delete={"Objects": keys})
+            client.delete_bucket(Bucket=name)
+        except Exception:  # noqa: BLE001 - cleanup only: a bucket under Object Lock retention stays
+            pass
 
 
 _servers: list[PrefectServer] = []
