@@ -55,15 +55,24 @@ CASES = {
     "invalid profiles file": ({"home/profiles.toml": "active = [\n"}, {}),
 }
 
-# Run in a fresh interpreter per case: Prefect's answer (its settings, read anew) beside ours.
+# Every case in one fresh interpreter (Prefect imported once): for each, its working directory
+# and environment, then Prefect's answer (its settings, built anew from them) beside ours.
 COMPARE = textwrap.dedent(
     """
-    import json, warnings
+    import json, os, sys, warnings
     warnings.simplefilter("ignore")
-    from rbexport.app.engine_choice import configured_api
-    ours = configured_api()
     from prefect.settings import Settings
-    print(json.dumps({"ours": ours.url if ours else None, "prefect": Settings().api.url or None}))
+    from rbexport.app.engine_choice import configured_api
+    base = dict(os.environ)
+    answers = {}
+    for case, cwd, environment in json.loads(sys.stdin.read()):
+        os.environ.clear()
+        os.environ.update(base)
+        os.environ.update(environment)
+        os.chdir(cwd)
+        ours = configured_api()
+        answers[case] = {"ours": ours.url if ours else None, "prefect": Settings().api.url or None}
+    print(json.dumps(answers))
     """
 )
 
@@ -74,22 +83,31 @@ def test_auto_finds_the_api_prefect_would_use(tmp_path):
         for name, value in os.environ.items()
         if not name.startswith("PREFECT_") or name == "PREFECT_SERVER_ANALYTICS_ENABLED"
     }
-    found = {}
+    cases = []
     for case, (files, environment) in CASES.items():
         cwd = tmp_path / case.replace(" ", "-").replace(".", "")
         for name, content in files.items():
             (cwd / name).parent.mkdir(parents=True, exist_ok=True)
             (cwd / name).write_text(content)
         cwd.mkdir(exist_ok=True)
-        env = {**clean, "PREFECT_HOME": str(cwd / "home"), "PYTHONPATH": str(Path(__file__).parents[1])}
+        env = {"PREFECT_HOME": str(cwd / "home")}
         env.update({name: value.format(cwd=cwd) for name, value in environment.items()})
-        result = subprocess.run(
-            [sys.executable, "-c", COMPARE], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, (case, result.stderr)
-        answers = json.loads(result.stdout.strip().splitlines()[-1])
-        assert answers["ours"] == answers["prefect"], (case, answers)
-        found[case] = answers["ours"]
+        cases.append((case, str(cwd), env))
+    result = subprocess.run(
+        [sys.executable, "-c", COMPARE],
+        input=json.dumps(cases),
+        cwd=tmp_path,
+        env={**clean, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(answers) == list(CASES), answers
+    for case, answer in answers.items():
+        assert answer["ours"] == answer["prefect"], (case, answer)
+    found = {case: answer["ours"] for case, answer in answers.items()}
     assert found["active profile"] == "http://127.0.0.1:4300/api" and found["nothing"] is None, found
     assert found["environment over prefect.toml"] == "http://127.0.0.1:4205/api", found
 
