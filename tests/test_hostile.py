@@ -10,14 +10,17 @@ task and the hostile one, except where the case is about Prefect's logs or S3.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
 import os
 import resource
+import shutil
 import socket
 import stat
 import struct
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -464,11 +467,22 @@ def test_a_mask_path_that_is_not_unicode_fails_its_task(tmp_path):
 STATE = ".rbexport/state.json"
 
 
+_EXPORTED: dict[tuple[str, ...], Path] = {}
+
+
 def exported(tmp_path: Path, *options: str) -> tuple[Path, Path]:
-    source, destination = project(tmp_path / "source", task("second")), tmp_path / "export"
-    result = run_local(source, destination, *options)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return source, destination
+    """A two-task source and its export, in tmp_path: exported once by the CLI (per options)
+    and copied for every later test, times kept (the export is what a run wrote)."""
+    if options not in _EXPORTED:
+        first = Path(tempfile.mkdtemp(prefix="rbexport-hostile-"))
+        atexit.register(shutil.rmtree, first, ignore_errors=True)
+        source, destination = project(first / "source", task("second")), first / "export"
+        result = run_local(source, destination, *options)
+        assert result.returncode == 0, result.stdout + result.stderr
+        _EXPORTED[options] = first
+    for name in ("source", "export"):
+        shutil.copytree(_EXPORTED[options] / name, tmp_path / name, symlinks=True)
+    return tmp_path / "source", tmp_path / "export"
 
 
 def tamper(destination: Path, change) -> None:
