@@ -174,8 +174,21 @@ def sample_source(tmp_path) -> Path:
 def run_cli(prefect_api, tmp_path, s3_credentials):
     """Run the installed `rbexport` command against the session's Prefect API."""
 
-    def run(*arguments: str, ephemeral: bool = False, timeout: float = 300, env: dict | None = None, unset: tuple = ()):
-        """`unset`: variables to leave out of the command's environment (e.g. the S3 keys)."""
+    def run(
+        *arguments: str,
+        ephemeral: bool = False,
+        engine: str | None = None,
+        timeout: float = 300,
+        env: dict | None = None,
+        unset: tuple = (),
+    ):
+        """`unset`: variables to leave out of the command's environment (e.g. the S3 keys).
+        `engine`: `--engine ENGINE` for `run` (else the default, auto: the flow on the session's
+        API). Tests of what an export holds use the local engine, whose files are the flow's
+        byte for byte (test_golden, test_engine): a Prefect run costs a few seconds more."""
+        if engine is not None:
+            at = arguments.index("run") + 1
+            arguments = (*arguments[:at], "--engine", engine, *arguments[at:])
         environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **(env or {})}
         for name in unset:
             environment.pop(name, None)

@@ -353,10 +353,11 @@ def test_the_cli_writes_both_layouts_on_s3(run_cli, make_bucket, source, seaweed
         "metaData.patientId",
         "--dataset-name",
         "Brain",
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     assert "6 tasks exported" in result.stdout
-    result = run_cli("run", *common, "--dest", destination.url + "/Task01_Brain", "--layout", "msd")
+    result = run_cli("run", *common, "--dest", destination.url + "/Task01_Brain", "--layout", "msd", engine="local")
     assert result.returncode == 0, result.stderr
     exported = bucket_tree(destination)
     assert json.loads(exported["Dataset501_Brain/dataset.json"])["name"] == "Brain"
@@ -364,7 +365,9 @@ def test_the_cli_writes_both_layouts_on_s3(run_cli, make_bucket, source, seaweed
     assert len(json.loads(exported["Dataset501_Brain/splits_final.json"])) == 5
     assert json.loads(exported["Task01_Brain/dataset.json"])["numTraining"] == 6
 
-    result = run_cli("run", *common, "--dest", destination.url + "/x", "--layout", "nnunet", "--variant", "standard")
+    result = run_cli(
+        "run", *common, "--dest", destination.url + "/x", "--layout", "nnunet", "--variant", "standard", engine="local"
+    )
     assert result.returncode == 2 and "--variant Dataset501_Name:layout=nnunet" in result.stderr
 
 

@@ -271,6 +271,7 @@ def test_the_cli_converts_images_on_s3(run_cli, make_bucket, source, seaweed):
         "standard",
         "--variant",
         "copies:with_images=true",
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     exported = bucket_tree(destination)

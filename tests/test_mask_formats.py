@@ -71,6 +71,7 @@ def test_metaimage_from_the_cli_on_s3_reads_in_simpleitk_as_the_nifti_export(run
         "mhd:binary_mask=true,mask_format=mhd",
         "--variant",
         "raw:binary_mask=true,mask_format=mhd,compress=false",
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     exported = tmp_path / "exported"
@@ -345,6 +346,7 @@ def test_dicom_seg_from_the_cli_matches_the_nifti_masks_and_references_its_image
         "nifti-semantic:semantic_mask=true,binary_mask=true",
         "--variant",
         "seg-semantic:semantic_mask=true,mask_format=dicom-seg",
+        engine="local",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert check_segmentations(out, sample_with_images, "nifti", "seg", semantic=False) == 13
@@ -384,6 +386,7 @@ def test_dicom_seg_from_the_cli_matches_the_nifti_masks_and_references_its_image
         "standard",
         "--engine",
         "local",
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     repeated = pydicom.dcmread(again / "seg/segmentations/Brain_004/T2.dcm")
@@ -401,7 +404,14 @@ def test_dicom_seg_from_s3_of_series_stored_the_other_way_round_matches_the_nift
     copy_tree(source, origin)
     arguments = ["run", "--source", origin.url, "--dest", str(out), "--endpoint-url", seaweed.endpoint_url]
     result = run_cli(
-        *arguments, "--engine", "local", "--variant", "nifti:binary_mask=true", "--variant", "seg:mask_format=dicom-seg"
+        *arguments,
+        "--engine",
+        "local",
+        "--variant",
+        "nifti:binary_mask=true",
+        "--variant",
+        "seg:mask_format=dicom-seg",
+        engine="local",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert check_segmentations(out, source, "nifti", "seg", semantic=False) == 12
@@ -428,7 +438,9 @@ def test_series_without_dicom_images_or_off_their_grid_fail_their_task_with_a_re
     label = nifti_array(sample_with_images / "masks/brain-003.nii.gz")
     (sample_with_images / "masks/brain-003.nii.gz").write_bytes(nifti_bytes(label, shifted))
     out = tmp_path / "out"
-    result = run_cli("run", "--source", str(sample_with_images), "--dest", str(out), "--mask-format", "dicom-seg")
+    result = run_cli(
+        "run", "--source", str(sample_with_images), "--dest", str(out), "--mask-format", "dicom-seg", engine="local"
+    )
     assert result.returncode == 1, result.stderr
     report = json.loads((out / "export-report.json").read_text())
     assert sorted(report["failed"]) == ["task-001", "task-003", "task-006"]
@@ -517,6 +529,7 @@ def test_seg_type_and_compression_from_the_cli_read_back_as_the_nifti_masks_and_
         "seg-binary:mask_format=dicom-seg,seg_type=binary",
         "--variant",
         "seg-jpegls:mask_format=dicom-seg,seg_type=auto,seg_compression=jpegls",
+        engine="local",
     )
     assert result.returncode == 1, result.stdout + result.stderr  # task-004 of seg-jpegls
     assert check_segmentations(out, sample_with_images, "nifti", "seg-binary", False, seg_type="binary") == 13
@@ -549,6 +562,7 @@ def test_seg_type_and_compression_from_the_cli_read_back_as_the_nifti_masks_and_
         "labelmap",
         "--seg-compression",
         "rle",
+        engine="local",
     )
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads((flagged / "export-report.json").read_text())
@@ -591,7 +605,15 @@ def test_seg_type_and_compression_from_the_cli_read_back_as_the_nifti_masks_and_
 def test_a_bad_seg_type_or_compression_is_a_usage_error(run_cli, sample_with_images, tmp_path, arguments, message):
     out = tmp_path / "out"
     result = run_cli(
-        "run", "--source", str(sample_with_images), "--dest", str(out), "--mask-format", "dicom-seg", *arguments
+        "run",
+        "--source",
+        str(sample_with_images),
+        "--dest",
+        str(out),
+        "--mask-format",
+        "dicom-seg",
+        *arguments,
+        engine="local",
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -691,6 +713,7 @@ def test_dataset_layouts_refuse_another_mask_format_in_one_line(run_cli, sample_
         "nnunet",
         "--mask-format",
         "png",
+        engine="local",
     )
     assert result.returncode == 2
     assert "the nnunet layout writes NIfTI labels only" in result.stderr and "Traceback" not in result.stderr
@@ -702,6 +725,7 @@ def test_dataset_layouts_refuse_another_mask_format_in_one_line(run_cli, sample_
         out,
         "--variant",
         "D501_X:layout=msd,mask_format=mhd",
+        engine="local",
     )
     assert result.returncode == 2 and "the msd layout writes NIfTI labels only" in result.stderr
 

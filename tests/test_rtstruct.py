@@ -281,6 +281,7 @@ def test_rtstruct_from_the_cli_reads_back_as_the_nifti_masks(run_cli, sample_wit
         "nifti-semantic:semantic_mask=true,binary_mask=true",
         "--variant",
         "rt-semantic:semantic_mask=true,mask_format=rtstruct",
+        engine="local",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert check_structure_sets(out, sample_with_images, "nifti", "rt") == 13
@@ -315,7 +316,9 @@ def test_bad_series_fail_their_task_with_a_reason_and_an_empty_structure_set_is_
     label = np.asarray(nib.load(sample_with_images / "masks/brain-003.nii.gz").dataobj)
     (sample_with_images / "masks/brain-003.nii.gz").write_bytes(nifti_bytes(label, shifted))
     out = tmp_path / "out"
-    result = run_cli("run", "--source", str(sample_with_images), "--dest", str(out), "--mask-format", "rtstruct")
+    result = run_cli(
+        "run", "--source", str(sample_with_images), "--dest", str(out), "--mask-format", "rtstruct", engine="local"
+    )
     assert result.returncode == 1, result.stderr
     report = json.loads((out / "export-report.json").read_text())
     assert sorted(report["failed"]) == ["task-001", "task-003", "task-006"]

@@ -22,10 +22,11 @@ def test_s3_to_s3_export_equals_the_local_folder_export_file_for_file(
     source_before = bucket_tree(source)
     destination = make_bucket("exports/v1")
 
+    # The flow on the session's API (the default where one is configured) beside the local engine.
     result = run_cli("run", "--source", source.url, "--dest", destination.url, "--endpoint-url", seaweed.endpoint_url)
     assert result.returncode == 0, result.stderr
     local = tmp_path / "local-export"
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(local))
+    result = run_cli("run", "--source", str(sample_source), "--dest", str(local), engine="local")
     assert result.returncode == 0, result.stderr
 
     on_s3, on_disk = bucket_tree(destination), tree(local)
@@ -53,6 +54,7 @@ def test_endpoint_from_the_environment(run_cli, seaweed, make_bucket, sample_sou
         str(tmp_path / "export"),
         "--no-consensus",
         env={"AWS_ENDPOINT_URL": seaweed.endpoint_url},
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     assert "6 tasks exported" in result.stdout
@@ -69,7 +71,7 @@ def test_mask_urls_outside_the_source_need_an_allowed_bucket(run_cli, seaweed, m
     source.write("tasks.json", json.dumps(tasks).encode())
     arguments = ("run", "--source", source.url, "--endpoint-url", seaweed.endpoint_url)
 
-    refused = run_cli(*arguments, "--dest", str(tmp_path / "refused"))
+    refused = run_cli(*arguments, "--dest", str(tmp_path / "refused"), engine="local")
     assert refused.returncode == 1
     assert (
         f"failed task-001: {elsewhere.url_of('brain-001.nii.gz')}: lies outside the source {source.url}; "
@@ -77,7 +79,9 @@ def test_mask_urls_outside_the_source_need_an_allowed_bucket(run_cli, seaweed, m
     ) in refused.stdout
     assert "task-002" not in refused.stdout
 
-    allowed = run_cli(*arguments, "--dest", str(tmp_path / "allowed"), "--allow-bucket", elsewhere.bucket)
+    allowed = run_cli(
+        *arguments, "--dest", str(tmp_path / "allowed"), "--allow-bucket", elsewhere.bucket, engine="local"
+    )
     assert allowed.returncode == 0, allowed.stdout
     exported = read_label_map((tmp_path / "allowed/segmentations/Brain_001/T1.nii.gz").read_bytes())
     original = read_label_map((sample_source / "masks/brain-001.nii.gz").read_bytes())

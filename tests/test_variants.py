@@ -92,6 +92,7 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
         "semantic-binary",
         "--variant",
         "plain:binary_mask=false,compress=false",
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     assert "semantic-binary: 6 tasks exported, 0 failed" in result.stdout
@@ -112,6 +113,7 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
         "--variant",
         "plain:binary_mask=false,compress=false",
         "--prune",
+        engine="local",
     )
     assert result.returncode == 0, result.stderr
     assert "plain: 0 tasks exported, 5 skipped as unchanged, 0 failed; 2 files, " in result.stdout
@@ -119,10 +121,20 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
     assert not (destination / "plain/segmentations/Brain_001").exists()
     assert "(5 unchanged, skipped)" in result.stderr
 
-    result = run_cli("run", "--source", str(sample_source), "--dest", str(destination), "--variant", "plain:x=1")
+    result = run_cli(
+        "run", "--source", str(sample_source), "--dest", str(destination), "--variant", "plain:x=1", engine="local"
+    )
     assert result.returncode == 2 and "rbexport: error: --variant 'plain:x=1': x: " in result.stderr
     result = run_cli(
-        "run", "--source", str(sample_source), "--dest", str(destination), "--semantic", "--variant", "binary"
+        "run",
+        "--source",
+        str(sample_source),
+        "--dest",
+        str(destination),
+        "--semantic",
+        "--variant",
+        "binary",
+        engine="local",
     )
     assert result.returncode == 2 and "name each structure as a variant instead" in result.stderr
     result = run_cli(
@@ -134,6 +146,7 @@ def test_cli_variants_prune_and_full(run_cli, sample_source, tmp_path):
         "--full",
         "--single-mask",
         "--uncompressed",
+        engine="local",
     )
     assert result.returncode == 0 and "5 tasks exported, 0 failed" in result.stdout
 
@@ -199,6 +212,7 @@ def test_the_cli_refuses_a_mismatched_layout_with_exit_code_2(run_cli, sample_so
         "standard",
         "--variant",
         "semantic",
+        engine="local",
     )
     assert result.returncode == 2, result.stderr
     assert after_engine_line(result.stderr) == [
