@@ -255,3 +255,35 @@ class TestS3Storage(StorageContract):
     @pytest.fixture
     def other(self, make_bucket) -> S3Storage:
         return make_bucket("other")
+
+    def test_times_are_those_a_plain_boto3_client_reads(self, storage: S3Storage):
+        """Our clients read S3's times with the standard library, not dateutil: the same moments."""
+        import boto3
+
+        storage.write("a/b.nii", b"1")
+        plain = boto3.client("s3", endpoint_url=storage.endpoint_url)
+        [item] = plain.list_objects_v2(Bucket=storage.bucket, Prefix=storage._key("a/"))["Contents"]
+        head = plain.head_object(Bucket=storage.bucket, Key=storage._key("a/b.nii"))
+        [listed], stat = list(storage.list()), storage.stat("a/b.nii")
+        assert stat is not None
+        assert listed.modified == item["LastModified"].timestamp()
+        assert stat.modified == head["LastModified"].timestamp()
+
+
+def test_s3_times_are_read_as_botocore_reads_them():
+    from botocore.utils import parse_timestamp as botocores
+
+    from rbexport.storage.clients import parse_timestamp
+
+    for value in (
+        "2026-12-03T17:19:23.000Z",  # a listing's LastModified
+        "2026-12-03T17:19:23.123456+01:00",
+        "Thu, 03 Dec 2026 17:19:23 GMT",  # a header's
+        "1733245163",
+        1733245163,
+        "2026-12-03T17:19:23",  # no zone: botocore's choice, local time
+    ):
+        assert parse_timestamp(value) == botocores(value), value
+        assert parse_timestamp(value).utcoffset() == botocores(value).utcoffset(), value
+    with pytest.raises(ValueError):
+        parse_timestamp("tomorrow")

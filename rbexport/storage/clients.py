@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime
 from typing import Any, cast
 
 from .access import S3Access
@@ -49,17 +50,43 @@ def shared_session():
 
 def _default_session():
     global _session
-    import boto3
-
     if _session is None:
-        _session = boto3.session.Session()
+        _session = _new_session()
     return _session
+
+
+def _new_session(profile_name: str | None = None):
+    """A boto3 session whose clients read S3's ISO 8601 times with the standard library.
+
+    botocore reads every timestamp (each object's LastModified in a listing, each copy's
+    answer) with dateutil's general parser: about half of the CPU time of listing 2,000
+    objects, and a tenth of a CopyObject's. Anything `datetime.fromisoformat` cannot read
+    (HTTP dates in headers, epoch numbers) still goes to botocore's own parser."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    return boto3.session.Session(botocore_session=core, profile_name=profile_name)
+
+
+def parse_timestamp(value):
+    """What botocore's parser returns for an ISO 8601 time with a zone (S3's), faster."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is not None:
+            return moment
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    return botocore_parse(value)
 
 
 def new_client(access: S3Access):
     """A new client. Sessions are not thread-safe, so clients are made under a lock from
     one shared session, which also loads boto3's service models only once."""
-    import boto3
     from botocore.config import Config
 
     config = Config(
@@ -74,7 +101,7 @@ def new_client(access: S3Access):
     )
     with _session_lock:
         default = _default_session()
-        session = default if access.profile_name is None else boto3.session.Session(profile_name=access.profile_name)
+        session = default if access.profile_name is None else _new_session(access.profile_name)
         keys = access.credentials
         explicit = (
             {}
