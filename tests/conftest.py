@@ -123,13 +123,20 @@ _servers: list[PrefectServer] = []
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> PrefectServer:
-    """`prefect server start` on a free port, for in-process flows and CLI subprocesses."""
+    """`prefect server start` on a free port, for in-process flows and CLI subprocesses.
+
+    Prefect's own threads (its log worker's loop, the process pool's message forwarder) do
+    not see a `temporary_settings` context: the process-global settings are refreshed from
+    the environment too, or those threads start an ephemeral API of their own (which an
+    xdist worker's exit then leaves running)."""
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with PrefectServer(tmp_path_factory.mktemp("prefect-server")) as server:
         _servers.append(server)
         saved = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = server.api_url
+        refresh_global_settings_context()
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
                 yield server
@@ -139,6 +146,7 @@ def prefect_server(tmp_path_factory) -> PrefectServer:
                 os.environ.pop("PREFECT_API_URL", None)
             else:
                 os.environ["PREFECT_API_URL"] = saved
+            refresh_global_settings_context()
 
 
 @pytest.fixture(scope="session")
