@@ -16,7 +16,7 @@ from dataclasses import replace
 from .annotations import mask_references
 from .dataset_run import plan_cases, publish_dataset
 from .display import shown
-from .errors import ConfigurationError, TaskDataError, TransientStorageError
+from .errors import ConfigurationError, TaskDataError
 from .filters import TaskFilter, without_masks_entry
 from .images.export import image_references
 from .incremental import (
@@ -38,7 +38,6 @@ from .model import (
     RunPlan,
     Target,
     TargetPlan,
-    TaskFailed,
     TaskJob,
     TaskOutcome,
     TaskResult,
@@ -330,19 +329,6 @@ def known_sizes(reader: MaskReader, references: list[str], source_sizes: dict[st
         if storage is reader.source and key in source_sizes:
             sizes[reference] = source_sizes[key]
     return sizes
-
-
-def failure_of(job: TaskJob, error: BaseException) -> dict[str, Failure]:
-    """How a failed task is reported for each variant it was exported for."""
-    if isinstance(error, TaskFailed):
-        return dict(error.failures)
-    if isinstance(error, TaskDataError):
-        failure = Failure(job.task_id, error.file, error.reason)
-    elif isinstance(error, TransientStorageError):
-        failure = Failure(job.task_id, None, f"storage kept failing after retries: {error}")
-    else:
-        failure = Failure(job.task_id, None, f"unexpected error: {type(error).__name__}: {error}")
-    return {name: failure for name in job.targets}
 
 
 def publish_export(plan: RunPlan, outcomes: list[TaskOutcome]) -> list[RunReport]:
