@@ -185,7 +185,7 @@ def is_unchanged(record: TaskRecord | None, fingerprint: str, present: dict[str,
 def export_roots(keys: Iterable[str]) -> list[str]:
     """Where the exports of a destination (its keys) are: "" for one at its root, and the
     variant folders that hold a state of their own (one destination holds one layout, so
-    normally one or the other; `run.check_layout` sees to it)."""
+    normally one or the other; `rbexport.run.housekeeping.check_layout` sees to it)."""
     keys = set(keys)
     at_root = [""] if STATE_KEY in keys or TASKS_JSON in keys else []
     return at_root + sorted(
