@@ -32,17 +32,12 @@ from dataclasses import asdict, dataclass, field
 
 from .display import shown
 from .errors import ConfigurationError
+from .export_tree import EXPORT_FOLDERS, STATE_KEY, TASKS_JSON
 from .options import ExportOptions
 from .storage import Storage, normalize_key
 
-STATE_KEY = ".rbexport/state.json"
-TASKS_JSON = "tasks.json"
 # Bump when the same inputs would give different output files.
 EXPORT_FORMAT = 1
-# The folders of an export root that hold task files (masks, images, a dataset's cases):
-# every file a state records lies in one of them, so that no state, however it was
-# edited, makes a run read or delete anything else (the source, tasks.json, the state).
-EXPORT_FOLDERS = ("segmentations", "images", "imagesTr", "labelsTr")
 FOLDS = 5  # a dataset case's fold is 0 to 4 (rbexport.layouts.folds)
 
 

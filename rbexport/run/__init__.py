@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from .decide import decide_exports, known_sizes
 from .housekeeping import check_layout, prune
-from .locations import ROOT_FILES, check_locations, destination_lease
+from .locations import check_locations, destination_lease
 from .plan import check_filters, plan_jobs, prepare_run, select_tasks
 from .publish import publish_export, record_finished
 
 __all__ = [
-    "ROOT_FILES",
     "check_filters",
     "check_layout",
     "check_locations",

@@ -5,8 +5,8 @@ tasks and orphans (`prune`). Only files the state records, and the export's own 
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from ..incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
-from ..report import REPORT_NAME
+from ..export_tree import REPORT_JSON, STATE_KEY, TASKS_JSON
+from ..incremental import ExportState, export_roots
 from ..storage import Location, S3Access, Storage, open_storage
 
 
@@ -42,7 +42,7 @@ def _delete_export(storage: Storage, rebuild: bool) -> None:
     for record in state.tasks.values():
         for path in sorted({*record.files, *record.orphans}):
             storage.delete(path)
-    for path in (TASKS_JSON, REPORT_NAME, STATE_KEY):
+    for path in (TASKS_JSON, REPORT_JSON, STATE_KEY):
         storage.delete(path)
 
 

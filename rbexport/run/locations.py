@@ -8,18 +8,12 @@ from collections.abc import Callable, Sequence
 
 from ..display import shown
 from ..errors import ConfigurationError
-from ..incremental import EXPORT_FOLDERS, TASKS_JSON
+from ..export_tree import EXPORT_FOLDERS, RBEXPORT_FOLDER, ROOT_FILES
 from ..lease import DestinationLease
-from ..mask_formats import INDEX_FILES
 from ..model import ExportRequest
 from ..releases import refuse_release_destination
-from ..report import REPORT_NAME
 from ..storage import Location, open_storage
 from ..variants import resolve_variants
-
-# Files at an export root besides tasks.json: the report, a mask format's index files (PNG's
-# class map), a dataset's index files.
-ROOT_FILES = (TASKS_JSON, REPORT_NAME, *INDEX_FILES, "dataset.json", "splits_final.json")
 
 
 def check_locations(
@@ -35,9 +29,9 @@ def check_locations(
             "the source is never written to"
         )
     roots = [destination.child(name) for name in variant_folders] if variant_folders else [destination]
-    if destination.child(".rbexport").contains(source):  # the lease, and a single export's state
+    if destination.child(RBEXPORT_FOLDER).contains(source):  # the lease, and a single export's state
         raise ConfigurationError(
-            f"the source {shown(source.url)} lies inside {shown(destination.child('.rbexport').url)}, "
+            f"the source {shown(source.url)} lies inside {shown(destination.child(RBEXPORT_FOLDER).url)}, "
             "which holds the export's own files"
         )
     for root in roots:
@@ -45,7 +39,7 @@ def check_locations(
             raise ConfigurationError(
                 f"the source {shown(source.url)} lies inside {shown(root.url)}, which this run exports to"
             )
-        for written in (*EXPORT_FOLDERS, ".rbexport", *ROOT_FILES):
+        for written in (*EXPORT_FOLDERS, RBEXPORT_FOLDER, *ROOT_FILES):
             if root.child(written).contains(source):
                 raise ConfigurationError(
                     f"the source {shown(source.url)} lies inside {shown(root.child(written).url)}, "

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..errors import ConfigurationError
+from ..export_tree import TASKS_JSON
 from ..filters import TaskFilter
-from ..incremental import TASKS_JSON, ExportState
+from ..incremental import ExportState
 from ..model import ExportRequest, ExportSettings, RunPlan, Target, TargetPlan, TaskJob
 from ..naming import deduplicate, task_folder_name
 from ..releases import refuse_release_destination

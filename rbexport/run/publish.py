@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..dataset_run import publish_dataset
+from ..export_tree import REPORT_JSON, STATE_KEY, TASKS_JSON
 from ..filters import without_masks_entry
-from ..incremental import STATE_KEY, TASKS_JSON, ExportState, TaskRecord, entry_text
+from ..incremental import ExportState, TaskRecord, entry_text
 from ..mask_formats import writer_for
 from ..model import RunPlan, TargetPlan, TaskOutcome, TaskResult
-from ..report import REPORT_NAME, Failure, FileRecord, RunReport
+from ..report import Failure, FileRecord, RunReport
 from ..storage import Storage, open_storage
 from ..task_export import source_extras
 from .housekeeping import prune
@@ -73,7 +74,7 @@ def _publish_target(plan: RunPlan, target_plan: TargetPlan, outcomes: list[TaskO
 
     report.timings = {**plan.timings, "publish": time.perf_counter() - started}
     report.seconds = time.perf_counter() - plan.started
-    destination.write(REPORT_NAME, report.to_json())
+    destination.write(REPORT_JSON, report.to_json())
     return report
 
 
