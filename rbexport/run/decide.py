@@ -1,7 +1,8 @@
 """What each job exports (`decide_exports`): every task fingerprinted for every variant
 (its JSON, its folder, the versions of the objects it reads, the options and what else
-the files are made from); a variant whose files of it are unchanged skips it
-(rbexport.incremental). Also the sizes the source's listing gives, the job's weight."""
+its files are made from); a variant skips a task whose fingerprint and files are
+unchanged (rbexport.incremental). Also the sizes of a task's objects that the source's
+listing gives (`known_sizes`): its weight, by which the engine makes batches."""
 
 from __future__ import annotations
 
