@@ -41,7 +41,7 @@ from rbexport.filters import TaskFilter
 from rbexport.lease import WAIT_SECONDS
 from rbexport.model import ExportRequest, ExportSettings, TaskJob, TaskOutcome
 from rbexport.options import ExportOptions
-from rbexport.report import REPORT_NAME, RunReport
+from rbexport.report import RunReport
 from rbexport.tasks.credentials import s3_access
 from rbexport.tasks.export import export_tasks_of_batch, failed, publish, read_source, wait_for_uploads
 from rbexport.tasks.one_writer import one_writer
@@ -238,7 +238,7 @@ def export_project(
                 "exported": len(report.exported),
                 "skipped": len(report.skipped),
                 "failed": len(report.failures),
-                "report": report.destination.rstrip("/") + "/" + REPORT_NAME,
+                "report": report.url,
             },
         )
     create_markdown_artifact(
@@ -259,7 +259,7 @@ def export_project(
     if failed_tasks:
         message = (
             f"{len(failed_tasks)} of {len(plan.tasks) + len(plan.failures)} tasks failed; "
-            f"see {shown(', '.join(report.destination.rstrip('/') + '/export-report.json' for report in reports))}"
+            f"see {shown(', '.join(report.url for report in reports))}"
         )
         return failed(ExportIncomplete(message, reports), message)
     return reports

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from .dataset_export import case_annotation, case_series
 from .errors import TaskDataError
+from .export_tree import DATASET_JSON
 from .incremental import CaseRecord, ExportState
 from .layouts import LAYOUTS, Dataset
 from .layouts.cases import Case, deduplicate_cases, group_key, task_cases
@@ -106,7 +107,7 @@ def publish_dataset(
 
     labels = training_labels(category_numbers)
     modalities, modality_warnings = agreed_modalities({case.id: case.modalities for case in records})
-    report.warnings += [Notice(None, "dataset.json", text) for text in modality_warnings]
+    report.warnings += [Notice(None, DATASET_JSON, text) for text in modality_warnings]
     dataset = Dataset(labels, modalities, folds, options.dataset_name, options.description)
     for name, content in layout.metadata_files(dataset).items():
         data = (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

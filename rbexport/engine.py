@@ -33,10 +33,10 @@ from .display import shown
 from .errors import ConfigurationError, TaskDataError, TransientStorageError
 from .filters import TaskFilter
 from .lease import DestinationLease
-from .model import ExportRequest, ExportSettings, RunPlan, TaskJob, TaskOutcome
+from .model import ExportRequest, ExportSettings, RunPlan, TaskFailed, TaskJob, TaskOutcome
 from .options import ExportOptions
 from .report import Failure, RunReport
-from .run import destination_lease, failure_of, prepare_run, publish_export, record_finished
+from .run import destination_lease, prepare_run, publish_export, record_finished
 from .storage import S3Access
 from .task_export import export_task
 from .variants import Preset, Variant
@@ -128,6 +128,19 @@ def _export_with_retries(
                 logger.exception("%s: unexpected error", shown(job.task_id))
             return TaskOutcome(job.task_id, failures=failure_of(job, error))
     raise AssertionError("unreachable")
+
+
+def failure_of(job: TaskJob, error: BaseException) -> dict[str, Failure]:
+    """How a failed task is reported for each variant it was exported for."""
+    if isinstance(error, TaskFailed):
+        return dict(error.failures)
+    if isinstance(error, TaskDataError):
+        failure = Failure(job.task_id, error.file, error.reason)
+    elif isinstance(error, TransientStorageError):
+        failure = Failure(job.task_id, None, f"storage kept failing after retries: {error}")
+    else:
+        failure = Failure(job.task_id, None, f"unexpected error: {type(error).__name__}: {error}")
+    return {name: failure for name in job.targets}
 
 
 def job_bytes(job: TaskJob) -> int:

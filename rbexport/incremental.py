@@ -32,17 +32,12 @@ from dataclasses import asdict, dataclass, field
 
 from .display import shown
 from .errors import ConfigurationError
+from .export_tree import EXPORT_FOLDERS, STATE_KEY, TASKS_JSON
 from .options import ExportOptions
 from .storage import Storage, normalize_key
 
-STATE_KEY = ".rbexport/state.json"
-TASKS_JSON = "tasks.json"
 # Bump when the same inputs would give different output files.
 EXPORT_FORMAT = 1
-# The folders of an export root that hold task files (masks, images, a dataset's cases):
-# every file a state records lies in one of them, so that no state, however it was
-# edited, makes a run read or delete anything else (the source, tasks.json, the state).
-EXPORT_FOLDERS = ("segmentations", "images", "imagesTr", "labelsTr")
 FOLDS = 5  # a dataset case's fold is 0 to 4 (rbexport.layouts.folds)
 
 
@@ -185,7 +180,7 @@ def is_unchanged(record: TaskRecord | None, fingerprint: str, present: dict[str,
 def export_roots(keys: Iterable[str]) -> list[str]:
     """Where the exports of a destination (its keys) are: "" for one at its root, and the
     variant folders that hold a state of their own (one destination holds one layout, so
-    normally one or the other; `run.check_layout` sees to it)."""
+    normally one or the other; `rbexport.run.housekeeping.check_layout` sees to it)."""
     keys = set(keys)
     at_root = [""] if STATE_KEY in keys or TASKS_JSON in keys else []
     return at_root + sorted(

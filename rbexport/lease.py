@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from .errors import ConfigurationError, ObjectNotFoundError, PreconditionFailed, StorageError, TransientStorageError
+from .export_tree import LEASE_KEY
 from .storage import Storage
 
-LEASE_KEY = ".rbexport/lock"
 # How long a lease lives without renewal; it is renewed every quarter of that. A writer
 # killed without a chance to release blocks the destination this long at most.
 LEASE_SECONDS = 120.0

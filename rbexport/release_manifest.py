@@ -13,11 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigurationError
+from .export_tree import RELEASE_JSON, RELEASES_KEY
 from .storage import Storage
 
-RELEASE_JSON = "release.json"
-PARTIAL_KEY = ".rbexport/release-partial.json"
-RELEASES_KEY = ".rbexport/releases.json"  # in the export: the releases made from it
 RELEASE_FORMAT = 1
 
 

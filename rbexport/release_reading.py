@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import ConfigurationError
+from .export_tree import PARTIAL_KEY, RELEASE_JSON
 from .incremental import export_roots
-from .release_manifest import PARTIAL_KEY, RELEASE_JSON, Release, ReleaseRecord, list_releases_of
+from .release_manifest import Release, ReleaseRecord, list_releases_of
 from .storage import Location, S3Access, open_storage
 from .verify import CHANGED, MISSING, NOT_RECORDED, Problem, VerifyResult, read_digest
 

@@ -31,14 +31,15 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import ConfigurationError, ObjectNotFoundError
-from .incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
+from .export_tree import PARTIAL_KEY, RELEASE_JSON, REPORT_JSON, STATE_KEY, TASKS_JSON
+from .incremental import ExportState, export_roots
 from .lease import WAIT_SECONDS, DestinationLease
 from .naming import safe_name
-from .release_manifest import PARTIAL_KEY, RELEASE_JSON, Release, ReleaseFile, ReleaseRecord, record_release
 
-# Reading releases (rbexport.release_reading) and their manifest, named here too: the
-# releases API is this module.
+# Reading releases (rbexport.release_reading) and their manifest: the names imported `as`
+# themselves are named here too, the releases API being this module.
 from .release_manifest import RELEASES_KEY as RELEASES_KEY
+from .release_manifest import Release, ReleaseFile, ReleaseRecord, record_release
 from .release_manifest import list_releases_of as list_releases_of
 from .release_reading import ReleaseDiff as ReleaseDiff
 from .release_reading import diff_releases as diff_releases
@@ -47,7 +48,6 @@ from .release_reading import list_releases as list_releases
 from .release_reading import read_release as read_release
 from .release_reading import refuse_release_destination as refuse_release_destination
 from .release_reading import verify_release as verify_release
-from .report import REPORT_NAME
 from .storage import Location, ObjectInfo, S3Access, S3Storage, Storage, open_storage
 
 # Copies asked of the store at once (each is one request the store serves by itself).
@@ -217,9 +217,9 @@ def _export_files(
         else:
             task_ids |= set(state.tasks)
         described: dict = {}
-        if prefix + REPORT_NAME in listing:
+        if prefix + REPORT_JSON in listing:
             try:
-                report = json.loads(exported.read(prefix + REPORT_NAME))
+                report = json.loads(exported.read(prefix + REPORT_JSON))
                 described = {"options": report.get("options"), "filters": report.get("filters", {})}
             except (ValueError, AttributeError):
                 described = {}

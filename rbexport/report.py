@@ -8,8 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from .display import shown
-
-REPORT_NAME = "export-report.json"
+from .export_tree import REPORT_JSON
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,11 @@ class RunReport:
     dataset: dict | None = None  # a dataset layout's cases per fold and voxels per label (SPEC 6)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Where the report is written: REPORT_JSON at the variant's export root."""
+        return self.destination.rstrip("/") + "/" + REPORT_JSON
 
     @property
     def bytes_written(self) -> int:
@@ -174,7 +178,7 @@ def _table(title: str, what: str, rows: list[tuple], limit: int) -> list[str]:
     lines = ["", f"## {title}", "", f"| task | file | {what} |", "|---|---|---|"]
     lines += [f"| {' | '.join(_cell(value) for value in row)} |" for row in rows[:limit]]
     if len(rows) > limit:
-        lines.append(f"\n… and {len(rows) - limit} more in `{REPORT_NAME}`.")
+        lines.append(f"\n… and {len(rows) - limit} more in `{REPORT_JSON}`.")
     return lines
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from .annotations import ParsedTask, assemble_task
 from .dataset_export import export_dataset_task
 from .errors import TaskDataError
+from .export_tree import SEGMENTATIONS_FOLDER
 from .images.export import TaskImages, with_image_items
 from .layouts.labels import training_labels
 from .mask_formats import writer_for
@@ -34,7 +35,6 @@ from .storage import Location, Storage, open_storage
 from .structures import MaskFile, SeriesExport, SeriesPaths, export_series
 from .taxonomy import Taxonomy, TaxonomyNeeds
 
-SEGMENTATIONS_FOLDER = "segmentations"
 # Files encoded and written at once in a process (each holds one output buffer).
 FILE_THREADS = max(2, os.cpu_count() or 1)
 # Image objects looked up, read or copied at once in a process (waiting on the store).

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from .display import shown
 from .errors import ConfigurationError, ObjectNotFoundError, TransientStorageError
-from .incremental import STATE_KEY, TASKS_JSON, ExportState, export_roots
+from .export_tree import STATE_KEY, TASKS_JSON
+from .incremental import ExportState, export_roots
 from .lease import WAIT_SECONDS, DestinationBusy, Lease, read_lease
 from .report import human_bytes
 from .storage import Location, ObjectInfo, S3Access, Storage, normalize_key, open_storage

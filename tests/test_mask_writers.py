@@ -183,8 +183,8 @@ def test_each_writer_holds_every_instance_as_the_source_label_map_does(mask_form
 
 
 def test_the_registry_names_every_root_file_a_writer_writes():
-    """run.py refuses a source inside an export's root files without importing the writers."""
+    """rbexport.run refuses a source inside an export's root files without importing the writers."""
+    from rbexport.export_tree import CLASS_MAP_JSON
     from rbexport.mask_formats import INDEX_FILES
-    from rbexport.mask_formats.png import CLASS_MAP
 
-    assert INDEX_FILES == (CLASS_MAP,)
+    assert INDEX_FILES == (CLASS_MAP_JSON,)

@@ -112,7 +112,6 @@ def _print_reports(reports) -> None:
 
 def _print_report(report, prefix: str = "") -> None:
     from rbexport.display import shown
-    from rbexport.report import REPORT_NAME
 
     prefix = shown(prefix)
     print(f"{prefix}{report.summary()}")
@@ -123,7 +122,7 @@ def _print_report(report, prefix: str = "") -> None:
             print(f"{prefix}warning: {notice.message}")
     for failure in report.failures:
         print(f"  failed {shown(failure.line())}")
-    print(f"{prefix}report: {shown(report.destination.rstrip('/'))}/{REPORT_NAME}")
+    print(f"{prefix}report: {shown(report.url)}")
 
 
 class EphemeralAPI:

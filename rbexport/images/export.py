@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from ..display import shown
 from ..errors import AccessDeniedError, ObjectNotFoundError, RefusedObjectError, TaskDataError, TransientStorageError
+from ..export_tree import IMAGES_FOLDER
 from ..naming import image_file_names, series_names
 from ..nifti import LabelMap
 from ..report import FileRecord
@@ -34,8 +35,6 @@ from .geometry import onto_label_grid
 from .messages import one_line
 from .read import KIND_NAMES, SNIFF_BYTES, item_kind, read_image_series
 from .volume import ImageVolume, encode_nifti
-
-IMAGES_FOLDER = "images"
 
 Locate = Callable[[str], tuple[Storage, str]]
 

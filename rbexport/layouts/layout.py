@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..export_tree import DATASET_LABELS_FOLDER
 from .labels import TrainingLabels
 
 FILE_ENDING = ".nii.gz"
-IMAGES = "imagesTr"
-LABELS = "labelsTr"
 
 
 @dataclass(frozen=True)
@@ -42,4 +41,4 @@ class Layout:
 
 def label_path(case_id: str) -> str:
     """`labelsTr/<case>.nii.gz`, the same in both layouts."""
-    return f"{LABELS}/{case_id}{FILE_ENDING}"
+    return f"{DATASET_LABELS_FOLDER}/{case_id}{FILE_ENDING}"

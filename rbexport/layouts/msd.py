@@ -11,17 +11,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import TaskDataError
+from ..export_tree import DATASET_IMAGES_FOLDER, DATASET_JSON
 from ..images.geometry import AFFINE_TOLERANCE_MM
 from ..images.volume import ImageVolume
 from .labels import BACKGROUND
-from .layout import FILE_ENDING, IMAGES, Dataset, Layout, label_path
+from .layout import FILE_ENDING, Dataset, Layout, label_path
 
 CHANNEL_AXIS = 3
 
 
 def image_paths(case_id: str, channel_count: int) -> list[str]:
     """One file whatever the channel count: `imagesTr/<case>.nii.gz`."""
-    return [f"{IMAGES}/{case_id}{FILE_ENDING}"]
+    return [f"{DATASET_IMAGES_FOLDER}/{case_id}{FILE_ENDING}"]
 
 
 def dataset_json(dataset: Dataset) -> dict:
@@ -45,7 +46,7 @@ def dataset_json(dataset: Dataset) -> dict:
 
 def metadata_files(dataset: Dataset) -> dict[str, object]:
     """dataset.json only."""
-    return {"dataset.json": dataset_json(dataset)}
+    return {DATASET_JSON: dataset_json(dataset)}
 
 
 def stack_channels(volumes: Sequence[ImageVolume], channels: Sequence[str]) -> ImageVolume:

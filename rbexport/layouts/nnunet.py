@@ -6,14 +6,15 @@ and `splits_final.json` (nnU-Net's five folds, from the export's own fold assign
 
 from __future__ import annotations
 
+from ..export_tree import DATASET_IMAGES_FOLDER, DATASET_JSON, SPLITS_JSON
 from .folds import splits
 from .labels import BACKGROUND
-from .layout import FILE_ENDING, IMAGES, Dataset, Layout, label_path
+from .layout import FILE_ENDING, Dataset, Layout, label_path
 
 
 def image_paths(case_id: str, channel_count: int) -> list[str]:
     """One file per channel: `imagesTr/<case>_0000.nii.gz`, `..._0001.nii.gz`, ..."""
-    return [f"{IMAGES}/{case_id}_{channel:04d}{FILE_ENDING}" for channel in range(channel_count)]
+    return [f"{DATASET_IMAGES_FOLDER}/{case_id}_{channel:04d}{FILE_ENDING}" for channel in range(channel_count)]
 
 
 def dataset_json(dataset: Dataset) -> dict:
@@ -33,7 +34,7 @@ def dataset_json(dataset: Dataset) -> dict:
 
 def metadata_files(dataset: Dataset) -> dict[str, object]:
     """dataset.json and splits_final.json."""
-    return {"dataset.json": dataset_json(dataset), "splits_final.json": splits(dataset.folds)}
+    return {DATASET_JSON: dataset_json(dataset), SPLITS_JSON: splits(dataset.folds)}
 
 
 NNUNET = Layout(

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
+from ..export_tree import CLASS_MAP_JSON
+
 if TYPE_CHECKING:
     from ..options import ExportOptions
     from .base import MaskWriter
@@ -42,13 +44,14 @@ class KnownWriter:
 
 WRITERS: dict[str, KnownWriter] = {
     "nifti": KnownWriter("nifti", "NiftiWriter"),
-    "png": KnownWriter("png", "PngWriter", ("class_map.json",)),
+    "png": KnownWriter("png", "PngWriter", (CLASS_MAP_JSON,)),
     "mhd": KnownWriter("metaimage", "MetaImageWriter"),
     "dicom-seg": KnownWriter("seg", "DicomSegWriter"),
     "rtstruct": KnownWriter("rtstruct", "RtStructWriter"),
 }
 
-# Every format's root files, known without importing the formats (a source there is refused).
+# Every format's root files, known without importing the formats (each is one of
+# rbexport.export_tree.ROOT_FILES, where a source is refused).
 INDEX_FILES = tuple(sorted({name for known in WRITERS.values() for name in known.index_files}))
 
 

@@ -28,13 +28,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import TaskDataError
+from ..export_tree import CLASS_MAP_JSON
 from ..nifti import Fill
 from ..options import ExportOptions
 from ..structures import MaskFile
 from .base import COLOURS, Encoded, MaskWriter, SourceExtras
 from .colours import RGB, colour_of
 
-CLASS_MAP = "class_map.json"
 BINARY_ON = 255
 PNG_COMPRESS_LEVEL = 6  # zlib's default: deterministic, and small for label maps
 
@@ -141,4 +141,4 @@ class PngWriter(MaskWriter):
 
     def index_files(self, entries: Sequence[dict], options: ExportOptions, extras: SourceExtras) -> Encoded:
         mapping = class_map(list(entries), options.semantic_mask, extras.category_numbers, extras.colours)
-        return ((CLASS_MAP, mapping),)
+        return ((CLASS_MAP_JSON, mapping),)
