@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from .display import shown
 from .export_tree import REPORT_JSON
+from .storage.location import join_url
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class RunReport:
     @property
     def url(self) -> str:
         """Where the report is written: REPORT_JSON at the variant's export root."""
-        return self.destination.rstrip("/") + "/" + REPORT_JSON
+        return join_url(self.destination, REPORT_JSON)
 
     @property
     def bytes_written(self) -> int:
