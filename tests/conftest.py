@@ -141,6 +141,13 @@ def prefect_server(tmp_path_factory) -> PrefectServer:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
                 yield server
         finally:
+            # Logs and events still queued go to this server before it stops, not to a dead
+            # address at the interpreter's exit ("--- Error logging to API ---").
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
             _servers.remove(server)
             if saved is None:
                 os.environ.pop("PREFECT_API_URL", None)
