@@ -132,7 +132,7 @@ def measure(kind: str, project: Path, runs: int) -> list[float]:
                     ],
                 }
                 source.write(f"tasks/{task_id}.json", json.dumps(task).encode())
-                posted = time.perf_counter()
+                posted, posted_at = time.perf_counter(), time.time()
                 post(
                     receiver,
                     notification("bench-source", f"brain/masks/{task_id}.nii.gz", f"brain/tasks/{task_id}.json"),
@@ -141,7 +141,10 @@ def measure(kind: str, project: Path, runs: int) -> list[float]:
                 delay = time.perf_counter() - posted
                 if number:  # the first also exports the sample and warms up
                     delays.append(delay)
-                print(f"  {kind} {task_id}: {delay:.1f} s ({breakdown(server.api_url, delay)})", file=sys.stderr)
+                print(
+                    f"  {kind} {task_id}: {delay:.1f} s ({breakdown(server.api_url, delay, posted_at)})",
+                    file=sys.stderr,
+                )
                 time.sleep(12)  # past the trigger's 10 s window: the next upload starts a run of its own
             return delays
         finally:
@@ -155,27 +158,38 @@ def measure(kind: str, project: Path, runs: int) -> list[float]:
             server.stop()
 
 
-def breakdown(api_url: str, delay: float) -> str:
+def breakdown(api_url: str, delay: float, posted_at: float) -> str:
     """Where the time went, from the newest flow run's timestamps: the trigger (upload to
-    the run's creation), the pick-up (creation to start: polling, the process starting) and
-    the run (start to the task being published, about its end)."""
-    from datetime import datetime
+    the run's creation; of it, the automation's action: from the automation's firing to the
+    run's creation), the pick-up (creation to start: polling, the process starting) and the
+    run (start to the task being published, about its end)."""
+    from datetime import UTC, datetime
 
-    body = json.dumps({"sort": "EXPECTED_START_TIME_DESC", "limit": 1}).encode()
-    request = urllib.request.Request(
-        f"{api_url}/flow_runs/filter", data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
+    def api(path: str, query: dict):
+        request = urllib.request.Request(
+            f"{api_url}{path}",
+            data=json.dumps(query).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
 
     def finished():
-        with urllib.request.urlopen(request, timeout=5) as response:
-            [run] = json.loads(response.read())
+        [run] = api("/flow_runs/filter", {"sort": "EXPECTED_START_TIME_DESC", "limit": 1})
         return run if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED") else None
 
     run = wait_for(finished, 60, "the run to end")
     created, started = (datetime.fromisoformat(run[name]) for name in ("created", "start_time"))
     total = run.get("total_run_time") or 0.0
     pickup = (started - created).total_seconds()
-    return f"trigger {delay - pickup - total:.1f} s, pick-up {pickup:.1f} s, run {total:.1f} s"
+    since = datetime.fromtimestamp(posted_at - 1, UTC).isoformat()
+    fired = api(
+        "/events/filter",
+        {"filter": {"occurred": {"since": since}, "event": {"name": ["prefect.automation.triggered"]}}, "limit": 1},
+    )["events"]
+    action = f" (the action {(created - datetime.fromisoformat(fired[0]['occurred'])).total_seconds():.1f} s)"
+    return f"trigger {delay - pickup - total:.1f} s{action if fired else ''}, pick-up {pickup:.1f} s, run {total:.1f} s"
 
 
 def automation_ready(api_url: str) -> bool:
