@@ -32,16 +32,19 @@ class Annotation:
 
 
 class ParsedTask:
-    """One task's JSON parsed once, for every variant and writer of the task: its annotations
-    (as each `no_consensus` reads them) and each series' segment map, each built on first
-    use and kept, a failure too (every variant asking gets the same reason). `task` stays as
-    read: what passes through into tasks.json untouched is taken from it."""
+    """One task's JSON parsed once, for every phase of the run (fingerprints, a dataset's
+    cases, the export) and every variant and writer of the task: its annotations (as each
+    `no_consensus` reads them), its mask references and each series' segment map, each built
+    on first use and kept, a failure too (every variant asking gets the same reason). It
+    travels with the task's job (model.TaskJob.parsed). `task` stays as read, series too:
+    what passes through into tasks.json untouched is taken from them."""
 
     def __init__(self, task: dict) -> None:
         self.task = task
         self._annotations: dict[bool, list[Annotation] | TaskDataError] = {}
         # id of a series object of `task` -> (the series, kept so the id stays its own; its instances)
         self._instances: dict[int, tuple[dict, list[Instance] | TaskDataError]] = {}
+        self._mask_references: list[str] | None = None
 
     def annotations(self, options: ExportOptions) -> list[Annotation]:
         """annotations_of(task, options), parsed once per `no_consensus`."""
@@ -57,12 +60,20 @@ class ParsedTask:
         return found
 
     def case_annotation(self, options: ExportOptions) -> Annotation:
-        """The series a dataset layout's cases are made of: the annotation `no_consensus` exports."""
+        """The series a dataset layout's cases are made of: the task's own, or a consensus task's
+        super truth (else first annotator), as `no_consensus` exports it; one label per case."""
         return self.annotations(options.model_copy(update={"no_consensus": True}))[0]
+
+    def mask_references(self) -> list[str]:
+        """mask_references(task): every mask the task names, walked once."""
+        if self._mask_references is None:
+            self._mask_references = mask_references(self.task)
+        return self._mask_references
 
     def instances(self, series: dict) -> list[Instance]:
         """The instances of a series' segmentMap (parse_segment_map), parsed once per series."""
-        if id(series) not in self._instances:
+        known = self._instances.get(id(series))
+        if known is None or known[0] is not series:  # an id is only its series' while the series lives
             try:
                 parsed: list[Instance] | TaskDataError = parse_segment_map(series.get("segmentMap"))
             except TaskDataError as error:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .annotations import Annotation, ParsedTask, annotations_of
+from .annotations import Annotation, ParsedTask
 from .errors import TaskDataError
 from .images.export import TaskImages
 from .images.volume import encode_nifti
@@ -26,12 +26,6 @@ from .options import ExportOptions
 from .report import FileRecord, Notice
 from .source import MaskReader
 from .storage import Storage
-
-
-def case_annotation(task: dict, options: ExportOptions) -> Annotation:
-    """The series a task's cases are made of: its own, or a consensus task's super truth
-    (else first annotator), as `no_consensus` exports it; one label per case."""
-    return annotations_of(task, options.model_copy(update={"no_consensus": True}))[0]
 
 
 def case_series(annotation: Annotation) -> list[tuple[str, bool]]:

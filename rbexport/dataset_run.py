@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from .dataset_export import case_annotation, case_series
+from .dataset_export import case_series
 from .errors import TaskDataError
 from .export_tree import DATASET_JSON
 from .incremental import CaseRecord, ExportState
@@ -39,7 +39,7 @@ def plan_cases(
     for job in jobs:
         try:
             proposed[job.task_id] = task_cases(
-                job.folder, case_series(case_annotation(job.task, options)), options.channels
+                job.folder, case_series(job.parsed.case_annotation(options)), options.channels
             )
         except TaskDataError as error:
             failures.append(Failure(job.task_id, error.file, error.reason))

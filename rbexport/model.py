@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .annotations import ParsedTask
 from .errors import TaskDataError
 from .filters import TaskFilter
 from .incremental import CaseRecord, ExportState
@@ -77,6 +78,19 @@ class TaskJob:
     item_sizes: Mapping[str, int] = field(default_factory=dict)  # image items' sizes, from the source's listing
     cases: Mapping[str, tuple[Case, ...]] = field(default_factory=dict)  # a dataset variant's cases of this task
     weight: int = 0  # bytes of its masks and images in the source's listing: how much work it is
+    # `task` parsed once for every phase that reads it (fingerprints, cases, the export);
+    # made from `task` when not given, and kept by dataclasses.replace.
+    parsed_task: ParsedTask | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.parsed_task is None:
+            object.__setattr__(self, "parsed_task", ParsedTask(self.task))
+
+    @property
+    def parsed(self) -> ParsedTask:
+        """The task's annotations, segment maps and mask references, each parsed on first use and kept."""
+        assert self.parsed_task is not None  # __post_init__
+        return self.parsed_task
 
 
 @dataclass

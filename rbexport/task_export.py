@@ -58,7 +58,7 @@ def export_task(job: TaskJob, settings: ExportSettings) -> TaskOutcome:
     reader = MaskReader(source, Location.parse(settings.source), settings.access, settings.allowed_buckets)
     outcome = TaskOutcome(job.task_id)
     targets = [target for target in settings.targets if target.name in job.targets]
-    task = ParsedTask(job.task)  # parsed once for every variant
+    task = job.parsed  # parsed once for every variant (and the run's planning before)
     images = TaskImages(job.task, job.folder, reader.locate, _image_pool(), job.item_sizes)
     needed = reader.fetch(_masks_used(task, targets)) + _check_images(images, targets, outcome, job.task_id)
     needed += _series_object_memory(task, targets, reader)

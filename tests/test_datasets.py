@@ -422,3 +422,22 @@ def test_a_deployment_run_writes_a_dataset(prefect_api, source, tmp_path):
     dataset = json.loads((destination / "Dataset501_Brain/dataset.json").read_text())
     assert dataset["channel_names"] == {"0": "MR", "1": "MR"} and dataset["numTraining"] == 6
     assert (destination / "standard/tasks.json").exists()
+
+
+def test_a_tasks_cases_and_its_export_share_one_parse_of_its_annotations(source, tmp_path, monkeypatch):
+    """Issue 21 item 3: the run's planning (the dataset's cases, the fingerprints' masks) and
+    the task's export read the task's annotations from one parse (the job's ParsedTask), not
+    one parse per phase."""
+    import rbexport.annotations
+
+    parsed: list[str] = []
+    real = rbexport.annotations._annotations
+    monkeypatch.setattr(
+        rbexport.annotations,
+        "_annotations",
+        lambda task, options: parsed.append(task["taskId"]) or real(task, options),
+    )
+    [report] = run_export(str(source), str(tmp_path / "out"), NNUNET)
+    assert report.succeeded
+    tasks = [task["taskId"] for task in tasks_of(source)]
+    assert sorted(parsed) == sorted(tasks)  # once each: planning the cases and exporting them

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..annotations import mask_references
 from ..dataset_run import plan_cases
 from ..errors import TaskDataError
 from ..images.export import image_references
@@ -55,7 +54,7 @@ def decide_exports(
     wants_images = any(_reads_images(plan.target.options) for plan in target_plans)
     image_versions: dict[str, str | None] = {}
     for job in jobs:
-        masks = mask_references(job.task)
+        masks = job.parsed.mask_references()
         versions = {reference: reader.version(reference, source_versions) for reference in masks}
         weight = sum(known_sizes(reader, masks, source_sizes).values())
         item_sizes: dict[str, int] = {}
