@@ -140,7 +140,10 @@ def main(names: list[str]) -> int:
     forget_deployed_versions(runners)
     serving_since = datetime.now(UTC)
     stop_within(SHUTDOWN_GRACE_SECONDS, lambda: wind_down(runners, serving_since))
-    serve(*runners, query_seconds=POLL_SECONDS)  # until Ctrl+C
+    try:
+        serve(*runners, query_seconds=POLL_SECONDS)  # until Ctrl+C
+    except KeyboardInterrupt:
+        pass  # Ctrl+C while serve() still registered the deployments, before its loop takes Ctrl+C itself
     wind_down(runners, serving_since)
     return 0
 
@@ -151,12 +154,16 @@ def wind_down(runners: list, since: datetime) -> None:
     now and then, and the schedules then pile up Late runs nobody executes: pause them
     again here, every time (pausing twice is harmless)."""
     from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def pause() -> None:
         async with get_client() as client:
             for runner in runners:
-                deployment = await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")
+                try:
+                    deployment = await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")
+                except ObjectNotFound:
+                    continue  # Ctrl+C came before it was registered: nothing of it to pause
                 await client.pause_deployment(deployment.id)
 
     try:
@@ -201,12 +208,18 @@ def mark_interrupted_runs_crashed(runners: list, since: datetime) -> None:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def mark() -> None:
         async with get_client() as client:
-            ids = [(await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")).id for runner in runners]
+            ids = []
+            for runner in runners:
+                try:
+                    ids.append((await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")).id)
+                except ObjectNotFound:
+                    continue  # never registered (Ctrl+C while serve() started): it ran nothing
             in_flight = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
             runs = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),

@@ -195,6 +195,52 @@ def test_serving_after_deploying_leaves_no_automation_of_a_deleted_deployment_an
         assert read_deployment(f"{flow}/{name}").paused, name
 
 
+def test_ctrl_c_while_serve_registers_its_deployments_ends_cleanly_and_pauses_what_it_registered(prefect_api):
+    """Ctrl+C as soon as the first of three deployments is registered, while serve() still
+    registers the others (before its loop takes Ctrl+C over): no traceback, exit 0, and
+    whatever it registered paused (a CI run once printed a KeyboardInterrupt traceback)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect_helpers import PROJECT, read_deployment, wait_for
+
+    names = {
+        "export-nightly": "export-project",
+        "export-on-upload": "export-project",
+        "verify-after-export": "verify-export",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rbexport.deployments.serve", *names],
+        cwd=PROJECT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api, **SETTINGS},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: read_deployment("export-project/export-nightly"), 120, "the first deployment", every=0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = process.stdout.read().decode(errors="replace")
+    assert process.returncode == 0, output[-4000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-4000:]
+    registered = []
+    for name, flow in names.items():
+        try:
+            deployment = read_deployment(f"{flow}/{name}")
+        except Exception:  # Ctrl+C came before serve() registered it
+            continue
+        registered.append(name)
+        assert deployment.paused, name
+    assert "export-nightly" in registered
+
+
 def test_the_run_form_says_what_applies_and_shows_plain_optional_fields(prefect_api):
     """The export-manual form, as the UI reads it from the API after `prefect deploy`."""
     from prefect_helpers import read_deployment
