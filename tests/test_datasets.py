@@ -417,6 +417,7 @@ def test_a_deployment_run_writes_a_dataset(prefect_api, source, tmp_path):
                 ],
             },
             timeout=180,
+            poll_interval=1,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
     dataset = json.loads((destination / "Dataset501_Brain/dataset.json").read_text())

@@ -106,6 +106,7 @@ def test_a_run_started_like_the_ui_does_exports(prefect_api, sample_source, tmp_
                 "custom_variants": [{"name": "mine", "options": {"semantic_mask": True}}],
             },
             timeout=180,
+            poll_interval=1,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
     tasks = json.loads((destination / "mine/tasks.json").read_text())
@@ -128,7 +129,16 @@ def test_serve_stops_on_ctrl_c_with_a_run_in_flight(prefect_api, sample_source, 
             timeout=0,
             parameters={"source": str(sample_source), "destination": str(tmp_path / "export"), "quiet_seconds": 600},
         )
-        wait_for(lambda: read_flow_run(flow_run.id).state.is_running(), 60, "the run to start")
+        try:
+            wait_for(lambda: read_flow_run(flow_run.id).state.is_running(), 60, "the run to start")
+        except AssertionError as timeout:  # say what the run and the runner were doing
+            state = read_flow_run(flow_run.id).state
+            os.killpg(server.pid, signal.SIGINT)
+            server.wait(timeout=60)
+            log = server.stdout.read().decode(errors="replace")[-4000:]
+            raise AssertionError(
+                f"{timeout}; the run is {state.name} ({state.message}); serve printed:\n{log}"
+            ) from None
         os.killpg(server.pid, signal.SIGINT)
         # Stops in 1-3 s here (README); the bound is generous because the child run reports
         # its end to a SQLite test server that the other xdist worker may be loading.

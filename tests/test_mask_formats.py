@@ -483,6 +483,7 @@ def test_a_served_deployment_writes_dicom_seg_from_the_forms_options(prefect_api
                 "options": {"mask_format": "dicom-seg", "semantic_mask": True},
             },
             timeout=180,
+            poll_interval=1,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
     report = json.loads((destination / "export-report.json").read_text())
@@ -663,6 +664,7 @@ def test_a_served_deployment_writes_the_seg_type_and_compression_of_the_form(pre
             "export-project/export-manual",
             parameters={"source": str(sample_with_images), "destination": str(destination), "options": options},
             timeout=180,
+            poll_interval=1,
         )
         assert flow_run.state.is_completed(), (flow_run.state, server.stdout.read1().decode()[-3000:])
     report = json.loads((destination / "export-report.json").read_text())

@@ -349,7 +349,9 @@ def test_served_deployments_export_the_ground_truth_and_release_it_by_name_and_b
             "task-003",
             "task-005",
         ]
-        by_hand = run_deployment("release-export/release-manual", parameters={"name": "v1"}, timeout=240)
+        by_hand = run_deployment(
+            "release-export/release-manual", parameters={"name": "v1"}, timeout=240, poll_interval=1
+        )
         assert by_hand.state.is_completed(), by_hand.state
         assert json.loads((releases / "v1" / "release.json").read_text())["tasks"] == 3
         weekly = wait_for(lambda: scheduled_runs_of("release-export/release-weekly"), 60, "weekly release runs")

@@ -101,7 +101,9 @@ def test_deployed_schedules_create_runs_that_a_worker_completes(prefect_api, mak
         from prefect.deployments import run_deployment
 
         manual = make_bucket("by-hand")
-        flow_run = run_deployment(MANUAL, parameters={"source": source.url, "destination": manual.url}, timeout=240)
+        flow_run = run_deployment(
+            MANUAL, parameters={"source": source.url, "destination": manual.url}, timeout=240, poll_interval=1
+        )
         assert flow_run.state.is_completed(), flow_run.state
         assert len(json.loads(manual.read("tasks.json"))) == 6
 

@@ -101,6 +101,7 @@ def test_failed_runs_end_failed_with_one_line_and_no_traceback(kind, prefect_api
             MANUAL,
             parameters={"source": str(tmp_path / "not-there"), "destination": str(tmp_path / "a")},
             timeout=240,
+            poll_interval=1,
         )
         output = lambda: process.stdout.read1().decode(errors="replace")[-4000:]  # noqa: E731
         assert missing.state.is_final(), (missing.state, output())
@@ -115,6 +116,7 @@ def test_failed_runs_end_failed_with_one_line_and_no_traceback(kind, prefect_api
                 "batch_size": 1,
             },
             timeout=240,
+            poll_interval=1,
         )
         assert bad_task.state.is_final(), (bad_task.state, output())
         log = full_log(bad_task)
