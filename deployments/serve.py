@@ -37,6 +37,7 @@ POLL_SECONDS = 1.0
 
 # How long Prefect's runner may take to shut down after Ctrl+C before this process exits anyway.
 SHUTDOWN_GRACE_SECONDS = 20
+STARTUP_SETTLE_SECONDS = 10.0  # after a Ctrl+C during start-up: see main
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -140,34 +141,48 @@ def main(names: list[str]) -> int:
     forget_deployed_versions(runners)
     serving_since = datetime.now(UTC)
     stop_within(SHUTDOWN_GRACE_SECONDS, lambda: wind_down(runners, serving_since))
+    settle_seconds = 0.0
     try:
         serve(*runners, query_seconds=POLL_SECONDS)  # until Ctrl+C
     except KeyboardInterrupt:
-        pass  # Ctrl+C while serve() still registered the deployments, before its loop takes Ctrl+C itself
-    wind_down(runners, serving_since)
+        # Ctrl+C while serve() still registered the deployments, before its loop takes Ctrl+C
+        # itself. The registration in flight goes on in Prefect's loop thread and may land
+        # (unpaused) after the pause: watch a few seconds for that.
+        settle_seconds = STARTUP_SETTLE_SECONDS
+    wind_down(runners, serving_since, settle_seconds)
     return 0
 
 
-def wind_down(runners: list, since: datetime) -> None:
+def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> None:
     """After Ctrl+C: pause what was served and end the runs it left Running. Prefect's
     runner pauses its deployments as it shuts down, but under load that step is cancelled
     now and then, and the schedules then pile up Late runs nobody executes: pause them
-    again here, every time (pausing twice is harmless)."""
+    again here, every time. With `settle_seconds`, look again each second until two looks
+    in a row find nothing unpaused (or the time is up): a registration still in flight
+    lands unpaused."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    async def pause() -> None:
+    async def pause() -> int:
+        paused = 0
         async with get_client() as client:
             for runner in runners:
                 try:
                     deployment = await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")
                 except ObjectNotFound:
                     continue  # Ctrl+C came before it was registered: nothing of it to pause
-                await client.pause_deployment(deployment.id)
+                if not deployment.paused:
+                    await client.pause_deployment(deployment.id)
+                    paused += 1
+        return paused
 
     try:
         run_coro_as_sync(pause())
+        deadline, quiet_looks = time.monotonic() + settle_seconds, 0
+        while quiet_looks < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            quiet_looks = quiet_looks + 1 if run_coro_as_sync(pause()) == 0 else 0
     finally:
         mark_interrupted_runs_crashed(runners, since)
     print(f"serve: paused {', '.join(runner.name for runner in runners)}", file=sys.stderr)
