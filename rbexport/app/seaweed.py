@@ -153,7 +153,10 @@ class SeaweedServer:
 def _free_port_block() -> int:
     """A base port whose whole block (HTTP and gRPC ports) is free on loopback."""
     for _ in range(200):
-        base = random.randrange(20000, 30000)
+        # Every port of the block (gRPC's too, base + 10000 + 7) below Linux's ephemeral range
+        # (32768 and up): a client's outgoing connection never takes one of them while the
+        # store is down for a restart (a CI run once lost the filer's gRPC port that way).
+        base = random.randrange(12000, 32768 - _GRPC_OFFSET - max(_PORT_FLAGS.values()))
         ports = [base + offset for offset in _PORT_FLAGS.values()]
         if all(_port_free(port) and _port_free(port + _GRPC_OFFSET) for port in ports):
             return base
