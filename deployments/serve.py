@@ -161,17 +161,12 @@ def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> No
     in a row find nothing unpaused (or the time is up): a registration still in flight
     lands unpaused."""
     from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def pause() -> int:
         paused = 0
         async with get_client() as client:
-            for runner in runners:
-                try:
-                    deployment = await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")
-                except ObjectNotFound:
-                    continue  # Ctrl+C came before it was registered: nothing of it to pause
+            for deployment in await registered_deployments(client, runners):
                 if not deployment.paused:
                     await client.pause_deployment(deployment.id)
                     paused += 1
@@ -186,6 +181,20 @@ def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> No
     finally:
         mark_interrupted_runs_crashed(runners, since)
     print(f"serve: paused {', '.join(runner.name for runner in runners)}", file=sys.stderr)
+
+
+async def registered_deployments(client, runners: list) -> list:
+    """The server's deployments of `runners`, leaving out those not registered (yet): a
+    Ctrl+C during start-up can come before serve() registered every one."""
+    from prefect.exceptions import ObjectNotFound
+
+    found = []
+    for runner in runners:
+        try:
+            found.append(await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}"))
+        except ObjectNotFound:
+            continue
+    return found
 
 
 def stop_within(grace_seconds: float, before_exit: Callable[[], None]) -> None:
@@ -223,18 +232,12 @@ def mark_interrupted_runs_crashed(runners: list, since: datetime) -> None:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def mark() -> None:
         async with get_client() as client:
-            ids = []
-            for runner in runners:
-                try:
-                    ids.append((await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")).id)
-                except ObjectNotFound:
-                    continue  # never registered (Ctrl+C while serve() started): it ran nothing
+            ids = [deployment.id for deployment in await registered_deployments(client, runners)]
             in_flight = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
             runs = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
