@@ -73,7 +73,7 @@ class ParsedTask:
     def instances(self, series: dict) -> list[Instance]:
         """The instances of a series' segmentMap (parse_segment_map), parsed once per series."""
         known = self._instances.get(id(series))
-        if known is None or known[0] is not series:  # an id is only its series' while the series lives
+        if known is None or known[0] is not series:  # keys made in another process (a pickled job) are stale
             try:
                 parsed: list[Instance] | TaskDataError = parse_segment_map(series.get("segmentMap"))
             except TaskDataError as error:
