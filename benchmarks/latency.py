@@ -162,7 +162,9 @@ def breakdown(api_url: str, delay: float, posted_at: float) -> str:
     """Where the time went, from the newest flow run's timestamps: the trigger (upload to
     the run's creation; of it, the automation's action: from the automation's firing to the
     run's creation), the pick-up (creation to start: polling, the process starting) and the
-    run (start to the task being published, about its end)."""
+    run (start to the task being published, about its end); of the pick-up, the poll (creation to
+    Pending, when the runner or worker took it) and the process (Pending to Running: a new
+    interpreter importing Prefect and the flow, the engine's start)."""
     from datetime import UTC, datetime
 
     def api(path: str, query: dict):
@@ -183,13 +185,27 @@ def breakdown(api_url: str, delay: float, posted_at: float) -> str:
     created, started = (datetime.fromisoformat(run[name]) for name in ("created", "start_time"))
     total = run.get("total_run_time") or 0.0
     pickup = (started - created).total_seconds()
+    pending = [
+        datetime.fromisoformat(state["timestamp"])
+        for state in api_get(api_url, f"/flow_run_states/?flow_run_id={run['id']}")
+        if state["type"] == "PENDING"
+    ]
+    parts = ""
+    if pending:
+        poll, process = (pending[0] - created).total_seconds(), (started - pending[0]).total_seconds()
+        parts = f" (the poll {poll:.1f} s, the process {process:.1f} s)"
     since = datetime.fromtimestamp(posted_at - 1, UTC).isoformat()
     fired = api(
         "/events/filter",
         {"filter": {"occurred": {"since": since}, "event": {"name": ["prefect.automation.triggered"]}}, "limit": 1},
     )["events"]
     action = f" (the action {(created - datetime.fromisoformat(fired[0]['occurred'])).total_seconds():.1f} s)"
-    return f"trigger {delay - pickup - total:.1f} s{action if fired else ''}, pick-up {pickup:.1f} s, run {total:.1f} s"
+    return f"trigger {delay - pickup - total:.1f} s{action if fired else ''}, pick-up {pickup:.1f} s{parts}, run {total:.1f} s"
+
+
+def api_get(api_url: str, path: str):
+    with urllib.request.urlopen(f"{api_url}{path}", timeout=5) as response:
+        return json.loads(response.read())
 
 
 def automation_ready(api_url: str) -> bool:
