@@ -10,6 +10,7 @@ stop it with Ctrl+C. Needs a Prefect server (PREFECT_API_URL). The RBEXPORT_* se
 
 from __future__ import annotations
 
+import asyncio
 import faulthandler
 import os
 import signal
@@ -22,13 +23,13 @@ from pathlib import Path
 from typing import cast
 
 import yaml
-from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 from prefect.utilities.templating import apply_values
 
+from rbexport.deployments.flow_processes import start_flow_runs_warm
 from rbexport.deployments.settings import template_values
 
 # How often the runner asks the server for runs to start (Prefect's default: 10 s, most of
@@ -51,8 +52,16 @@ def deployment_specs(prefect_yaml: Path = PROJECT / "prefect.yaml") -> list[dict
 
 
 def runner_deployment(spec: dict):
-    flow: Flow = load_flow_from_entrypoint(str(PROJECT / spec["entrypoint"]))
-    return flow.to_deployment(
+    flow, arguments = served_flow(spec)
+    return flow.to_deployment(**arguments)
+
+
+def served_flow(spec: dict) -> tuple[Flow, dict]:
+    """A deployment of prefect.yaml as its flow, imported from rbexport's package (so a run's
+    process imports it by name), and the arguments of Flow.to_deployment and Runner.add_flow."""
+    path, function = spec["entrypoint"].split(":")
+    flow: Flow = load_flow_from_entrypoint(f"rbexport.{path.removesuffix('.py').replace('/', '.')}:{function}")
+    return flow, dict(
         name=spec["name"],
         description=spec.get("description"),
         tags=spec.get("tags"),
@@ -137,20 +146,47 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"no such deployment in prefect.yaml: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    runners = [runner_deployment(spec) for spec in specs if not names or spec["name"] in names]
+    served = [served_flow(spec) for spec in specs if not names or spec["name"] in names]
+    runners = [flow.to_deployment(**arguments) for flow, arguments in served]
     forget_deployed_versions(runners)
+    cold = start_flow_runs_warm(sorted({flow.fn.__module__ for flow, _ in served}))
+    if cold:
+        print(f"serve: {cold}", file=sys.stderr)
     serving_since = datetime.now(UTC)
     stop_within(SHUTDOWN_GRACE_SECONDS, lambda: wind_down(runners, serving_since))
     settle_seconds = 0.0
     try:
-        serve(*runners, query_seconds=POLL_SECONDS)  # until Ctrl+C
+        serve_flows(served, runners)  # until Ctrl+C
     except KeyboardInterrupt:
-        # Ctrl+C while serve() still registered the deployments, before its loop takes Ctrl+C
+        # Ctrl+C while the runner still registered the deployments, before its loop takes Ctrl+C
         # itself. The registration in flight goes on in Prefect's loop thread and may land
         # (unpaused) after the pause: watch a few seconds for that.
         settle_seconds = STARTUP_SETTLE_SECONDS
     wind_down(runners, serving_since, settle_seconds)
     return 0
+
+
+def serve_flows(served: list[tuple[Flow, dict]], runners: list) -> None:
+    """Prefect's serve(), given the flows rather than their deployments (Runner.add_flow
+    registers the same deployment): the runner then starts a run from the flow object in a
+    process of its own (run_flow_in_subprocess, started warm: flow_processes) instead of
+    `python -m prefect.engine` importing Prefect and the flow again. Until Ctrl+C."""
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True, query_seconds=POLL_SECONDS)
+    for flow, arguments in served:
+        runner.add_flow(flow, **arguments)
+    listed = ", ".join(f"{deployment.flow_name}/{deployment.name}" for deployment in runners)
+    print(
+        f"serve: serving {listed}; asks for runs every {POLL_SECONDS:g} s. Start one from the UI or with"
+        " `prefect deployment run NAME`; Ctrl+C stops.",
+        file=sys.stderr,
+    )
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        pass  # the runner has shut down; main pauses what it served
 
 
 def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> None:
@@ -185,7 +221,7 @@ def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> No
 
 async def registered_deployments(client, runners: list) -> list:
     """The server's deployments of `runners`, leaving out those not registered (yet): a
-    Ctrl+C during start-up can come before serve() registered every one."""
+    Ctrl+C during start-up can come before the runner registered every one."""
     from prefect.exceptions import ObjectNotFound
 
     found = []

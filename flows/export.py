@@ -1,6 +1,8 @@
 """The export flow: read the source, export every changed task, publish tasks.json and the report."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: a served run gets this flow pickled by value
+# (deployments/flow_processes.py), and Prefect builds the parameters' model from the function's
+# annotations, which must then be the types themselves, not their names.
 
 import concurrent.futures
 import re

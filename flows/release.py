@@ -1,6 +1,8 @@
 """The release flow: copy an export to a named, immutable release (rbexport.releases)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: a served run gets this flow pickled by value
+# (deployments/flow_processes.py), and Prefect builds the parameters' model from the function's
+# annotations, which must then be the types themselves, not their names.
 
 from datetime import UTC, datetime
 from functools import partial

@@ -1,6 +1,8 @@
 """The verify flow: re-read an export and check every file against its recorded checksum."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: a served run gets this flow pickled by value
+# (deployments/flow_processes.py), and Prefect builds the parameters' model from the function's
+# annotations, which must then be the types themselves, not their names.
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -1,6 +1,8 @@
 """The watcher, for stores that cannot notify: list the source, emit an event per new object."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: a served run gets this flow pickled by value
+# (deployments/flow_processes.py), and Prefect builds the parameters' model from the function's
+# annotations, which must then be the types themselves, not their names.
 
 import hashlib
 

@@ -95,7 +95,8 @@ def served(prefect_api: str, *names: str, env: dict | None = None) -> Iterator[s
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Ctrl+C to the process's group, as a terminal sends it; SIGKILL after 30 s."""
+    """Ctrl+C to the process's group, as a terminal sends it; SIGKILL after 30 s. Serve
+    must leave no process of its group behind (its fork server, a flow run's process)."""
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGINT)
@@ -104,6 +105,32 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    assert_group_ends(process.pid)
+
+
+def assert_group_ends(group: int, timeout: float = 15) -> None:
+    """Every process of process group `group` ends within `timeout` (zombies count as ended:
+    this container's init does not reap them); else kill them and fail, naming them."""
+    deadline = time.monotonic() + timeout
+    while (left := live_members(group)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        os.killpg(group, signal.SIGKILL)
+        raise AssertionError(f"processes left running after serve ended: {left}")
+
+
+def live_members(group: int) -> list[str]:
+    """The command lines of process group `group`'s processes that have not ended (Linux /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            members.append(f"{stat.parent.name}: {command[:160]}")
+    return members
 
 
 def _flow_of(deployment: str) -> str:

@@ -206,7 +206,7 @@ def test_ctrl_c_while_serve_registers_its_deployments_ends_cleanly_and_pauses_wh
     import subprocess
     import sys
 
-    from prefect_helpers import PROJECT, read_deployment, wait_for
+    from prefect_helpers import PROJECT, assert_group_ends, read_deployment, wait_for
 
     names = {
         "export-nightly": "export-project",
@@ -232,6 +232,7 @@ def test_ctrl_c_while_serve_registers_its_deployments_ends_cleanly_and_pauses_wh
     output = process.stdout.read().decode(errors="replace")
     assert process.returncode == 0, output[-4000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-4000:]
+    assert_group_ends(process.pid)  # the fork server it started for flow runs is gone too
     registered = []
     for name, flow in names.items():
         try:
@@ -269,3 +270,61 @@ def test_the_run_form_says_what_applies_and_shows_plain_optional_fields(prefect_
     assert not any(
         field.get("title", "").startswith("Training layout") for field in list(options.values())[: -len(layout)]
     )
+
+
+WHERE_A_RUN_STARTS = """
+import json, os, signal, sys
+from prefect import flow
+from prefect.flow_engine import run_flow_in_subprocess
+from rbexport.deployments.flow_processes import start_flow_runs_warm
+
+@flow
+def where(path: str) -> None:
+    facts = {
+        "parent": os.getppid(),
+        "flows_imported_already": "rbexport.flows.export" in sys.modules,
+        "takes_ctrl_c": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+    }
+    with open(path, "w") as file:
+        json.dump(facts, file)
+
+if __name__ == "__main__":
+    cold = start_flow_runs_warm(["rbexport.flows.export"]) if sys.argv[2] == "warm" else "not asked"
+    process = run_flow_in_subprocess(where, parameters={"path": sys.argv[1]})
+    process.join()
+    print(json.dumps({"runner": os.getpid(), "exitcode": process.exitcode, "cold": cold}))
+"""
+
+
+@pytest.mark.parametrize("start", ["warm", "as Prefect does"])
+def test_a_served_run_starts_in_a_fork_of_a_warm_process_and_takes_ctrl_c(start, prefect_api, tmp_path):
+    """What serve does before serving (flow_processes.start_flow_runs_warm): Prefect's
+    run_flow_in_subprocess, which the runner starts every served run with, then forks the
+    run from a process that imported the flows already, not a new interpreter (1.7 s less
+    from upload to export, benchmarks/latency.py), and the run still takes Ctrl+C. Without it,
+    the same checks see Prefect's own start: the run's parent is the runner, nothing warm."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect_helpers import PROJECT
+
+    script, facts = tmp_path / "where.py", tmp_path / "facts.json"
+    script.write_text(WHERE_A_RUN_STARTS)
+    ran = subprocess.run(
+        [sys.executable, str(script), str(facts), "warm" if start == "warm" else "cold"],
+        cwd=PROJECT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    runner = json.loads(ran.stdout.strip().splitlines()[-1])
+    run = json.loads(facts.read_text())
+    assert runner["exitcode"] == 0 and run["takes_ctrl_c"], (runner, run)
+    if start == "warm":
+        assert runner["cold"] is None, runner
+        assert run["parent"] != runner["runner"] and run["flows_imported_already"], (runner, run)
+    else:
+        assert run["parent"] == runner["runner"] and not run["flows_imported_already"], (runner, run)
