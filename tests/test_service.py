@@ -138,6 +138,8 @@ def test_failed_runs_end_failed_with_one_line_and_no_traceback(kind, prefect_api
 
         assert bad_task.name.startswith("export-b-standard-semantic-"), bad_task.name
         assert f"destination:{tmp_path / 'b'}" in wait_for_tags(bad_task.id)
+    terminal = process.stdout.read().decode(errors="replace")  # what the worker's or serve's terminal shows
+    assert "Traceback" not in terminal, terminal[-4000:]
 
 
 def wait_for_tags(flow_run_id) -> list[str]:
