@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
@@ -51,17 +52,33 @@ def deployment_specs(prefect_yaml: Path = PROJECT / "prefect.yaml") -> list[dict
     return cast(list[dict], apply_values(spec["deployments"], {}, remove_notset=False))
 
 
-def runner_deployment(spec: dict):
-    flow, arguments = served_flow(spec)
-    return flow.to_deployment(**arguments)
-
-
-def served_flow(spec: dict) -> tuple[Flow, dict]:
+@dataclass(frozen=True)
+class ServedFlow:
     """A deployment of prefect.yaml as its flow, imported from rbexport's package (so a run's
     process imports it by name), and the arguments of Flow.to_deployment and Runner.add_flow."""
+
+    flow: Flow
+    arguments: dict
+
+    @property
+    def name(self) -> str:
+        return self.arguments["name"]
+
+    @property
+    def full_name(self) -> str:
+        """`flow/deployment`, as the API reads a deployment by name."""
+        return f"{self.flow.name}/{self.name}"
+
+
+def runner_deployment(spec: dict):
+    served = served_flow(spec)
+    return served.flow.to_deployment(**served.arguments)
+
+
+def served_flow(spec: dict) -> ServedFlow:
     path, function = spec["entrypoint"].split(":")
     flow: Flow = load_flow_from_entrypoint(f"rbexport.{path.removesuffix('.py').replace('/', '.')}:{function}")
-    return flow, dict(
+    arguments = dict(
         name=spec["name"],
         description=spec.get("description"),
         tags=spec.get("tags"),
@@ -70,6 +87,7 @@ def served_flow(spec: dict) -> tuple[Flow, dict]:
         triggers=[DeploymentEventTrigger(**_without(item, "type")) for item in spec.get("triggers") or []],
         concurrency_limit=_concurrency(spec.get("concurrency_limit")),
     )
+    return ServedFlow(flow, arguments)
 
 
 def _schedule(item: dict):
@@ -86,7 +104,7 @@ def _without(item: dict, key: str) -> dict:
     return {name: value for name, value in item.items() if name != key}
 
 
-def forget_deployed_versions(runners: list) -> None:
+def forget_deployed_versions(runners: list[ServedFlow]) -> None:
     """Delete deployments of the same names made by `prefect deploy` for a work pool, with
     their automations, and every automation left pointing at a deleted deployment.
 
@@ -103,7 +121,7 @@ def forget_deployed_versions(runners: list) -> None:
         async with get_client() as client:
             for runner in runners:
                 try:
-                    deployment = await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}")
+                    deployment = await client.read_deployment_by_name(runner.full_name)
                 except ObjectNotFound:
                     continue
                 if deployment.work_pool_name:
@@ -146,17 +164,16 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"no such deployment in prefect.yaml: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    served = [served_flow(spec) for spec in specs if not names or spec["name"] in names]
-    runners = [flow.to_deployment(**arguments) for flow, arguments in served]
+    runners = [served_flow(spec) for spec in specs if not names or spec["name"] in names]
     forget_deployed_versions(runners)
-    cold = start_flow_runs_warm(sorted({flow.fn.__module__ for flow, _ in served}))
+    cold = start_flow_runs_warm(sorted({runner.flow.fn.__module__ for runner in runners}))
     if cold:
         print(f"serve: {cold}", file=sys.stderr)
     serving_since = datetime.now(UTC)
     stop_within(SHUTDOWN_GRACE_SECONDS, lambda: wind_down(runners, serving_since))
     settle_seconds = 0.0
     try:
-        serve_flows(served, runners)  # until Ctrl+C
+        serve_flows(runners)  # until Ctrl+C
     except KeyboardInterrupt:
         # Ctrl+C while the runner still registered the deployments, before its loop takes Ctrl+C
         # itself. The registration in flight goes on in Prefect's loop thread and may land
@@ -166,7 +183,7 @@ def main(names: list[str]) -> int:
     return 0
 
 
-def serve_flows(served: list[tuple[Flow, dict]], runners: list) -> None:
+def serve_flows(runners: list[ServedFlow]) -> None:
     """Prefect's serve(), given the flows rather than their deployments (Runner.add_flow
     registers the same deployment): the runner then starts a run from the flow object in a
     process of its own (run_flow_in_subprocess, started warm: flow_processes) instead of
@@ -175,9 +192,9 @@ def serve_flows(served: list[tuple[Flow, dict]], runners: list) -> None:
     from prefect.runner import Runner
 
     runner = Runner(pause_on_shutdown=True, query_seconds=POLL_SECONDS)
-    for flow, arguments in served:
-        runner.add_flow(flow, **arguments)
-    listed = ", ".join(f"{deployment.flow_name}/{deployment.name}" for deployment in runners)
+    for served in runners:
+        runner.add_flow(served.flow, **served.arguments)
+    listed = ", ".join(served.full_name for served in runners)
     print(
         f"serve: serving {listed}; asks for runs every {POLL_SECONDS:g} s. Start one from the UI or with"
         " `prefect deployment run NAME`; Ctrl+C stops.",
@@ -189,7 +206,7 @@ def serve_flows(served: list[tuple[Flow, dict]], runners: list) -> None:
         pass  # the runner has shut down; main pauses what it served
 
 
-def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> None:
+def wind_down(runners: list[ServedFlow], since: datetime, settle_seconds: float = 0.0) -> None:
     """After Ctrl+C: pause what was served and end the runs it left Running. Prefect's
     runner pauses its deployments as it shuts down, but under load that step is cancelled
     now and then, and the schedules then pile up Late runs nobody executes: pause them
@@ -219,7 +236,7 @@ def wind_down(runners: list, since: datetime, settle_seconds: float = 0.0) -> No
     print(f"serve: paused {', '.join(runner.name for runner in runners)}", file=sys.stderr)
 
 
-async def registered_deployments(client, runners: list) -> list:
+async def registered_deployments(client, runners: list[ServedFlow]) -> list:
     """The server's deployments of `runners`, leaving out those not registered (yet): a
     Ctrl+C during start-up can come before the runner registered every one."""
     from prefect.exceptions import ObjectNotFound
@@ -227,7 +244,7 @@ async def registered_deployments(client, runners: list) -> list:
     found = []
     for runner in runners:
         try:
-            found.append(await client.read_deployment_by_name(f"{runner.flow_name}/{runner.name}"))
+            found.append(await client.read_deployment_by_name(runner.full_name))
         except ObjectNotFound:
             continue
     return found
@@ -256,7 +273,7 @@ def stop_within(grace_seconds: float, before_exit: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, on_interrupt)
 
 
-def mark_interrupted_runs_crashed(runners: list, since: datetime) -> None:
+def mark_interrupted_runs_crashed(runners: list[ServedFlow], since: datetime) -> None:
     """Runs this process started and Ctrl+C ended would stay Running in the UI forever:
     mark them Crashed, saying why. (A served deployment is served by one process only.)"""
     from prefect import get_client
