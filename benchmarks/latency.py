@@ -167,18 +167,8 @@ def breakdown(api_url: str, delay: float, posted_at: float) -> str:
     interpreter importing Prefect and the flow, the engine's start)."""
     from datetime import UTC, datetime
 
-    def api(path: str, query: dict):
-        request = urllib.request.Request(
-            f"{api_url}{path}",
-            data=json.dumps(query).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read())
-
     def finished():
-        [run] = api("/flow_runs/filter", {"sort": "EXPECTED_START_TIME_DESC", "limit": 1})
+        [run] = api(api_url, "/flow_runs/filter", {"sort": "EXPECTED_START_TIME_DESC", "limit": 1})
         return run if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED") else None
 
     run = wait_for(finished, 60, "the run to end")
@@ -187,7 +177,7 @@ def breakdown(api_url: str, delay: float, posted_at: float) -> str:
     pickup = (started - created).total_seconds()
     pending = [
         datetime.fromisoformat(state["timestamp"])
-        for state in api_get(api_url, f"/flow_run_states/?flow_run_id={run['id']}")
+        for state in api(api_url, f"/flow_run_states/?flow_run_id={run['id']}")
         if state["type"] == "PENDING"
     ]
     parts = ""
@@ -196,6 +186,7 @@ def breakdown(api_url: str, delay: float, posted_at: float) -> str:
         parts = f" (the poll {poll:.1f} s, the process {process:.1f} s)"
     since = datetime.fromtimestamp(posted_at - 1, UTC).isoformat()
     fired = api(
+        api_url,
         "/events/filter",
         {"filter": {"occurred": {"since": since}, "event": {"name": ["prefect.automation.triggered"]}}, "limit": 1},
     )["events"]
@@ -203,17 +194,20 @@ def breakdown(api_url: str, delay: float, posted_at: float) -> str:
     return f"trigger {delay - pickup - total:.1f} s{action if fired else ''}, pick-up {pickup:.1f} s{parts}, run {total:.1f} s"
 
 
-def api_get(api_url: str, path: str):
-    with urllib.request.urlopen(f"{api_url}{path}", timeout=5) as response:
+def api(api_url: str, path: str, query: dict | None = None):
+    """The Prefect API's answer to GET `path`, or to POST `query` (a filter) to it."""
+    request = urllib.request.Request(
+        f"{api_url}{path}",
+        data=None if query is None else json.dumps(query).encode(),
+        method="GET" if query is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
 
 def automation_ready(api_url: str) -> bool:
-    request = urllib.request.Request(
-        f"{api_url}/automations/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return bool(json.loads(response.read()))
+    return bool(api(api_url, "/automations/filter", {}))
 
 
 def main() -> int:

@@ -125,11 +125,12 @@ def live_members(group: int) -> list[str]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[2]) != group:
+                continue
             command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # ended meanwhile
             continue
-        if fields[0] != "Z" and int(fields[2]) == group:
-            members.append(f"{stat.parent.name}: {command[:160]}")
+        members.append(f"{stat.parent.name}: {command[:160]}")
     return members
 
 
