@@ -202,8 +202,11 @@ def serve_flows(runners: list[ServedFlow]) -> None:
     )
     try:
         asyncio.run(runner.start())
-    except (KeyboardInterrupt, TerminationSignal):
-        pass  # the runner has shut down; main pauses what it served
+    except* (KeyboardInterrupt, TerminationSignal):
+        # The runner has shut down; main pauses what it served. A Ctrl+C that lands while
+        # one of the runner's tasks runs (its poll's request) comes out of its task groups
+        # as an exception group, hence except*.
+        pass
 
 
 def wind_down(runners: list[ServedFlow], since: datetime, settle_seconds: float = 0.0) -> None:

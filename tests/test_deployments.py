@@ -79,6 +79,45 @@ def test_serve_offers_every_deployment_of_prefect_yaml(monkeypatch):
     assert on_upload.concurrency_options.collision_strategy == "ENQUEUE"
 
 
+@pytest.mark.parametrize(
+    "interrupt",
+    [KeyboardInterrupt(), BaseExceptionGroup("unhandled errors in a TaskGroup", [KeyboardInterrupt()])],
+    ids=["between tasks", "inside a task"],
+)
+def test_serve_ends_quietly_on_ctrl_c_wherever_the_runners_loop_was(interrupt, monkeypatch, capsys):
+    """A Ctrl+C that lands while one of the runner's tasks runs (its poll's request) leaves
+    the runner's task groups as an exception group; a clean-clone CI run printed its
+    traceback. serve_flows ends on either as on Ctrl+C; anything else is not swallowed."""
+    import prefect.runner
+
+    from rbexport.deployments import serve
+
+    class Runner:  # Prefect's runner, as far as serve_flows uses it, stopped by `interrupt`
+        def __init__(self, **settings):
+            pass
+
+        def add_flow(self, flow, **arguments):
+            pass
+
+        async def start(self):
+            raise interrupt
+
+    monkeypatch.setattr(prefect.runner, "Runner", Runner)
+    for name, value in SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    runners = [serve.served_flow(spec) for spec in deployment_specs() if spec["name"] == "export-manual"]
+    serve.serve_flows(runners)  # returns: main then pauses what it served
+    assert "Traceback" not in capsys.readouterr().err
+
+    def fails():
+        raise BaseExceptionGroup("unhandled errors in a TaskGroup", [KeyboardInterrupt(), ValueError("a bug")])
+
+    monkeypatch.setattr(Runner, "start", lambda self: fails())
+    with pytest.raises(BaseExceptionGroup) as raised:
+        serve.serve_flows(runners)
+    assert [type(error) for error in raised.value.exceptions] == [ValueError]
+
+
 def test_a_placeholder_left_unresolved_is_a_clear_error(prefect_api, tmp_path):
     import pytest
 
